@@ -1,0 +1,1 @@
+"""Converters: parse -> split -> candidates -> prompt -> write (LLaMA-Factory sharegpt datasets)."""

@@ -1,0 +1,1 @@
+"""LLaMA-Factory plugin: activation hook, roi_ settings, parameter selection, optimizer groups."""

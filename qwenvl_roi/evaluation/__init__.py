@@ -1,0 +1,1 @@
+"""Metrics (ROI- and image-level), threshold selection on val, reports."""

@@ -1,0 +1,1 @@
+"""Per-region scores from a fine-tuned model: prompt building, scoring and generate modes."""
