@@ -39,7 +39,8 @@ SPECIAL_TOKENS: tuple[str, ...] = (
 
 # Same pre-tokenisation as Qwen2Tokenizer: digits split one by one, words keep their leading space.
 PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"""
+    r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
 # The Qwen2-VL chat template (as shipped with Qwen2-VL-*-Instruct), so processor.apply_chat_template works.
@@ -76,12 +77,11 @@ BASE_CORPUS: tuple[str, ...] = (
 )
 
 # Size presets: "test" is the platform-facts tiny model; "demo" follows the demo learning notes.
-SIZES: dict[str, dict[str, int]] = {
-    "test": {"text_hidden": 64, "text_layers": 2, "text_heads": 4, "text_kv_heads": 2, "text_intermediate": 128,
-             "vision_hidden": 64, "vision_depth": 4, "vision_heads": 4, "vision_intermediate": 128},
-    "demo": {"text_hidden": 128, "text_layers": 4, "text_heads": 4, "text_kv_heads": 2, "text_intermediate": 256,
-             "vision_hidden": 128, "vision_depth": 4, "vision_heads": 4, "vision_intermediate": 256},
-}  # fmt: skip
+_TEST = {"text_hidden": 64, "text_layers": 2, "text_heads": 4, "text_kv_heads": 2, "text_intermediate": 128}
+_TEST_VISION = {"vision_hidden": 64, "vision_depth": 4, "vision_heads": 4, "vision_intermediate": 128}
+_DEMO = {"text_hidden": 128, "text_layers": 4, "text_heads": 4, "text_kv_heads": 2, "text_intermediate": 256}
+_DEMO_VISION = {"vision_hidden": 128, "vision_depth": 4, "vision_heads": 4, "vision_intermediate": 256}
+SIZES: dict[str, dict[str, int]] = {"test": {**_TEST, **_TEST_VISION}, "demo": {**_DEMO, **_DEMO_VISION}}
 
 
 def _pretokens(texts: list[str]) -> list[str]:
@@ -150,9 +150,8 @@ def _build_tokenizer(texts: list[str]) -> Any:
         errors="replace",
         split_special_tokens=False,
     )
-    tokenizer.add_special_tokens(
-        {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS[1:]]}
-    )
+    extra = [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS[1:]]
+    tokenizer.add_special_tokens({"additional_special_tokens": extra})
     tokenizer.chat_template = CHAT_TEMPLATE
     for token in SPECIAL_TOKENS:
         if tokenizer.convert_tokens_to_ids(token) != vocab[token]:
@@ -173,7 +172,7 @@ def _resolve_dims(size: str | dict[str, int]) -> dict[str, int]:
         dims = {**SIZES["test"], **size}
     head_dim, rem = divmod(dims["text_hidden"], dims["text_heads"])
     if rem or head_dim % 2 or dims["text_heads"] % dims["text_kv_heads"]:
-        raise ValueError(f"text_hidden/text_heads must give an even head_dim and heads % kv_heads == 0: {dims}")
+        raise ValueError(f"text_hidden/text_heads must be an even head_dim, heads % kv_heads == 0: {dims}")
     if dims["vision_hidden"] < 64:
         raise ValueError("vision_hidden must be >= 64 (bitsandbytes' CPU 4-bit packing fails below)")
     if dims["vision_hidden"] % dims["vision_heads"]:
@@ -203,7 +202,11 @@ def _model_config(arch: str, dims: dict[str, int], vocab_size: int, ids: dict[st
         "num_key_value_heads": dims["text_kv_heads"],
         "max_position_embeddings": 32768,
         "max_window_layers": dims["text_layers"],
-        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": _mrope_section(head_dim)},
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 1000000.0,
+            "mrope_section": _mrope_section(head_dim),
+        },
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
@@ -241,7 +244,12 @@ def _model_config(arch: str, dims: dict[str, int], vocab_size: int, ids: dict[st
 
 def _processor(arch: str, tokenizer: Any) -> Any:
     """Image + video processor + tokenizer + chat template, the class LLaMA-Factory's mm plugin expects."""
-    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+    from transformers import (
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
 
     cls = Qwen2_5_VLProcessor if arch == "qwen2_5_vl" else Qwen2VLProcessor
     return cls(
@@ -305,7 +313,7 @@ def build_tiny_model(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI flags of `qwenvl-roi tiny-model`."""
-    parser.add_argument("--arch", choices=ARCHES, default="qwen2_5_vl", help="model family (default qwen2_5_vl)")
+    parser.add_argument("--arch", choices=ARCHES, default="qwen2_5_vl", help="model family")
     parser.add_argument("--out", required=True, help="output folder (replaced if it exists)")
     parser.add_argument("--size", choices=sorted(SIZES), default="test", help="size preset (default test)")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
