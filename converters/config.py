@@ -1,0 +1,196 @@
+"""The converters' configuration (configs/data.yaml), validated in one place with precise errors.
+
+Keys keep the seed's names and meaning; everything added has a default so the seed's template still loads.
+Relative paths are resolved against the current working directory (the seed runs commands from the
+project root with ``--config configs/data.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConvertError(Exception):
+    """A user-facing error: bad configuration or input that stops a command (message says where)."""
+
+
+class PromptTexts(BaseModel):
+    """Optional overrides of the prompt texts and words; unset fields take the language's defaults.
+
+    Templates may use ``{labels}``, ``{normal_word}``, ``{abnormal_word}``, ``{image_key}`` and
+    ``{coord_desc}``; write ``{{`` / ``}}`` for literal braces.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    system: str | None = None
+    region_instruction: str | None = None
+    image_instruction: str | None = None
+    coord_desc: str | None = None
+    normal_word: str | None = None
+    abnormal_word: str | None = None
+    image_key: str | None = None
+
+
+class DataConfig(BaseModel):
+    """Every key of configs/data.yaml with its default (see docs/converters.md for the meaning)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # paths
+    abnormal_dir: Path = Path("./data/abnormal_root")
+    normal_dir: Path | None = Path("./data/normal_root")
+    out_dir: Path = Path("./data/prepared")
+    dataset_info_dir: Path = Path("dataset_info")
+    dataset_prefix: str = "roi"
+
+    # split
+    seed: int = 42
+    train_ratio: float = Field(0.8, ge=0.0, le=1.0)
+    val_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    test_ratio: float = Field(0.1, ge=0.0, le=1.0)
+    split_by_parent: bool = True
+    holdout_list: list[str] = Field(default_factory=list)
+
+    # candidates
+    min_box_size: float = Field(24, ge=0)
+    max_boxes_per_image: int = Field(8, ge=2)
+    abnormal_neg_per_pos: int = Field(1, ge=0)
+    normal_decoys_per_image: int = Field(6, ge=1)
+    max_neg_iou: float = Field(0.1, ge=0.0, le=1.0)
+
+    # txt parsing
+    column_delim: str = ";"
+    inner_coord_delims: list[str] = Field(default_factory=lambda: ["；", ";", "，", ",", " "])
+    coords_are_xyxy: bool = True
+    label_map: dict[str, str] = Field(default_factory=dict)
+
+    # model frame and prompts
+    model_family: Literal["qwen2_5_vl", "qwen2_vl"] = "qwen2_5_vl"
+    image_max_pixels: int = Field(1048576, gt=0)
+    image_min_pixels: int = Field(1024, gt=0)
+    processor_min_pixels: int = Field(3136, gt=0)
+    processor_max_pixels: int = Field(12845056, gt=0)
+    prompt_language: Literal["zh", "en"] = "zh"
+    prompts: PromptTexts = Field(default_factory=PromptTexts)
+
+    # behaviour
+    strict: bool = False
+
+    @field_validator("column_delim")
+    @classmethod
+    def _delim_not_blank(cls, v: str) -> str:
+        if not v or not v.strip():
+            raise ValueError("column_delim must be a visible character such as ';'")
+        return v
+
+    @field_validator("inner_coord_delims")
+    @classmethod
+    def _inner_not_empty(cls, v: list[str]) -> list[str]:
+        if any(d == "" for d in v):
+            raise ValueError("inner_coord_delims must not contain an empty string")
+        return v
+
+    @field_validator("dataset_prefix")
+    @classmethod
+    def _prefix_ok(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "_-" for c in v):
+            raise ValueError("dataset_prefix must be letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _label_map_none(cls, v: object) -> object:
+        return {} if v is None else v
+
+    @field_validator("holdout_list", mode="before")
+    @classmethod
+    def _holdout_none(cls, v: object) -> object:
+        return [] if v is None else v
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> DataConfig:
+        total = self.train_ratio + self.val_ratio + self.test_ratio
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train_ratio + val_ratio + test_ratio must be 1.0, got {total:g}")
+        if self.image_min_pixels > self.image_max_pixels:
+            raise ValueError("image_min_pixels must not exceed image_max_pixels")
+        if self.processor_min_pixels > self.processor_max_pixels:
+            raise ValueError("processor_min_pixels must not exceed processor_max_pixels")
+        if self.max_boxes_per_image < 1 + self.abnormal_neg_per_pos:
+            raise ValueError(
+                "max_boxes_per_image must be at least 1 + abnormal_neg_per_pos "
+                "(one positive and its negatives must fit in one sample)"
+            )
+        if self.normal_decoys_per_image > self.max_boxes_per_image:
+            raise ValueError("normal_decoys_per_image must not exceed max_boxes_per_image")
+        return self
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    """1-based line of every top-level key, so validation errors can point into the YAML file."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                lines[str(key_node.value)] = key_node.start_mark.line + 1
+    return lines
+
+
+def format_validation_error(err: ValidationError, source: str, key_lines: dict[str, int]) -> str:
+    """One line per problem: ``file:line: key: message``."""
+    out = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = loc[0] if loc else ""
+        line = key_lines.get(key)
+        where = f"{source}:{line}" if line else source
+        name = ".".join(loc) if loc else "(config)"
+        out.append(f"{where}: {name}: {e['msg']}")
+    return "\n".join(out)
+
+
+def load_data_config(path: str | Path, overrides: dict | None = None) -> DataConfig:
+    """Read and validate a data.yaml; raise ConvertError naming file, line and key on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise ConvertError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConvertError(f"{path}: config is not UTF-8 text ({exc.reason})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConvertError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConvertError(f"{path}:1: the config must be a mapping of keys to values")
+    data.update(overrides or {})
+    try:
+        return DataConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConvertError(format_validation_error(exc, str(path), _key_lines(text))) from exc
+
+
+def coerce_config(config: DataConfig | str | Path | dict) -> DataConfig:
+    """Accept a DataConfig, a path to data.yaml or a plain dict (the demo builds one in code)."""
+    if isinstance(config, DataConfig):
+        return config
+    if isinstance(config, dict):
+        try:
+            return DataConfig.model_validate(config)
+        except ValidationError as exc:
+            raise ConvertError(format_validation_error(exc, "<config dict>", {})) from exc
+    return load_data_config(config)

@@ -1,0 +1,182 @@
+"""dataset_meta.json: everything needed to rebuild a prompt exactly, written beside the regions files.
+
+Inference and the plugin load it (``load_dataset_meta``) so nobody has to repeat the pixel limits, the model
+family or the prompt texts, and a mismatch with a training recipe can be caught.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .config import ConvertError, DataConfig
+from .frames import box_to_frame, model_frame_size
+
+META_FILE = "dataset_meta.json"
+META_VERSION = 1
+
+# Default texts per language. Templates are filled by prompt.py (str.format with named fields).
+DEFAULT_TEXTS: dict[str, dict[str, str]] = {
+    "zh": {
+        "system": "你是工业表面缺陷检测助手。只依据图像像素作出判断。",
+        "region_instruction": (
+            "请检查这张工业表面图像。<regions> 中列出了若干候选区域，坐标格式为 [x1, y1, x2, y2]"
+            "（{coord_desc}）。第一行判断整张图像：{image_key}: {normal_word} 或 {abnormal_word}；"
+            "然后按顺序每个候选区域一行：编号: {normal_word} 或缺陷类别。可选缺陷类别：{labels}。"
+        ),
+        "image_instruction": (
+            "请检查这张工业表面图像，判断整张图像是否存在缺陷。"
+            "只回答一行：{image_key}: {normal_word} 或 {abnormal_word}。"
+        ),
+        "normal_word": "正常",
+        "abnormal_word": "异常",
+        "image_key": "图像",
+        "label_sep": "、",
+        "coord_desc_qwen2_5_vl": "缩放后图像的像素坐标",
+        "coord_desc_qwen2_vl": "归一化到 0-1000 的坐标",
+    },
+    "en": {
+        "system": "You are an industrial surface defect inspector. Judge only from the image pixels.",
+        "region_instruction": (
+            "Inspect this industrial surface image. <regions> lists candidate regions as [x1, y1, x2, y2] "
+            "({coord_desc}). First line, the whole image: {image_key}: {normal_word} or {abnormal_word}; "
+            "then one line per candidate in order: its id: {normal_word} or the defect type. "
+            "Defect types: {labels}."
+        ),
+        "image_instruction": (
+            "Inspect this industrial surface image and decide whether it shows any defect. "
+            "Answer with one line: {image_key}: {normal_word} or {abnormal_word}."
+        ),
+        "normal_word": "normal",
+        "abnormal_word": "abnormal",
+        "image_key": "image",
+        "label_sep": ", ",
+        "coord_desc_qwen2_5_vl": "pixels of the resized image",
+        "coord_desc_qwen2_vl": "normalised to 0-1000",
+    },
+}
+
+
+class DatasetMeta(BaseModel):
+    """The resolved prompt texts, words, labels and coordinate-frame settings of one converted dataset."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    version: int = META_VERSION
+    model_family: Literal["qwen2_5_vl", "qwen2_vl"] = "qwen2_5_vl"
+    image_max_pixels: int = 1048576
+    image_min_pixels: int = 1024
+    processor_min_pixels: int = 3136
+    processor_max_pixels: int = 12845056
+    prompt_language: Literal["zh", "en"] = "zh"
+    system_prompt: str
+    region_instruction: str
+    image_instruction: str
+    coord_desc: str
+    normal_word: str
+    abnormal_word: str
+    image_key: str
+    label_sep: str
+    region_id_prefix: str = "R"
+    labels: list[str] = Field(default_factory=list)
+    dataset_prefix: str = "roi"
+
+    def frame_size(self, width: int, height: int) -> tuple[int, int]:
+        """(W, H) the model sees for an original image of this size."""
+        return model_frame_size(
+            width,
+            height,
+            self.image_max_pixels,
+            self.image_min_pixels,
+            self.processor_min_pixels,
+            self.processor_max_pixels,
+        )
+
+    def box_in_frame(self, box: Sequence[float], width: int, height: int) -> list[int]:
+        """An original-pixel xyxy box written in the model's coordinate frame."""
+        size = self.frame_size(width, height) if self.model_family == "qwen2_5_vl" else None
+        return box_to_frame(box, width, height, self.model_family, size)
+
+
+def build_meta(config: DataConfig, labels: Sequence[str]) -> DatasetMeta:
+    """Resolve the config's prompt overrides over the language defaults and check the words are usable."""
+    d = DEFAULT_TEXTS[config.prompt_language]
+    p = config.prompts
+    meta = DatasetMeta(
+        model_family=config.model_family,
+        image_max_pixels=config.image_max_pixels,
+        image_min_pixels=config.image_min_pixels,
+        processor_min_pixels=config.processor_min_pixels,
+        processor_max_pixels=config.processor_max_pixels,
+        prompt_language=config.prompt_language,
+        system_prompt=p.system if p.system is not None else d["system"],
+        region_instruction=p.region_instruction
+        if p.region_instruction is not None
+        else d["region_instruction"],
+        image_instruction=p.image_instruction if p.image_instruction is not None else d["image_instruction"],
+        coord_desc=p.coord_desc if p.coord_desc is not None else d[f"coord_desc_{config.model_family}"],
+        normal_word=p.normal_word if p.normal_word is not None else d["normal_word"],
+        abnormal_word=p.abnormal_word if p.abnormal_word is not None else d["abnormal_word"],
+        image_key=p.image_key if p.image_key is not None else d["image_key"],
+        label_sep=d["label_sep"],
+        labels=sorted(labels),
+        dataset_prefix=config.dataset_prefix,
+    )
+    check_meta(meta)
+    return meta
+
+
+def check_meta(meta: DatasetMeta) -> None:
+    """Refuse words that would make answers ambiguous to parse."""
+    words = {
+        "normal_word": meta.normal_word,
+        "abnormal_word": meta.abnormal_word,
+        "image_key": meta.image_key,
+    }
+    for name, w in words.items():
+        if not w.strip() or "\n" in w or ":" in w or w != w.strip():
+            raise ConvertError(
+                f"prompts.{name} {w!r} must be non-empty, one line, without ':' or outer spaces"
+            )
+    if meta.normal_word == meta.abnormal_word:
+        raise ConvertError("prompts.normal_word and prompts.abnormal_word must differ")
+    for label in meta.labels:
+        if label == meta.normal_word:
+            raise ConvertError(
+                f"canonical label {label!r} equals the normal word; map it to another name in label_map"
+            )
+        if "\n" in label or label != label.strip() or not label:
+            raise ConvertError(f"canonical label {label!r} must be one non-empty line without outer spaces")
+    for name in ("system_prompt", "region_instruction", "image_instruction"):
+        try:
+            getattr(meta, name).format(
+                labels="", normal_word="", abnormal_word="", image_key="", coord_desc=""
+            )
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConvertError(
+                f"prompt text {name} has a bad placeholder ({exc}); allowed: {{labels}} {{normal_word}} "
+                "{abnormal_word} {image_key} {coord_desc}; write {{ }} for literal braces"
+            ) from exc
+
+
+def load_dataset_meta(path_or_dir: str | Path) -> DatasetMeta:
+    """Load dataset_meta.json given the file, its folder (out_dir) or a regions_*.jsonl file beside it."""
+    p = Path(path_or_dir)
+    if p.is_dir():
+        p = p / META_FILE
+    elif p.name != META_FILE and p.suffix in {".jsonl", ".json"}:
+        p = p.parent / META_FILE
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConvertError(f"{p}: dataset_meta.json not found (run `qwenvl-roi prepare` first)") from exc
+    except json.JSONDecodeError as exc:
+        raise ConvertError(f"{p}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+    try:
+        return DatasetMeta.model_validate(data)
+    except ValidationError as exc:
+        raise ConvertError(f"{p}: not a valid dataset_meta.json: {exc}") from exc

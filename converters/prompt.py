@@ -1,0 +1,150 @@
+"""The ONLY place prompt and answer text is built (training and inference) and parsed back.
+
+Answer format (line-based, one forward pass scores every region)::
+
+    <image key>: <normal word | abnormal word>
+    R1: <normal word | canonical label>
+    R2: ...
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .meta import DatasetMeta
+
+_LINE = re.compile(r"^\s*(?P<key>[^:：]+?)\s*[:：]\s*(?P<value>.*?)\s*$")
+
+
+def _fill(template: str, meta: DatasetMeta) -> str:
+    return template.format(
+        labels=meta.label_sep.join(meta.labels),
+        normal_word=meta.normal_word,
+        abnormal_word=meta.abnormal_word,
+        image_key=meta.image_key,
+        coord_desc=meta.coord_desc,
+    )
+
+
+def system_text(meta: DatasetMeta) -> str:
+    """The system prompt."""
+    return _fill(meta.system_prompt, meta)
+
+
+def regions_block(sample: Mapping[str, Any], meta: DatasetMeta) -> str:
+    """``<regions>`` block with every candidate's box in the model's coordinate frame."""
+    w, h = int(sample["width"]), int(sample["height"])
+    lines = ["<regions>"]
+    for region in sample["regions"]:
+        x1, y1, x2, y2 = meta.box_in_frame(region["box"], w, h)
+        lines.append(f"{region['id']}: [{x1}, {y1}, {x2}, {y2}]")
+    lines.append("</regions>")
+    return "\n".join(lines)
+
+
+def user_text(sample: Mapping[str, Any], meta: DatasetMeta) -> str:
+    """User turn of a region sample: one ``<image>``, the instruction, the ``<regions>`` block."""
+    return f"<image>{_fill(meta.region_instruction, meta)}\n{regions_block(sample, meta)}"
+
+
+def image_user_text(meta: DatasetMeta) -> str:
+    """User turn of an image-level sample: one ``<image>`` and the instruction asking for one verdict."""
+    return f"<image>{_fill(meta.image_instruction, meta)}"
+
+
+def gold_verdicts(sample: Mapping[str, Any], meta: DatasetMeta) -> list[str]:
+    """Per region, in region order: its canonical label when positive, else the normal word."""
+    return [r["label"] if r["positive"] else meta.normal_word for r in sample["regions"]]
+
+
+def image_line(meta: DatasetMeta, abnormal: bool) -> str:
+    """The image-level answer line, e.g. ``图像: 异常``."""
+    return f"{meta.image_key}: {meta.abnormal_word if abnormal else meta.normal_word}"
+
+
+def image_verdict(sample: Mapping[str, Any], meta: DatasetMeta, verdicts: Sequence[str] | None = None) -> str:
+    """Image-level word: abnormal when any region verdict is not normal (gold: any positive region)."""
+    if verdicts is None:
+        abnormal = bool(sample.get("positive_region_ids")) or sample.get("source") == "abnormal"
+    else:
+        abnormal = any(v != meta.normal_word for v in verdicts)
+    return meta.abnormal_word if abnormal else meta.normal_word
+
+
+def answer_text(sample: Mapping[str, Any], meta: DatasetMeta, verdicts: Sequence[str] | None = None) -> str:
+    """The assistant turn: image line, then ``R<n>: <verdict>`` for every region in order."""
+    regions = sample["regions"]
+    verdicts = gold_verdicts(sample, meta) if verdicts is None else list(verdicts)
+    if len(verdicts) != len(regions):
+        raise ValueError(f"{len(verdicts)} verdicts for {len(regions)} regions in {sample.get('sample_id')}")
+    lines = [f"{meta.image_key}: {image_verdict(sample, meta, verdicts)}"]
+    lines += [f"{r['id']}: {v}" for r, v in zip(regions, verdicts, strict=True)]
+    return "\n".join(lines)
+
+
+def build_record(
+    sample: Mapping[str, Any], meta: DatasetMeta, verdicts: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """LLaMA-Factory sharegpt record for one regions_*.jsonl sample; ``verdicts=None`` = gold."""
+    answer = answer_text(sample, meta, verdicts)
+    return {
+        "messages": [
+            {"role": "system", "content": system_text(meta)},
+            {"role": "user", "content": user_text(sample, meta)},
+            {"role": "assistant", "content": answer},
+        ],
+        "images": [sample["image"]],
+    }
+
+
+def build_image_record(
+    sample: Mapping[str, Any], meta: DatasetMeta, abnormal: bool | None = None
+) -> dict[str, Any]:
+    """Image-level sharegpt record: whole image, one verdict (``abnormal=None``: gold)."""
+    if abnormal is None:
+        abnormal = image_verdict(sample, meta) == meta.abnormal_word
+    return {
+        "messages": [
+            {"role": "system", "content": system_text(meta)},
+            {"role": "user", "content": image_user_text(meta)},
+            {"role": "assistant", "content": image_line(meta, abnormal)},
+        ],
+        "images": [sample["image"]],
+    }
+
+
+@dataclass
+class ParsedAnswer:
+    """What parse_answer could read; ``unparsed`` lists every part it could not (it never guesses)."""
+
+    image: str | None = None
+    regions: dict[str, str] = field(default_factory=dict)
+    unparsed: list[str] = field(default_factory=list)
+
+
+def parse_answer(text: str, meta: DatasetMeta) -> ParsedAnswer:
+    """Parse an answer back into the image verdict and per-region verdicts (normal word or a known label)."""
+    out = ParsedAnswer()
+    allowed = {meta.normal_word, *meta.labels}
+    rid = re.compile(rf"^{re.escape(meta.region_id_prefix)}\d+$")
+    for raw in text.splitlines():
+        if not raw.strip():
+            continue
+        m = _LINE.match(raw)
+        if m is None:
+            out.unparsed.append(raw)
+            continue
+        key, value = m.group("key"), m.group("value")
+        if key == meta.image_key:
+            if out.image is None and value in (meta.normal_word, meta.abnormal_word):
+                out.image = value
+            else:
+                out.unparsed.append(raw)
+        elif rid.match(key) and key not in out.regions and value in allowed:
+            out.regions[key] = value
+        else:
+            out.unparsed.append(raw)
+    return out
