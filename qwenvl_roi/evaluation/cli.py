@@ -1,0 +1,140 @@
+"""`qwenvl-roi eval`: ROI- and image-level metrics, the threshold chosen on val, a report and curves.
+
+The threshold is either given, or swept on validation predictions (F1-best at ROI level) and then applied
+unchanged to the evaluated predictions; the chosen value is written to an inference config that
+`predict` and the Python API use by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+METRICS_JSON = "metrics.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `qwenvl-roi eval`."""
+    parser.add_argument(
+        "--predictions", required=True, help="predictions.jsonl written by `qwenvl-roi predict`"
+    )
+    parser.add_argument("--gold", required=True, help="the regions_X.jsonl the predictions were made for")
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="fixed threshold (abnormal if score >= it)"
+    )
+    parser.add_argument("--val-predictions", default=None, help="predictions on val, to choose the threshold")
+    parser.add_argument("--val-gold", default=None, help="regions_val.jsonl matching --val-predictions")
+    parser.add_argument(
+        "--model-dir",
+        action="append",
+        default=[],
+        help="also write the inference config into this adapter/model folder (repeatable), so `predict` "
+        "and the Python API use the chosen threshold by default",
+    )
+    parser.add_argument(
+        "--out", required=True, help="output folder (metrics.json, report.md, roc.png, pr.png)"
+    )
+
+
+def _canonical_labels(gold_path: str) -> tuple[list[str], str | None]:
+    """Labels from dataset_meta.json beside the gold file; (labels, warning) when it is absent."""
+    from qwenvl_roi.converters.config import ConvertError
+    from qwenvl_roi.converters.meta import load_dataset_meta
+
+    try:
+        return list(load_dataset_meta(gold_path).labels), None
+    except ConvertError as exc:
+        return [], f"per-label figures use only labels seen in gold/predictions ({exc})"
+
+
+def evaluate(
+    predictions: str,
+    gold: str,
+    out_dir: str,
+    threshold: float | None = None,
+    val_predictions: str | None = None,
+    val_gold: str | None = None,
+    model_dirs: list[str] | None = None,
+) -> dict:
+    """Compute metrics, write metrics.json, the report, curves and the inference config; return metrics."""
+    from qwenvl_roi.evaluation.files import InputError, write_json_atomic
+    from qwenvl_roi.evaluation.metrics import compute_metrics, sweep_threshold
+    from qwenvl_roi.evaluation.records import join
+    from qwenvl_roi.evaluation.report import write_report
+    from qwenvl_roi.inference.config import InferenceConfig, save_inference_config
+
+    if threshold is not None and (val_predictions or val_gold):
+        raise InputError("give either --threshold or --val-predictions/--val-gold, not both")
+    if bool(val_predictions) != bool(val_gold):
+        raise InputError("--val-predictions and --val-gold go together")
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--threshold {threshold} is outside [0, 1]")
+
+    val_info = None
+    if val_predictions:
+        val_regions = join(val_predictions, val_gold)
+        threshold, val_info = sweep_threshold(val_regions)
+        source = "val"
+    elif threshold is not None:
+        source = "given"
+    else:
+        threshold, source = 0.5, "default"
+
+    regions = join(predictions, gold)
+    labels, label_warning = _canonical_labels(gold)
+    metrics = compute_metrics(regions, threshold, labels)
+    metrics["threshold_source"] = source
+    if source == "default":
+        metrics["warnings"].insert(0, "no --threshold and no validation predictions: threshold 0.5 used")
+    if label_warning:
+        metrics["warnings"].append(label_warning)
+    if val_info is not None:
+        metrics["val"] = {"threshold": threshold, **val_info}
+    metrics["inputs"] = {"predictions": str(predictions), "gold": str(gold)}
+    if val_predictions:
+        metrics["inputs"].update({"val_predictions": str(val_predictions), "val_gold": str(val_gold)})
+
+    out = Path(out_dir)
+    write_json_atomic(out / METRICS_JSON, metrics)
+    write_report(metrics, regions, out)
+    config = InferenceConfig(
+        threshold=threshold, threshold_source=source, val_f1=None if val_info is None else val_info["f1"]
+    )
+    save_inference_config(config, out)
+    for folder in model_dirs or []:
+        if not Path(folder).is_dir():
+            raise InputError(f"--model-dir {folder}: not a folder")
+        save_inference_config(config, folder)
+    return metrics
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `qwenvl-roi eval`; bad input -> one clear line on stderr and exit code 2."""
+    from qwenvl_roi.evaluation.files import InputError
+    from qwenvl_roi.evaluation.metrics import MetricsError
+
+    try:
+        metrics = evaluate(
+            args.predictions,
+            args.gold,
+            args.out,
+            threshold=args.threshold,
+            val_predictions=args.val_predictions,
+            val_gold=args.val_gold,
+            model_dirs=args.model_dir,
+        )
+    except (InputError, MetricsError) as exc:
+        print(f"qwenvl-roi eval: error: {exc}", file=sys.stderr)
+        return 2
+    roi, image = metrics["roi"], metrics["image"]
+    auroc = "n/a" if image["auroc"] is None else f"{image['auroc']:.4f}"
+    print(
+        f"threshold {metrics['threshold']:.4f} ({metrics['threshold_source']}); "
+        f"ROI P/R/F1 {roi['precision']:.4f}/{roi['recall']:.4f}/{roi['f1']:.4f}; "
+        f"image P/R/F1 {image['precision']:.4f}/{image['recall']:.4f}/{image['f1']:.4f}, AUROC {auroc}; "
+        f"-> {Path(args.out) / METRICS_JSON}"
+    )
+    for w in metrics["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    return 0

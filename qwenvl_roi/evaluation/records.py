@@ -1,0 +1,180 @@
+"""Load gold regions files and predictions files and join them region by region.
+
+Every problem is reported with file, 1-based line and reason, because a silently dropped or misaligned
+sample would make the metrics lie.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qwenvl_roi.evaluation.files import InputError, iter_jsonl
+
+
+class GoldRegion(BaseModel):
+    """One candidate region as the converters wrote it (only the fields evaluation needs)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    label: str | None = None
+    positive: bool
+
+
+class GoldSample(BaseModel):
+    """One line of regions_{train,val,test}.jsonl."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sample_id: str
+    image: str
+    regions: list[GoldRegion]
+
+
+class PredRegion(BaseModel):
+    """One region of a prediction: score = P(abnormal), None when a generated answer was unparseable."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    score: float | None = Field(None, ge=0.0, le=1.0)
+    label: str | None = None
+
+
+class PredSample(BaseModel):
+    """One line written by `qwenvl-roi predict`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    sample_id: str | None = None
+    image: str
+    regions: list[PredRegion]
+
+
+@dataclass(frozen=True)
+class JoinedRegion:
+    """A gold region next to its prediction."""
+
+    sample_id: str
+    image: str
+    region_id: str
+    positive: bool
+    gold_label: str | None
+    score: float | None
+    pred_label: str | None
+
+
+def _short(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def load_gold(path: str | Path) -> list[tuple[int, GoldSample]]:
+    """Read a regions_*.jsonl file; raise InputError when it is empty or malformed."""
+    out: list[tuple[int, GoldSample]] = []
+    seen: dict[str, int] = {}
+    for lineno, obj in iter_jsonl(path):
+        try:
+            sample = GoldSample.model_validate(obj)
+        except ValidationError as exc:
+            raise InputError(f"{path}:{lineno}: not a regions sample ({_short(exc)})") from None
+        if sample.sample_id in seen:
+            raise InputError(
+                f"{path}:{lineno}: duplicate sample_id {sample.sample_id!r} "
+                f"(first on line {seen[sample.sample_id]})"
+            )
+        seen[sample.sample_id] = lineno
+        ids = [r.id for r in sample.regions]
+        if len(set(ids)) != len(ids):
+            raise InputError(f"{path}:{lineno}: duplicate region ids in sample {sample.sample_id!r}: {ids}")
+        out.append((lineno, sample))
+    if not out:
+        raise InputError(f"{path}: no samples (the file is empty)")
+    return out
+
+
+def load_predictions(path: str | Path) -> list[tuple[int, PredSample]]:
+    """Read a predictions file written by `predict`; raise InputError when it is empty or malformed."""
+    out: list[tuple[int, PredSample]] = []
+    for lineno, obj in iter_jsonl(path):
+        try:
+            out.append((lineno, PredSample.model_validate(obj)))
+        except ValidationError as exc:
+            raise InputError(f"{path}:{lineno}: not a prediction ({_short(exc)})") from None
+    if not out:
+        raise InputError(f"{path}: no predictions (the file is empty)")
+    return out
+
+
+def join(pred_path: str | Path, gold_path: str | Path) -> list[JoinedRegion]:
+    """Pair every gold region with its predicted score and label.
+
+    Predictions are matched to gold by `sample_id` when they carry one, otherwise by line order (then the
+    image paths must agree). Every gold sample and region must have a prediction, and vice versa.
+    """
+    gold = load_gold(gold_path)
+    preds = load_predictions(pred_path)
+    if all(p.sample_id is not None for _, p in preds):
+        by_id: dict[str, tuple[int, PredSample]] = {}
+        for lineno, p in preds:
+            assert p.sample_id is not None
+            if p.sample_id in by_id:
+                raise InputError(f"{pred_path}:{lineno}: duplicate sample_id {p.sample_id!r}")
+            by_id[p.sample_id] = (lineno, p)
+        gold_ids = {g.sample_id for _, g in gold}
+        for lineno, p in preds:
+            if p.sample_id not in gold_ids:
+                raise InputError(f"{pred_path}:{lineno}: sample_id {p.sample_id!r} is not in {gold_path}")
+        pairs = []
+        for glineno, g in gold:
+            if g.sample_id not in by_id:
+                raise InputError(
+                    f"{gold_path}:{glineno}: sample {g.sample_id!r} has no prediction in {pred_path}"
+                )
+            pairs.append((glineno, g, *by_id[g.sample_id]))
+    else:
+        if len(preds) != len(gold):
+            raise InputError(
+                f"{pred_path}: {len(preds)} predictions without sample_id cannot be matched by order "
+                f"to the {len(gold)} samples of {gold_path}"
+            )
+        pairs = []
+        for (glineno, g), (plineno, p) in zip(gold, preds, strict=True):
+            if Path(p.image) != Path(g.image):
+                raise InputError(
+                    f"{pred_path}:{plineno}: image {p.image!r} does not match "
+                    f"{gold_path}:{glineno} ({g.image!r})"
+                )
+            pairs.append((glineno, g, plineno, p))
+
+    joined: list[JoinedRegion] = []
+    for glineno, g, plineno, p in pairs:
+        pred_regions = {r.id: r for r in p.regions}
+        gold_region_ids = {r.id for r in g.regions}
+        extra = sorted(set(pred_regions) - gold_region_ids)
+        if extra:
+            raise InputError(f"{pred_path}:{plineno}: regions {extra} are not in {gold_path}:{glineno}")
+        for r in g.regions:
+            if r.id not in pred_regions:
+                raise InputError(
+                    f"{pred_path}:{plineno}: region {r.id!r} of sample {g.sample_id!r} has no prediction"
+                )
+            pr = pred_regions[r.id]
+            joined.append(
+                JoinedRegion(
+                    sample_id=g.sample_id,
+                    image=g.image,
+                    region_id=r.id,
+                    positive=r.positive,
+                    gold_label=r.label,
+                    score=pr.score,
+                    pred_label=pr.label,
+                )
+            )
+    return joined

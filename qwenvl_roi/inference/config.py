@@ -1,0 +1,66 @@
+"""The small inference config that `eval` writes and `predict` / the Python API read by default.
+
+It carries the decision threshold chosen on validation, so that the threshold used on the blind test set
+and in the user's other project is the one fixed on val, never re-tuned on test.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from qwenvl_roi.evaluation.files import InputError, write_json_atomic
+
+CONFIG_FILE_NAME = "qwenvl_roi_inference.json"
+DEFAULT_THRESHOLD = 0.5
+
+
+class InferenceConfig(BaseModel):
+    """Decision settings applied to P(abnormal) scores."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(
+        DEFAULT_THRESHOLD, ge=0.0, le=1.0, description="abnormal when score >= threshold"
+    )
+    threshold_source: str = Field(
+        "default", description="'val' (F1-best on validation), 'given' or 'default'"
+    )
+    val_f1: float | None = Field(None, description="ROI F1 on validation at the chosen threshold")
+
+
+def load_inference_config(path: str | Path) -> InferenceConfig:
+    """Read and validate an inference config file, naming the file when it is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_FILE_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: inference config not found") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
+    try:
+        return InferenceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise InputError(f"{path}: invalid inference config: {exc}") from None
+
+
+def find_inference_config(*folders: str | Path | None) -> Path | None:
+    """First `qwenvl_roi_inference.json` among the folders (adapter first, then model), or None."""
+    for folder in folders:
+        if folder is None:
+            continue
+        candidate = Path(folder) / CONFIG_FILE_NAME
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def save_inference_config(config: InferenceConfig, folder: str | Path) -> Path:
+    """Write the config into `folder` atomically and return its path."""
+    path = Path(folder) / CONFIG_FILE_NAME
+    write_json_atomic(path, config.model_dump())
+    return path
