@@ -1,0 +1,111 @@
+"""Patch functions, one per LLaMA-Factory module, registered in activation.PATCHES.
+
+Each wrapper calls LLaMA-Factory's own function first or instead only when ``roi_`` settings are active,
+so a recipe without ``roi_`` keys runs exactly the stock code paths.
+"""
+
+from __future__ import annotations
+
+import functools
+from types import ModuleType
+from typing import Any
+
+from . import optim, pixels, selection, settings
+
+# LLaMA-Factory options that build their own optimizer; the plugin's groups cannot be combined with them.
+_OWN_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
+
+
+def check_compatible(roi: settings.RoiSettings, model_args: Any, finetuning_args: Any) -> None:
+    """Cross-checks of roi_ keys against the parsed recipe; RoiSettingsError names the keys."""
+    err = settings.RoiSettingsError
+    source = settings._recipe_name()
+    ftype = finetuning_args.finetuning_type
+    if roi.selects_parameters and ftype != "lora":
+        raise err(
+            f"{source}: roi_train_projector / roi_vision_lora_top_blocks / roi_vision_unfreeze_top_blocks "
+            f"need finetuning_type: lora (got {ftype!r}); with full or freeze tuning use only roi_lr_* keys"
+        )
+    if finetuning_args.loraplus_lr_ratio is not None:
+        raise err(f"{source}: roi_ keys set their own learning-rate groups; remove loraplus_lr_ratio")
+    for flag in _OWN_OPTIMIZERS:
+        if getattr(finetuning_args, flag, False):
+            raise err(
+                f"{source}: roi_ keys set their own optimizer groups; they cannot be combined with {flag}"
+            )
+    if roi.roi_vision_unfreeze_top_blocks and model_args.quantization_bit is not None:
+        raise err(
+            f"{source}: roi_vision_unfreeze_top_blocks cannot train blocks of a quantized model "
+            f"(quantization_bit: {model_args.quantization_bit}); unfreeze blocks on a bf16/fp32 base"
+        )
+    if ftype == "lora":
+        unused = [
+            (roi.roi_lr_projector, "roi_lr_projector", roi.roi_train_projector, "roi_train_projector: true"),
+            (roi.roi_lr_vision_lora, "roi_lr_vision_lora", roi.roi_vision_lora_top_blocks > 0,
+             "roi_vision_lora_top_blocks > 0"),
+            (roi.roi_lr_vision_unfrozen, "roi_lr_vision_unfrozen", roi.roi_vision_unfreeze_top_blocks > 0,
+             "roi_vision_unfreeze_top_blocks > 0"),
+        ]  # fmt: skip
+        for value, key, used, needs in unused:
+            if value is not None and not used:
+                raise err(f"{source}: {key} is set but nothing uses it: it needs {needs}")
+
+
+def patch_parser(module: ModuleType) -> None:
+    """Take roi_ keys out before HfArgumentParser sees them; check them and the pixel limits after."""
+    original_parse = module._parse_args
+    original_train = module._parse_train_args
+
+    @functools.wraps(original_parse)
+    def _parse_args(parser: Any, args: Any = None, allow_extra_keys: bool = False) -> Any:
+        args = module.read_args(args)
+        args, roi = settings.extract(args)
+        settings.set_active(roi)
+        return original_parse(parser, args, allow_extra_keys)
+
+    @functools.wraps(original_train)
+    def _parse_train_args(args: Any = None) -> Any:
+        parsed = original_train(args)
+        model_args, data_args, _training_args, finetuning_args = parsed[:4]
+        roi = settings.get_active()
+        if roi is not None:
+            check_compatible(roi, model_args, finetuning_args)
+        pixels.check_from_args(model_args, data_args)
+        return parsed
+
+    module._parse_args = _parse_args
+    module._parse_train_args = _parse_train_args
+
+
+def patch_visual(module: ModuleType) -> None:
+    """Exact vision LoRA targets and modules_to_save, after LLaMA-Factory's own target selection."""
+    original = module.patch_target_modules
+
+    @functools.wraps(original)
+    def patch_target_modules(model: Any, finetuning_args: Any, target_modules: list[str]) -> list[str]:
+        result = original(model, finetuning_args, target_modules)
+        roi = settings.get_active()
+        if roi is None or not roi.selects_parameters:
+            return result
+        targets = selection.select_lora_targets(model, list(result), roi)
+        extra = selection.modules_to_save(selection.find_layout(model), roi)
+        if extra:
+            existing = list(finetuning_args.additional_target or [])
+            finetuning_args.additional_target = existing + [m for m in extra if m not in existing]
+        return targets
+
+    module.patch_target_modules = patch_target_modules
+
+
+def patch_trainer_utils(module: ModuleType) -> None:
+    """Per-group learning rates at LLaMA-Factory's custom-optimizer hook (all trainers import it by name)."""
+    original = module.create_custom_optimizer
+
+    @functools.wraps(original)
+    def create_custom_optimizer(model: Any, training_args: Any, finetuning_args: Any) -> Any:
+        roi = settings.get_active()
+        if roi is None:
+            return original(model, training_args, finetuning_args)
+        return optim.create_optimizer(model, training_args, roi)
+
+    module.create_custom_optimizer = create_custom_optimizer

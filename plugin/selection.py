@@ -1,0 +1,153 @@
+"""Which modules train: vision-tower layout, LoRA targets of the top N blocks, modules_to_save.
+
+LLaMA-Factory's ``lora_target`` matches plain substrings and the vision MLP names (gate_proj/up_proj/
+down_proj) collide with the language model's, so the plugin hands peft an explicit list of full module
+names instead. Block indices come from the model's own vision depth, so "top 2" means the last two blocks
+of whichever size of Qwen2-VL / Qwen2.5-VL (or other composite model) is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Names peft and LLaMA-Factory put into parameter names of wrapped modules; removed to get the model's path.
+_WRAPPER_SEGMENT = re.compile(
+    r"\.(?:modules_to_save|original_module)\.[^.]+(?=\.)"
+    r"|\.(?:modules_to_save|original_module)(?=\.)"
+    r"|\.(?:lora_A|lora_B|lora_embedding_A|lora_embedding_B|lora_magnitude_vector)\.[^.]+(?=\.|$)"
+)
+_PEFT_PREFIX = "base_model.model."
+
+
+@dataclass(frozen=True)
+class VisionLayout:
+    """Full module names of a composite model's vision blocks and projector."""
+
+    model_type: str
+    blocks: str  # e.g. "model.visual.blocks"
+    depth: int
+    projectors: tuple[str, ...]  # e.g. ("model.visual.merger",)
+
+    def block(self, index: int) -> str:
+        return f"{self.blocks}.{index}"
+
+    def top(self, count: int) -> list[int]:
+        """Indices of the last ``count`` blocks, checked against the depth."""
+        if count > self.depth:
+            raise ValueError(
+                f"asked for the top {count} vision blocks but {self.model_type}'s vision tower has "
+                f"{self.depth} blocks (config vision depth); use a value between 0 and {self.depth}"
+            )
+        return list(range(self.depth - count, self.depth))
+
+
+def _composite_info(model_type: str) -> Any:
+    from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
+
+    if model_type not in COMPOSITE_MODELS:
+        raise ValueError(
+            f"model_type {model_type!r} is not a vision-language model LLaMA-Factory knows "
+            f"(COMPOSITE_MODELS); the roi_ vision/projector keys need one"
+        )
+    return COMPOSITE_MODELS[model_type]
+
+
+def find_layout(model: Any) -> VisionLayout:
+    """Locate the vision blocks (a ModuleList under a vision key) and the projector of an unwrapped model."""
+    import torch
+
+    config = model.config
+    model_type = getattr(config, "model_type", "")
+    info = _composite_info(model_type)
+    modules = dict(model.named_modules())
+    blocks_name: str | None = None
+    for key in info.vision_model_keys:
+        candidates = [
+            name
+            for name, module in modules.items()
+            if isinstance(module, torch.nn.ModuleList)
+            and (name == key or name.endswith("." + key) or key in name)
+        ]
+        if candidates:
+            blocks_name = max(candidates, key=lambda n: (len(modules[n]), -len(n)))
+            break
+    if blocks_name is None:
+        raise ValueError(f"no vision block list found under {info.vision_model_keys} in {model_type}")
+    length = len(modules[blocks_name])
+    vision_config = getattr(config, "vision_config", None)
+    depth = (
+        getattr(vision_config, "depth", None) or getattr(vision_config, "num_hidden_layers", None) or length
+    )
+    if depth != length:
+        raise ValueError(f"{model_type}: vision config depth {depth} but {blocks_name} has {length} blocks")
+    projectors = tuple(
+        name for name in modules for key in info.projector_keys if name == key or name.endswith("." + key)
+    )
+    return VisionLayout(model_type=model_type, blocks=blocks_name, depth=int(depth), projectors=projectors)
+
+
+def _is_linear(module: Any) -> bool:
+    name = module.__class__.__name__
+    return "Linear" in name and "Embedding" not in name
+
+
+def effective_lora_blocks(layout: VisionLayout, settings: Any) -> list[int]:
+    """Top-N block indices that get LoRA: fully unfrozen blocks train whole instead."""
+    unfrozen = set(layout.top(settings.roi_vision_unfreeze_top_blocks))
+    return [i for i in layout.top(settings.roi_vision_lora_top_blocks) if i not in unfrozen]
+
+
+def vision_lora_targets(model: Any, layout: VisionLayout, settings: Any) -> list[str]:
+    """Full names of the linear layers in the top N blocks, minus blocks that are fully unfrozen."""
+    prefixes = tuple(layout.block(i) + "." for i in effective_lora_blocks(layout, settings))
+    return [
+        name for name, module in model.named_modules() if name.startswith(prefixes) and _is_linear(module)
+    ]
+
+
+def modules_to_save(layout: VisionLayout, settings: Any) -> list[str]:
+    """Projector and unfrozen blocks, saved whole in the adapter so export merges them."""
+    names: list[str] = []
+    if settings.roi_train_projector:
+        if not layout.projectors:
+            raise ValueError(f"{layout.model_type}: no projector module found for roi_train_projector")
+        names.extend(layout.projectors)
+    names.extend(layout.block(i) for i in layout.top(settings.roi_vision_unfreeze_top_blocks))
+    return names
+
+
+def select_lora_targets(model: Any, stock_targets: list[str], settings: Any) -> list[str]:
+    """Stock targets with vision blocks replaced by exactly the top-N block layers (explicit full names)."""
+    layout = find_layout(model)
+    if settings.roi_vision_lora_top_blocks == 0 and settings.roi_vision_unfreeze_top_blocks == 0:
+        return list(stock_targets)
+    inside = (layout.blocks + ".",)
+    unfrozen = tuple(layout.block(i) + "." for i in layout.top(settings.roi_vision_unfreeze_top_blocks))
+    kept = [t for t in stock_targets if not t.startswith(inside)]
+    if settings.roi_vision_lora_top_blocks == 0:
+        # stock vision LoRA (freeze_vision_tower: false) stays, but never inside fully unfrozen blocks
+        kept = [t for t in stock_targets if not t.startswith(unfrozen)]
+    return kept + vision_lora_targets(model, layout, settings)
+
+
+def module_path(param_name: str) -> str:
+    """Model path of a (possibly peft-wrapped) parameter name: wrapper segments and prefix removed."""
+    name = param_name[len(_PEFT_PREFIX) :] if param_name.startswith(_PEFT_PREFIX) else param_name
+    return _WRAPPER_SEGMENT.sub("", name)
+
+
+def classify(param_name: str, layout: VisionLayout | None) -> str:
+    """Parameter group of a trainable parameter: language, projector, vision_lora or vision_unfrozen."""
+    if layout is None:
+        return "language"
+    path = module_path(param_name)
+    if any(path.startswith(p + ".") for p in layout.projectors):
+        return "projector"
+    if path.startswith(layout.blocks + "."):
+        return "vision_lora" if "lora_" in param_name else "vision_unfrozen"
+    if path.startswith(layout.blocks.rsplit(".", 1)[0] + "."):
+        # other vision-tower parts (patch embedding, ...) trained in full fine-tuning
+        return "vision_unfrozen"
+    return "language"

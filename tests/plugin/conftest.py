@@ -1,0 +1,149 @@
+"""Plugin-test fixtures: a tiny sharegpt dataset with roi_meta, and a runner for the real llamafactory-cli."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes"
+CLI = Path(sys.executable).with_name("llamafactory-cli")
+
+# Overrides that make the GPU recipes run on a tiny model on CPU in seconds.
+CPU_OVERRIDES: dict[str, object] = {
+    "use_cpu": True,
+    "bf16": False,
+    "report_to": "none",
+    "max_steps": 3,
+    "per_device_train_batch_size": 2,
+    "per_device_eval_batch_size": 2,
+    "gradient_accumulation_steps": 1,
+    "logging_steps": 1,
+    "save_steps": 3,
+    "eval_steps": 3,
+    "cutoff_len": 512,
+    "preprocessing_num_workers": 1,
+    "dataloader_num_workers": 0,
+    "overwrite_cache": True,
+    "plot_loss": False,
+    "lora_rank": 4,
+    "lora_alpha": 8,
+    "lora_dropout": 0.0,
+    "warmup_ratio": 0.0,
+    "seed": 0,
+}
+
+
+def write_dataset(root: Path, *, max_pixels: int = 1048576, min_pixels: int = 1024, n: int = 8) -> Path:
+    """Images + sharegpt records + dataset_info.json with roi_meta per entry (the converters' contract)."""
+    from PIL import Image
+
+    rng = random.Random(0)
+    images = root / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(n):
+        path = images / f"img{i}.png"
+        shade = 60 + 20 * (i % 8)
+        Image.new("RGB", (56, 56), (shade, shade, shade)).save(path)
+        verdict = "abnormal" if i % 2 else "normal"
+        boxes = [[rng.randrange(0, 28), rng.randrange(0, 28), 40, 50] for _ in range(2)]
+        records.append(
+            {
+                "messages": [
+                    {"role": "system", "content": "You are an industrial inspection assistant."},
+                    {
+                        "role": "user",
+                        "content": f"<image>Judge the image and every candidate region.\n"
+                        f"<regions> R1: {boxes[0]} R2: {boxes[1]} </regions>",
+                    },
+                    {"role": "assistant", "content": f"image: {verdict}\nR1: normal\nR2: {verdict}"},
+                ],
+                "images": [str(path)],
+            }
+        )
+    (root / "sft_train.json").write_text(json.dumps(records[: n - 2], indent=1))
+    (root / "sft_val.json").write_text(json.dumps(records[n - 2 :], indent=1))
+    meta = {
+        "image_max_pixels": max_pixels,
+        "image_min_pixels": min_pixels,
+        "model_family": "qwen2_5_vl",
+        "meta_file": "dataset_meta.json",
+    }
+    entry = {"formatting": "sharegpt", "columns": {"messages": "messages", "images": "images"}}
+    entry["tags"] = {
+        "role_tag": "role",
+        "content_tag": "content",
+        "user_tag": "user",
+        "assistant_tag": "assistant",
+        "system_tag": "system",
+    }
+    info = {
+        "roi_train": {"file_name": "sft_train.json", **entry, "roi_meta": meta},
+        "roi_val": {"file_name": "sft_val.json", **entry, "roi_meta": meta},
+    }
+    (root / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    return root
+
+
+@pytest.fixture(scope="session")
+def roi_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """dataset_dir with roi_train / roi_val built for the recipes' pixel limits."""
+    return write_dataset(tmp_path_factory.mktemp("roi-data"))
+
+
+def lf_env(tmp_root: Path, **extra: str) -> dict[str, str]:
+    """Environment of a llamafactory-cli child: offline, own caches, no stray GPUs."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "HF_HOME": str(tmp_root / "hf_home"),
+            "TOKENIZERS_PARALLELISM": "false",
+            "CUDA_VISIBLE_DEVICES": "",
+            "DISABLE_VERSION_CHECK": "1",
+            "OMP_NUM_THREADS": "1",
+            "TORCH_EXTENSIONS_DIR": str(Path(os.environ.get("TMPDIR", "/tmp")) / "qwenvl-roi-torch-ext"),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    command: str, recipe: Path, overrides: dict[str, object], cwd: Path, env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """`llamafactory-cli <command> <recipe> key=value ...` as users run it; output captured."""
+    args = [str(CLI), command, str(recipe)]
+    for key, value in overrides.items():
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        args.append(f"{key}={text}")
+    return subprocess.run(
+        args, cwd=cwd, env=env or lf_env(cwd), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def train_cli(roi_dataset: Path, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run a recipe from recipes/ on the tiny model with CPU overrides; extra overrides win."""
+
+    def _run(recipe: str, model: Path, env: dict[str, str] | None = None, **overrides: object):
+        merged = {
+            **CPU_OVERRIDES,
+            "model_name_or_path": str(model),
+            "dataset_dir": str(roi_dataset),
+            "output_dir": str(tmp_path / "out"),
+            **overrides,
+        }
+        return run_cli("train", RECIPES / recipe, merged, tmp_path, env=env or lf_env(tmp_path))
+
+    return _run
