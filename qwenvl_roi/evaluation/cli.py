@@ -29,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model-dir",
         action="append",
         default=[],
-        help="also write the inference config into this adapter/model folder (repeatable), so `predict` "
-        "and the Python API use the chosen threshold by default",
+        help="also write the inference config and the gold's dataset_meta.json into this adapter/model "
+        "folder (repeatable), so `predict` and the Python API use the chosen threshold and prompt "
+        "settings by default",
     )
     parser.add_argument(
         "--out", required=True, help="output folder (metrics.json, report.md, roc.png, pr.png)"
@@ -58,7 +59,7 @@ def evaluate(
     model_dirs: list[str] | None = None,
 ) -> dict:
     """Compute metrics, write metrics.json, the report, curves and the inference config; return metrics."""
-    from qwenvl_roi.evaluation.files import InputError, write_json_atomic
+    from qwenvl_roi.evaluation.files import InputError, write_json_atomic, write_text_atomic
     from qwenvl_roi.evaluation.metrics import compute_metrics, sweep_threshold
     from qwenvl_roi.evaluation.records import join
     from qwenvl_roi.evaluation.report import write_report
@@ -102,10 +103,13 @@ def evaluate(
         threshold=threshold, threshold_source=source, val_f1=None if val_info is None else val_info["f1"]
     )
     save_inference_config(config, out)
+    meta_file = Path(gold).parent / "dataset_meta.json"
     for folder in model_dirs or []:
         if not Path(folder).is_dir():
             raise InputError(f"--model-dir {folder}: not a folder")
         save_inference_config(config, folder)
+        if meta_file.is_file():
+            write_text_atomic(Path(folder) / meta_file.name, meta_file.read_text(encoding="utf-8"))
     return metrics
 
 

@@ -1,0 +1,108 @@
+"""`qwenvl-roi predict`: per-region P(abnormal) and label for every sample of a regions_*.jsonl file.
+
+The prompt settings come from dataset_meta.json beside the regions file; the decision threshold from the
+inference config (`--inference-config`, else the adapter folder, else the model folder, else 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of `qwenvl-roi predict`."""
+    parser.add_argument("--model", required=True, help="base model folder, or a merged export")
+    parser.add_argument("--adapter", default=None, help="LoRA adapter folder trained on --model")
+    parser.add_argument(
+        "--regions", required=True, help="regions_*.jsonl (dataset_meta.json must be beside it)"
+    )
+    parser.add_argument("--out", required=True, help="predictions.jsonl to write")
+    parser.add_argument("--mode", choices=("score", "generate"), default="score", help="default: score")
+    parser.add_argument("--batch-size", type=int, default=4, help="samples per forward pass (default 4)")
+    parser.add_argument(
+        "--inference-config", default=None, help="threshold file written by `qwenvl-roi eval`"
+    )
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    parser.add_argument(
+        "--dtype", default=None, help="float32, bfloat16 (default: bf16 on CUDA, fp32 on CPU)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def load_samples(path: str | Path) -> list[dict[str, Any]]:
+    """regions_*.jsonl samples with the fields the prompt needs, checked with file:line messages."""
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    from qwenvl_roi.evaluation.files import InputError, iter_jsonl
+
+    class _Region(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        id: str
+        box: list[float]
+
+    class _Sample(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        sample_id: str
+        image: str
+        width: int
+        height: int
+        regions: list[_Region]
+
+    samples = []
+    for lineno, obj in iter_jsonl(path):
+        try:
+            s = _Sample.model_validate(obj)
+        except ValidationError as exc:
+            errs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InputError(f"{path}:{lineno}: not a regions sample ({errs})") from None
+        if not s.regions:
+            raise InputError(f"{path}:{lineno}: sample {s.sample_id!r} has no candidate regions")
+        if any(len(r.box) != 4 for r in s.regions):
+            raise InputError(f"{path}:{lineno}: every box must be [x1, y1, x2, y2]")
+        if not Path(s.image).is_file():
+            raise InputError(f"{path}:{lineno}: image {s.image} not found")
+        samples.append(obj)
+    if not samples:
+        raise InputError(f"{path}: no samples (the file is empty)")
+    return samples
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of `qwenvl-roi predict`."""
+    from qwenvl_roi.converters.config import ConvertError
+    from qwenvl_roi.evaluation.files import InputError, write_jsonl_atomic
+
+    try:
+        if args.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+        samples = load_samples(args.regions)
+        from qwenvl_roi.inference.predictor import RegionPredictor
+
+        predictor = RegionPredictor.load(
+            args.model,
+            adapter=args.adapter,
+            meta=args.regions,
+            inference_config=args.inference_config,
+            device=args.device,
+            dtype=args.dtype,
+        )
+        if args.mode == "score":
+            rows = predictor.score_samples(samples, batch_size=args.batch_size, progress=not args.no_progress)
+        else:
+            rows = predictor.generate_samples(
+                samples, batch_size=args.batch_size, progress=not args.no_progress
+            )
+    except (InputError, ConvertError) as exc:
+        print(f"qwenvl-roi predict: error: {exc}", file=sys.stderr)
+        return 2
+    write_jsonl_atomic(args.out, rows)
+    flagged = sum(bool(r["abnormal"]) for row in rows for r in row["regions"])
+    unparsed = sum(r["score"] is None for row in rows for r in row["regions"])
+    msg = f"{len(rows)} samples, {flagged} regions flagged at threshold {predictor.config.threshold:.4f}"
+    if args.mode == "generate":
+        msg += f", {unparsed} regions unparsed"
+    print(f"{msg} -> {args.out}")
+    return 0
