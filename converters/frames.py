@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Literal
 
 FACTOR = 28  # patch_size 14 * merge_size 2 for both Qwen2-VL and Qwen2.5-VL
@@ -58,6 +59,7 @@ def smart_resize(
     return h_bar, w_bar
 
 
+@lru_cache(maxsize=65536)
 def model_frame_size(
     width: int,
     height: int,

@@ -1,0 +1,143 @@
+"""`qwenvl-roi build-sft`: regions_*.jsonl -> LLaMA-Factory sharegpt files + dataset_info.json entries.
+
+Region samples: ``sft_{train,val,test}.json`` (datasets ``<prefix>_train/_val/_test``); image-level samples
+(whole image, one verdict): ``sft_image_{train,val}.json`` (``<prefix>_image_train/_image_val``). Entries in
+dataset_info.json are merged, never clobbering other datasets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .config import ConvertError, DataConfig, coerce_config, load_data_config
+from .meta import META_FILE, DatasetMeta, build_meta, load_dataset_meta
+from .prompt import build_image_record, build_record
+from .split import SPLITS
+from .write import write_json, write_json_array
+
+IMAGE_SPLITS = ("train", "val")
+SHAREGPT_TAGS = {
+    "role_tag": "role",
+    "content_tag": "content",
+    "user_tag": "user",
+    "assistant_tag": "assistant",
+    "system_tag": "system",
+}
+
+
+def read_regions(path: Path) -> Iterator[dict[str, Any]]:
+    """Samples of a regions_*.jsonl file; a bad line is an error naming file and line."""
+    if not path.is_file():
+        raise ConvertError(f"{path} not found (run `qwenvl-roi prepare` first)")
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                sample = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConvertError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
+            missing = {"image", "width", "height", "regions", "source"} - set(sample)
+            if missing:
+                raise ConvertError(f"{path}:{lineno}: sample lacks {', '.join(sorted(missing))}")
+            yield sample
+
+
+def dataset_names(prefix: str) -> dict[str, str]:
+    """dataset name -> sft file name."""
+    names = {f"{prefix}_{sp}": f"sft_{sp}.json" for sp in SPLITS}
+    names.update({f"{prefix}_image_{sp}": f"sft_image_{sp}.json" for sp in IMAGE_SPLITS})
+    return names
+
+
+def _rel(target: Path, start: Path) -> str:
+    return Path(os.path.relpath(os.path.abspath(target), os.path.abspath(start))).as_posix()
+
+
+def merge_dataset_info(cfg: DataConfig, meta: DatasetMeta) -> Path:
+    """Add or replace this dataset's entries in dataset_info.json; every other entry is kept as it was."""
+    info_dir = cfg.dataset_info_dir
+    path = info_dir / "dataset_info.json"
+    info: dict[str, Any] = {}
+    if path.exists():
+        try:
+            info = json.loads(path.read_text(encoding="utf-8-sig") or "{}")
+        except json.JSONDecodeError as exc:
+            raise ConvertError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); not overwriting it") from exc
+        if not isinstance(info, dict):
+            raise ConvertError(f"{path}: expected a JSON object of dataset entries; not overwriting it")
+    roi_meta = {
+        "image_max_pixels": meta.image_max_pixels,
+        "image_min_pixels": meta.image_min_pixels,
+        "model_family": meta.model_family,
+        "meta_file": _rel(cfg.out_dir / META_FILE, info_dir),
+    }
+    for name, file_name in dataset_names(cfg.dataset_prefix).items():
+        info[name] = {
+            "file_name": _rel(cfg.out_dir / file_name, info_dir),
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": dict(SHAREGPT_TAGS),
+            "roi_meta": dict(roi_meta),
+        }
+    write_json(path, info)
+    return path
+
+
+def build_sft(config: DataConfig | str | Path | dict, progress: bool | None = None) -> dict[str, Any]:
+    """Write the sharegpt files and dataset_info entries; returns record counts per dataset name."""
+    cfg = coerce_config(config)
+    out_dir = cfg.out_dir
+    old = load_dataset_meta(out_dir)
+    meta = build_meta(cfg, old.labels)
+    if meta != old:  # prompt texts or pixel limits changed since prepare: record what the files now use
+        write_json(out_dir / META_FILE, meta.model_dump())
+    disable = None if progress is None else not progress
+    counts: dict[str, int] = {}
+    for sp in SPLITS:
+        samples = list(read_regions(out_dir / f"regions_{sp}.jsonl"))
+        records = (
+            build_record(s, meta)
+            for s in tqdm(samples, desc=f"build-sft: {sp}", unit="sample", disable=disable)
+        )
+        counts[f"{cfg.dataset_prefix}_{sp}"] = write_json_array(out_dir / f"sft_{sp}.json", records)
+        if sp in IMAGE_SPLITS:
+            seen: set[str] = set()
+            firsts = []
+            for s in samples:
+                if s["image"] not in seen:
+                    seen.add(s["image"])
+                    firsts.append(s)
+            counts[f"{cfg.dataset_prefix}_image_{sp}"] = write_json_array(
+                out_dir / f"sft_image_{sp}.json", (build_image_record(s, meta) for s in firsts)
+            )
+    info_path = merge_dataset_info(cfg, meta)
+    return {"records": counts, "dataset_info": str(info_path), "out_dir": str(out_dir)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="data.yaml (see configs/data.yaml)")
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    lines = [f"{name}: {n} records" for name, n in summary["records"].items()]
+    lines.append(f"updated {summary['dataset_info']}")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        summary = build_sft(load_data_config(args.config))
+    except ConvertError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(summary_lines(summary)))
+    return 0

@@ -1,0 +1,49 @@
+"""`qwenvl-roi convert` = prepare + build-sft; ``convert(config)`` is the Python entry the demo calls."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import build_sft as build_sft_mod
+from . import prepare as prepare_mod
+from .config import ConvertError, DataConfig, coerce_config, load_data_config
+from .prepare import StrictModeError
+
+__all__ = ["ConvertError", "DataConfig", "StrictModeError", "convert", "load_data_config"]
+
+
+def convert(
+    config: DataConfig | str | Path | dict, strict: bool | None = None, progress: bool | None = None
+) -> dict[str, Any]:
+    """Run prepare then build-sft; returns {"prepare": report, "build_sft": summary}.
+
+    Raises ConvertError on bad config or input, StrictModeError (a ConvertError) when strict finds problems.
+    """
+    cfg = coerce_config(config)
+    result = prepare_mod.prepare(cfg, strict=strict, progress=progress)
+    summary = build_sft_mod.build_sft(cfg, progress=progress)
+    return {"prepare": result.report, "build_sft": summary}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="data.yaml (see configs/data.yaml)")
+    parser.add_argument("--strict", action="store_true", help="exit non-zero when any problem is found")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_data_config(args.config)
+        result = prepare_mod.prepare(cfg, strict=True if args.strict else None)
+        print("\n".join(prepare_mod.summary_lines(result)))
+        summary = build_sft_mod.build_sft(cfg)
+    except StrictModeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ConvertError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(build_sft_mod.summary_lines(summary)))
+    return 0

@@ -1,0 +1,280 @@
+"""Annotation txt -> raw boxes with 1-based line numbers, plus every problem found (never guesses).
+
+Line format: ``filename ; coords ; defect_type``. First column = text before the first column delimiter,
+last column = text after the last one, coords = everything between (it may itself hold ``;``/``；``,
+commas and spaces, and several boxes: every 4 numbers make one box).
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FULLWIDTH_SEMICOLON = "；"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing a person must know about: where (file, 1-based line or None) and why."""
+
+    file: str
+    line: int | None
+    kind: str
+    reason: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"file": self.file, "line": self.line, "kind": self.kind, "reason": self.reason}
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line is not None else self.file
+        return f"{where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class RawBox:
+    """A box as written in the txt (xyxy after an optional cx,cy,w,h conversion), not yet checked."""
+
+    line: int
+    coords: tuple[float, float, float, float]
+    label: str  # raw label text (stripped)
+
+
+@dataclass
+class ParsedTxt:
+    """Everything read from one txt file."""
+
+    encoding: str | None
+    boxes: list[RawBox] = field(default_factory=list)
+    # boxes from lines that cannot be used (reason per box), e.g. the filename column names another image
+    rejected: list[tuple[RawBox, str]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    lines_with_content: int = 0
+    lines_dropped: int = 0
+
+
+def decode_text(data: bytes) -> tuple[str | None, str | None]:
+    """Decode UTF-8 (with or without BOM), UTF-16 with BOM, or GBK/GB18030 text; (None, None) if none fits."""
+    if data.startswith(b"\xef\xbb\xbf"):
+        try:
+            return data[3:].decode("utf-8"), "utf-8-sig"
+        except UnicodeDecodeError:
+            return None, None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError:
+            return None, None
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    try:
+        return data.decode("gb18030"), "gbk"
+    except UnicodeDecodeError:
+        return None, None
+
+
+def name_key(name: str) -> str:
+    """Compare file names the way people mean them: width-folded, case-folded, basename only."""
+    name = unicodedata.normalize("NFKC", name).strip().replace("\\", "/")
+    return name.rsplit("/", 1)[-1].casefold()
+
+
+class LineParser:
+    """Splits lines into columns and coordinates according to the config's delimiters."""
+
+    def __init__(
+        self, column_delim: str = ";", inner_coord_delims: list[str] | None = None, xyxy: bool = True
+    ):
+        self.column_delims = sorted({column_delim, FULLWIDTH_SEMICOLON}, key=len, reverse=True)
+        inner = inner_coord_delims if inner_coord_delims is not None else ["；", ";", "，", ",", " "]
+        seps = {unicodedata.normalize("NFKC", d) for d in [*inner, column_delim, FULLWIDTH_SEMICOLON]}
+        seps |= {"\t", "\u3000"}
+        self.coord_seps = sorted((s for s in seps if s.strip()), key=len, reverse=True)
+        self.xyxy = xyxy
+
+    def split_columns(self, line: str) -> tuple[str, str, str] | None:
+        """(filename, coords, label) or None when there are fewer than two column delimiters."""
+        first: tuple[int, int] | None = None
+        last: tuple[int, int] | None = None
+        for d in self.column_delims:
+            i = line.find(d)
+            if i >= 0 and (first is None or i < first[0]):
+                first = (i, len(d))
+            j = line.rfind(d)
+            if j >= 0 and (last is None or j > last[0]):
+                last = (j, len(d))
+        if first is None or last is None or last[0] < first[0] + first[1]:
+            return None
+        return (
+            line[: first[0]].strip(),
+            line[first[0] + first[1] : last[0]].strip(),
+            line[last[0] + last[1] :].strip(),
+        )
+
+    def numbers(self, coords: str) -> tuple[list[float], list[str]]:
+        """All numbers of the coords column, and the tokens that are not finite numbers."""
+        text = unicodedata.normalize("NFKC", coords)
+        for s in self.coord_seps:
+            text = text.replace(s, " ")
+        values: list[float] = []
+        bad: list[str] = []
+        for tok in text.split():
+            try:
+                v = float(tok)
+            except ValueError:
+                bad.append(tok)
+                continue
+            if not math.isfinite(v):
+                bad.append(tok)
+            else:
+                values.append(v)
+        return values, bad
+
+    def to_xyxy(self, q: list[float]) -> tuple[float, float, float, float]:
+        if self.xyxy:
+            return (q[0], q[1], q[2], q[3])
+        cx, cy, w, h = q
+        return (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+
+
+def parse_text(
+    text: str, file_label: str, image_name: str | None, parser: LineParser, encoding: str
+) -> ParsedTxt:
+    """Parse decoded txt content. ``image_name`` is the image this txt belongs to (for the filename check)."""
+    out = ParsedTxt(encoding=encoding)
+    wanted = {name_key(image_name), name_key(Path(image_name).stem)} if image_name else set()
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        line = raw.replace("\ufeff", "").strip()
+        if not line:
+            continue
+        out.lines_with_content += 1
+
+        def drop(kind: str, reason: str, lineno: int = lineno) -> None:
+            out.problems.append(Problem(file_label, lineno, kind, reason))
+            out.lines_dropped += 1
+
+        cols = parser.split_columns(line)
+        if cols is None:
+            drop("columns", "expected 'filename ; coords ; defect_type' (3 columns); line skipped")
+            continue
+        fname, coords, label = cols
+        values, bad = parser.numbers(coords)
+        if bad:
+            shown = ", ".join(repr(b) for b in bad[:5])
+            drop("non_numeric", f"non-numeric coordinate token(s) {shown}; line skipped")
+            continue
+        if not values:
+            drop("no_coords", "no coordinates in the coords column; line skipped")
+            continue
+        if len(values) % 4:
+            drop(
+                "coord_count",
+                f"{len(values)} numbers in the coords column, not a multiple of 4; line skipped",
+            )
+            continue
+        boxes = [RawBox(lineno, parser.to_xyxy(values[i : i + 4]), label) for i in range(0, len(values), 4)]
+        if not label:
+            out.problems.append(
+                Problem(file_label, lineno, "empty_label", "empty defect_type column; boxes dropped")
+            )
+            out.rejected += [(b, "empty defect_type") for b in boxes]
+            out.lines_dropped += 1
+            continue
+        if not fname:
+            out.problems.append(
+                Problem(
+                    file_label,
+                    lineno,
+                    "empty_filename",
+                    f"empty filename column; boxes used for {image_name}",
+                )
+            )
+        elif wanted and name_key(fname) not in wanted:
+            out.problems.append(
+                Problem(
+                    file_label,
+                    lineno,
+                    "filename_mismatch",
+                    f"filename column names {fname!r} but this txt belongs to {image_name!r}; boxes dropped",
+                )
+            )
+            out.rejected += [(b, "filename column names another image") for b in boxes]
+            out.lines_dropped += 1
+            continue
+        out.boxes += boxes
+    return out
+
+
+def parse_txt(path: Path, file_label: str, image_name: str | None, parser: LineParser) -> ParsedTxt:
+    """Read and parse one annotation file; undecodable or unreadable files become one problem."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        out = ParsedTxt(encoding=None)
+        out.problems.append(
+            Problem(file_label, None, "unreadable_txt", f"cannot read txt: {exc.strerror or exc}")
+        )
+        return out
+    text, encoding = decode_text(data)
+    if text is None or encoding is None:
+        out = ParsedTxt(encoding=None)
+        out.problems.append(
+            Problem(
+                file_label, None, "encoding", "txt is neither UTF-8 (with or without BOM), UTF-16 nor GBK"
+            )
+        )
+        return out
+    return parse_text(text, file_label, image_name, parser, encoding)
+
+
+@dataclass(frozen=True)
+class CheckedBox:
+    """A raw box after checking against the image: kept as is, fixed (clipped/swapped) or dropped."""
+
+    raw: RawBox
+    box: tuple[float, float, float, float] | None
+    status: str  # "kept" | "clipped" | "dropped"
+    reason: str = ""
+    kind: str = ""  # problem kind: box_fixed | box_outside | box_zero_area | box_too_small
+
+
+def _num(v: float) -> float:
+    return int(v) if float(v).is_integer() else round(v, 3)
+
+
+def check_box(raw: RawBox, width: int, height: int, min_box_size: float) -> CheckedBox:
+    """Swap reversed corners, clip to the image, drop empty/outside/tiny boxes, with a reason for each."""
+    x1, y1, x2, y2 = raw.coords
+    notes: list[str] = []
+    if x2 < x1 or y2 < y1:
+        x1, x2 = min(x1, x2), max(x1, x2)
+        y1, y2 = min(y1, y2), max(y1, y2)
+        notes.append("corners reversed (x2<x1 or y2<y1), swapped")
+    if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
+        reason = f"box {list(map(_num, raw.coords))} lies outside the image {width}x{height}; dropped"
+        return CheckedBox(raw, None, "dropped", reason, "box_outside")
+    cx1, cy1, cx2, cy2 = max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)
+    if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+        notes.append(f"clipped to the image {width}x{height}")
+    if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
+        return CheckedBox(
+            raw, None, "dropped", f"box {list(map(_num, raw.coords))} has zero area; dropped", "box_zero_area"
+        )
+    if min(cx2 - cx1, cy2 - cy1) < min_box_size:
+        return CheckedBox(
+            raw,
+            None,
+            "dropped",
+            f"box {_num(cx2 - cx1)}x{_num(cy2 - cy1)} is smaller than min_box_size "
+            f"{_num(min_box_size)}; dropped",
+            "box_too_small",
+        )
+    box = (_num(cx1), _num(cy1), _num(cx2), _num(cy2))
+    if notes:
+        return CheckedBox(
+            raw, box, "clipped", f"box {list(map(_num, raw.coords))}: " + "; ".join(notes), "box_fixed"
+        )
+    return CheckedBox(raw, box, "kept")

@@ -1,0 +1,81 @@
+"""`qwenvl-roi scan-labels`: label distribution of the txt annotations and a ready-to-paste label_map block.
+
+With ``--out`` the JSON goes to the file and a summary plus the YAML block to stdout; without it stdout
+carries only the JSON (machine-readable) and the YAML block goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .config import ConvertError
+from .labels import count_labels, scan_summary
+from .parse import LineParser, parse_txt
+from .prepare import walk_files
+from .write import dumps, write_json
+
+
+def scan_labels(
+    abnormal_dir: str | Path, column_delim: str = ";", progress: bool | None = None
+) -> dict[str, Any]:
+    """Boxes and images per raw label, the merged variant groups, the label_map YAML and any problems."""
+    root = Path(abnormal_dir)
+    if not root.is_dir():
+        raise ConvertError(f"--abnormal-dir {root} does not exist or is not a folder")
+    if not column_delim or not column_delim.strip():
+        raise ConvertError("--column-delim must be a visible character such as ';'")
+    parser = LineParser(column_delim)
+    _, txts = walk_files(root)
+    pairs: list[tuple[str, str]] = []
+    problems = []
+    disable = None if progress is None else not progress
+    for rel in tqdm(txts, desc="scan-labels", unit="txt", disable=disable):
+        parsed = parse_txt(root / rel, (root / rel).as_posix(), None, parser)
+        problems += parsed.problems
+        pairs += [(b.label, rel) for b in parsed.boxes]
+    boxes, images = count_labels(pairs)
+    summary = scan_summary(boxes, images)
+    return {
+        "abnormal_dir": root.as_posix(),
+        "txt_files": len(txts),
+        "boxes": sum(boxes.values()),
+        **summary,
+        "problems": [p.as_dict() for p in problems],
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--abnormal-dir", required=True, help="folder of abnormal images and their .txt files"
+    )
+    parser.add_argument(
+        "--column-delim", default=";", help="column delimiter (full-width '；' is always accepted)"
+    )
+    parser.add_argument("--out", default=None, help="write the JSON here (default: print it)")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = scan_labels(args.abnormal_dir, args.column_delim)
+    except ConvertError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        write_json(args.out, result)
+        for row in result["merged"]:
+            variants = ", ".join(row["variants"])
+            print(f"{row['label']}: {row['boxes']} boxes in {row['images']} images  [{variants}]")
+        if result["problems"]:
+            print(f"{len(result['problems'])} problem line(s); see {args.out}")
+        print(f"wrote {args.out}\n\n# paste into configs/data.yaml:")
+        print(result["label_map_yaml"], end="")
+    else:
+        print(dumps(result))
+        print("# paste into configs/data.yaml:", file=sys.stderr)
+        print(result["label_map_yaml"], end="", file=sys.stderr)
+    return 0

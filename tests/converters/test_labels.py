@@ -1,0 +1,102 @@
+"""Label canonicalisation, label_map, and the scan-labels command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from qwenvl_roi.converters.config import ConvertError
+from qwenvl_roi.converters.labels import LabelResolver, auto_canonical, label_key
+
+
+def test_variants_differing_by_width_case_whitespace_share_a_key() -> None:
+    assert label_key("Crack") == label_key("ｃｒａｃｋ") == label_key(" CRACK ") == "crack"
+    assert label_key("hair  line") == label_key("Hair\u3000Line") == "hair line"
+    assert label_key("裂缝") != label_key("裂纹")
+
+
+def test_auto_canonical_picks_most_frequent_spelling_then_sort_order() -> None:
+    assert auto_canonical({"crack": 3, "Crack": 5, "ＣＲＡＣＫ": 1}) == {"crack": "Crack"}
+    assert auto_canonical({"b": 2, "B": 2}) == {"b": "B"}
+
+
+def test_label_map_wins_and_matches_variants() -> None:
+    r = LabelResolver({"crack": "裂缝", "seepage": "渗漏"}, {"Crack": 2, "ｓｅｅｐａｇｅ": 1, "dent": 1})
+    assert r.resolve("CRACK ") == ("裂缝", True)
+    assert r.resolve("Seepage") == ("渗漏", True)
+    assert r.resolve("裂缝") == ("裂缝", True)
+    assert r.resolve("dent") == ("dent", False)
+
+
+def test_conflicting_label_map_is_rejected() -> None:
+    with pytest.raises(ConvertError, match="conflicts"):
+        LabelResolver({"crack": "裂缝", "CRACK": "裂纹"}, {})
+
+
+def test_scan_labels_cli(tmp_path: Path, files) -> None:
+    root = tmp_path / "abn"
+    files.txt(root / "b1" / "a.txt", "a.jpg;1;2;3;4;Crack\na.jpg;1;2;3;4  5;6;7;8;crack\n")
+    files.txt(
+        root / "b2" / "b.txt",
+        "b.jpg；1；2；3；4；ＣＲＡＣＫ\r\nb.jpg;1;2;3;4;渗漏\r\n",
+        encoding="gbk",
+        bom=False,
+    )
+    files.txt(root / "b2" / "c.txt", "c.jpg;1;2;3;crack\n", bom=True)
+    out = tmp_path / "labels.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qwenvl_roi.cli",
+            "scan-labels",
+            "--abnormal-dir",
+            str(root),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["txt_files"] == 3 and data["boxes"] == 5
+    assert {r["label"]: (r["boxes"], r["images"]) for r in data["labels"]} == {
+        "crack": (2, 1),
+        "Crack": (1, 1),
+        "ＣＲＡＣＫ": (1, 1),
+        "渗漏": (1, 1),
+    }
+    assert data["merged"][0] == {
+        "label": "crack",
+        "variants": ["Crack", "crack", "ＣＲＡＣＫ"],
+        "boxes": 4,
+        "images": 2,
+    }
+    assert [(p["line"], p["kind"]) for p in data["problems"]] == [(1, "coord_count")]
+    block = proc.stdout[proc.stdout.index("label_map:") :]
+    assert yaml.safe_load(block) == {
+        "label_map": {"Crack": "crack", "crack": "crack", "ＣＲＡＣＫ": "crack", "渗漏": "渗漏"}
+    }
+    # without --out, stdout is pure JSON
+    proc = subprocess.run(
+        [sys.executable, "-m", "qwenvl_roi.cli", "scan-labels", "--abnormal-dir", str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(proc.stdout)["merged"] == data["merged"]
+    assert "label_map:" in proc.stderr
+
+
+def test_scan_labels_missing_dir_exit_code(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "qwenvl_roi.cli", "scan-labels", "--abnormal-dir", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
