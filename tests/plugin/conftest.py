@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -147,3 +148,11 @@ def train_cli(roi_dataset: Path, tmp_path: Path) -> Callable[..., subprocess.Com
         return run_cli("train", RECIPES / recipe, merged, tmp_path, env=env or lf_env(tmp_path))
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def lf() -> SimpleNamespace:
+    """The helpers above for test modules (pytest's importlib mode gives tests no package to import from)."""
+    return SimpleNamespace(
+        RECIPES=RECIPES, CPU_OVERRIDES=CPU_OVERRIDES, env=lf_env, run_cli=run_cli, write_dataset=write_dataset
+    )

@@ -1,0 +1,187 @@
+"""Exact trainable sets and optimizer-group learning rates, for both model families and every phase.
+
+The recipes in recipes/ are parsed by LLaMA-Factory's own get_train_args in a fresh interpreter (so the
+.pth hook patches it), the model is loaded by LLaMA-Factory's load_model, and the optimizer comes from
+its create_custom_optimizer. Expected names are derived here from the plain transformers model.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes"
+
+PROBE = Path(__file__).with_name("trainable_probe.py")
+WEIGHT_DECAY = 0.01
+
+
+def _recipe(name: str, model: Path, data: Path, out: Path, **overrides: object) -> dict:
+    case = yaml.safe_load((RECIPES / name).read_text())
+    case.update(
+        {
+            "model_name_or_path": str(model),
+            "dataset_dir": str(data),
+            "output_dir": str(out),
+            "use_cpu": True,
+            "bf16": False,
+            "report_to": "none",
+            "weight_decay": WEIGHT_DECAY,
+            "preprocessing_num_workers": 1,
+            "deepspeed": None,
+        }
+    )
+    case.update(overrides)
+    return {k: v for k, v in case.items() if v is not None or k == "resume_from_checkpoint"}
+
+
+def _probe(lf, cases: list[dict], tmp: Path, plugin: bool = True) -> list[dict]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "cases.json").write_text(json.dumps(cases))
+    env = lf.env(tmp, QWENVL_ROI_PLUGIN="1" if plugin else "0")
+    proc = subprocess.run(
+        [sys.executable, str(PROBE), str(tmp / "cases.json"), str(tmp / "result.json")],
+        env=env,
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads((tmp / "result.json").read_text())
+
+
+class Expected:
+    """Trainable names the phases must produce, from the base model's own modules."""
+
+    def __init__(self, model_path: Path) -> None:
+        import torch
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(model_path)
+        self.depth = model.config.vision_config.depth
+        self.params = {n: p.ndim for n, p in model.named_parameters()}
+        self.linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+
+    def lora(self, prefix: str) -> set[str]:
+        return {
+            f"base_model.model.{n}.lora_{ab}.default.weight"
+            for n in self.linears
+            if n.startswith(prefix)
+            for ab in "AB"
+        }
+
+    def saved(self, prefix: str) -> dict[str, int]:
+        """modules_to_save copies of every parameter under a module, with their ndim."""
+        module = prefix.rstrip(".")
+        return {
+            f"base_model.model.{module}.modules_to_save.default.{n[len(prefix) :]}": nd
+            for n, nd in self.params.items()
+            if n.startswith(prefix)
+        }
+
+
+def _no_decay(name: str, ndim: int) -> bool:
+    return ndim < 2 or name.endswith(".bias") or "norm" in name
+
+
+def _expected_groups(
+    exp: Expected, phase: int, lrs: dict[str, float], extra_language: dict[str, int]
+) -> dict:
+    """name -> (lr, weight decay) for a phase of the recipes (top blocks per the overrides below)."""
+    out: dict[str, tuple[float, float]] = {}
+    for name in exp.lora("model.language_model.layers."):
+        out[name] = (lrs["language"], WEIGHT_DECAY)
+    for name, nd in extra_language.items():
+        out[name] = (lrs["language"], 0.0 if _no_decay(name, nd) else WEIGHT_DECAY)
+    for name, nd in exp.saved("model.visual.merger.").items():
+        out[name] = (lrs["projector"], 0.0 if _no_decay(name, nd) else WEIGHT_DECAY)
+    top = exp.depth - 1
+    if phase == 2:
+        for i in (top - 1, top):
+            for name in exp.lora(f"model.visual.blocks.{i}."):
+                out[name] = (lrs["vision_lora"], WEIGHT_DECAY)
+    if phase == 3:
+        for i in (top - 2, top - 1):
+            for name in exp.lora(f"model.visual.blocks.{i}."):
+                out[name] = (lrs["vision_lora"], WEIGHT_DECAY)
+        for name, nd in exp.saved(f"model.visual.blocks.{top}.").items():
+            out[name] = (lrs["vision_unfrozen"], 0.0 if _no_decay(name, nd) else WEIGHT_DECAY)
+    return out
+
+
+PHASE_OVERRIDES = {
+    1: {},
+    2: {"roi_vision_lora_top_blocks": 2},
+    3: {"roi_vision_lora_top_blocks": 3, "roi_vision_unfreeze_top_blocks": 1},
+}
+RECIPE_LRS = {"language": 1e-4, "projector": 2e-4, "vision_lora": 5e-5, "vision_unfrozen": 1e-5}
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_exact_trainable_sets_and_group_lrs(
+    family: str, request, lf, roi_dataset: Path, tmp_path: Path
+) -> None:
+    model = request.getfixturevalue(f"tiny_{family}")
+    exp = Expected(model)
+    cases, expected = [], []
+    for phase, overrides in PHASE_OVERRIDES.items():
+        cases.append(_recipe(f"phase{phase}.yaml", model, roi_dataset, tmp_path / f"p{phase}", **overrides))
+        expected.append(_expected_groups(exp, phase, RECIPE_LRS, {}))
+    # lm_head as an extra saved module (the demo trains it) lands in the language group
+    lm_head = {"base_model.model.lm_head.modules_to_save.default.weight": 2}
+    cases.append(_recipe("phase1.yaml", model, roi_dataset, tmp_path / "p1h", additional_target="lm_head"))
+    expected.append(_expected_groups(exp, 1, RECIPE_LRS, lm_head))
+    # unset roi_lr_* default to learning_rate
+    defaults = {
+        k: None
+        for k in ("roi_lr_language", "roi_lr_projector", "roi_lr_vision_lora", "roi_lr_vision_unfrozen")
+    }
+    cases.append(
+        _recipe(
+            "phase3.yaml",
+            model,
+            roi_dataset,
+            tmp_path / "p3d",
+            learning_rate=3e-4,
+            **defaults,
+            **PHASE_OVERRIDES[3],
+        )
+    )
+    expected.append(_expected_groups(exp, 3, dict.fromkeys(RECIPE_LRS, 3e-4), {}))
+
+    results = _probe(lf, cases, tmp_path)
+    for case, want, got in zip(cases, expected, results, strict=True):
+        label = f"{family} {case['output_dir']}"
+        assert set(got["trainable"]) == set(want), label
+        assert got["groups"] is not None, label
+        seen: list[str] = []
+        for group in got["groups"]:
+            assert group["names"], label
+            for name in group["names"]:
+                assert want[name] == (pytest.approx(group["lr"]), pytest.approx(group["weight_decay"])), name
+            seen.extend(group["names"])
+        assert sorted(seen) == sorted(want), label
+        table = json.loads((Path(case["output_dir"]) / "trainable_params.json").read_text())
+        assert table["total_tensors"] == len(want)
+        assert table["vision_depth"] == exp.depth
+
+
+def test_no_roi_keys_is_stock(tiny_qwen2_5_vl: Path, lf, roi_dataset: Path, tmp_path: Path) -> None:
+    """Without roi_ keys the plugin changes nothing: same trainable set, LLaMA-Factory's default optimizer."""
+    case = _recipe("phase1.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path / "out")
+    case = {k: v for k, v in case.items() if not k.startswith("roi_")}
+    case["overwrite_output_dir"] = True
+    with_plugin = _probe(lf, [case], tmp_path / "on")[0]
+    stock = _probe(lf, [case], tmp_path / "off", plugin=False)[0]
+    assert with_plugin == stock
+    assert stock["groups"] is None  # no custom optimizer: HF Trainer's default
+    assert set(stock["trainable"]) == Expected(tiny_qwen2_5_vl).lora("model.language_model.layers.")
+    assert not (tmp_path / "out" / "trainable_params.json").exists()
