@@ -92,8 +92,15 @@ def merge_dataset_info(cfg: DataConfig, meta: DatasetMeta) -> Path:
     return path
 
 
-def build_sft(config: DataConfig | str | Path | dict, progress: bool | None = None) -> dict[str, Any]:
-    """Write the sharegpt files and dataset_info entries; returns record counts per dataset name."""
+def build_sft(
+    config: DataConfig | str | Path | dict,
+    progress: bool | None = None,
+    samples: dict[str, list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """Write the sharegpt files and dataset_info entries; returns record counts per dataset name.
+
+    ``samples`` (split -> samples, as prepare returns them) skips re-reading regions_*.jsonl.
+    """
     cfg = coerce_config(config)
     out_dir = cfg.out_dir
     old = load_dataset_meta(out_dir)
@@ -103,16 +110,19 @@ def build_sft(config: DataConfig | str | Path | dict, progress: bool | None = No
     disable = None if progress is None else not progress
     counts: dict[str, int] = {}
     for sp in SPLITS:
-        samples = list(read_regions(out_dir / f"regions_{sp}.jsonl"))
+        if samples is not None:
+            split_samples = samples[sp]
+        else:
+            split_samples = list(read_regions(out_dir / f"regions_{sp}.jsonl"))
         records = (
             build_record(s, meta)
-            for s in tqdm(samples, desc=f"build-sft: {sp}", unit="sample", disable=disable)
+            for s in tqdm(split_samples, desc=f"build-sft: {sp}", unit="sample", disable=disable)
         )
         counts[f"{cfg.dataset_prefix}_{sp}"] = write_json_array(out_dir / f"sft_{sp}.json", records)
         if sp in IMAGE_SPLITS:
             seen: set[str] = set()
             firsts = []
-            for s in samples:
+            for s in split_samples:
                 if s["image"] not in seen:
                     seen.add(s["image"])
                     firsts.append(s)

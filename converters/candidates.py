@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
+import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,10 +49,57 @@ class CandidatePolicy:
         return cls(lo, hi, neg, cfg.max_neg_iou, cfg.min_box_size)
 
 
-def image_rng(seed: int, image_key: str) -> random.Random:
+class ImageRandom:
+    """A deterministic random stream seeded only by (seed, image): SHAKE-128 output read as 53-bit floats.
+
+    Cheaper to create than ``random.Random`` (no Mersenne-Twister seeding per image) and identical on
+    every platform; only ``random``, ``randint`` and ``shuffle`` are provided because nothing else is used.
+    """
+
+    __slots__ = ("_buf", "_i", "_key", "_n")
+
+    def __init__(self, key: bytes):
+        self._key = key
+        self._n = 0
+        self._buf: Sequence[int] = ()
+        self._i = 0
+
+    def _refill(self) -> None:
+        self._n += 1
+        words = array("Q", hashlib.shake_128(self._key + self._n.to_bytes(4, "big")).digest(8 * _BLOCK))
+        if _LITTLE:  # read the digest as big-endian words on every platform
+            words.byteswap()
+        self._buf = words
+        self._i = 0
+
+    def random(self) -> float:
+        """A float in [0, 1)."""
+        i = self._i
+        if i >= len(self._buf):
+            self._refill()
+            i = 0
+        self._i = i + 1
+        return (self._buf[i] >> 11) * _TWO_M53
+
+    def randint(self, a: int, b: int) -> int:
+        """An int in [a, b]."""
+        return a + int(self.random() * (b - a + 1))
+
+    def shuffle(self, x: list) -> None:
+        """Fisher-Yates in place."""
+        for i in range(len(x) - 1, 0, -1):
+            j = int(self.random() * (i + 1))
+            x[i], x[j] = x[j], x[i]
+
+
+_BLOCK = 32
+_LITTLE = sys.byteorder == "little"
+_TWO_M53 = 2.0**-53
+
+
+def image_rng(seed: int, image_key: str) -> ImageRandom:
     """A generator seeded only by (seed, image), independent of every other image."""
-    digest = hashlib.sha256(f"{seed}\x00candidates\x00{image_key}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
+    return ImageRandom(f"{seed}\x00candidates\x00{image_key}\x00".encode())
 
 
 def iou(a: Box, b: Box) -> float:
@@ -70,35 +118,35 @@ def size_pool(relative_sizes: Sequence[tuple[float, float]]) -> list[tuple[float
     return sorted(relative_sizes) if relative_sizes else list(FALLBACK_SIZES)
 
 
-def draw_box(
-    rng: random.Random, width: int, height: int, pool: Sequence[tuple[float, float]], min_size: float
-) -> Box:
-    """One integer box with a size taken from the pool (scaled to this image) at a uniform position."""
-    rw, rh = pool[rng.randrange(len(pool))]
-    floor_w, floor_h = min(width, max(1, math.ceil(min_size))), min(height, max(1, math.ceil(min_size)))
-    w = min(width, max(floor_w, int(math.floor(rw * width + 0.5))))
-    h = min(height, max(floor_h, int(math.floor(rh * height + 0.5))))
-    x1 = rng.randint(0, width - w)
-    y1 = rng.randint(0, height - h)
-    return (x1, y1, x1 + w, y1 + h)
-
-
 def _negatives(
-    rng: random.Random,
+    rng: ImageRandom,
     n: int,
     width: int,
     height: int,
     avoid: Sequence[Box],
-    pool: Sequence,
+    pool: Sequence[tuple[float, float]],
     policy: CandidatePolicy,
 ) -> list[Box]:
+    """Up to n integer boxes, sizes taken from the pool (scaled to this image), uniform positions, none
+    overlapping a box of ``avoid`` by more than max_iou (rejection sampling, bounded tries)."""
     out: list[Box] = []
-    tries = 0
-    while len(out) < n and tries < n * MAX_TRIES_PER_NEGATIVE:
+    rnd = rng.random
+    n_pool = len(pool)
+    floor_side = max(1, math.ceil(policy.min_box_size))
+    min_w, min_h = min(width, floor_side), min(height, floor_side)
+    max_iou = policy.max_iou
+    tries, limit = 0, n * MAX_TRIES_PER_NEGATIVE
+    while len(out) < n and tries < limit:
         tries += 1
-        box = draw_box(rng, width, height, pool, policy.min_box_size)
-        if all(iou(box, p) <= policy.max_iou for p in avoid):
-            out.append(box)
+        rw, rh = pool[int(rnd() * n_pool)]
+        w = min(width, max(min_w, int(rw * width + 0.5)))
+        h = min(height, max(min_h, int(rh * height + 0.5)))
+        x1 = int(rnd() * (width - w + 1))
+        y1 = int(rnd() * (height - h + 1))
+        box = (x1, y1, x1 + w, y1 + h)
+        if avoid and any(iou(box, p) > max_iou for p in avoid):
+            continue
+        out.append(box)
     return out
 
 
@@ -110,7 +158,7 @@ class DrawnSample:
     wanted: int
 
 
-def _finish(rng: random.Random, items: list[tuple[Box, str | None, bool]]) -> list[dict]:
+def _finish(rng: ImageRandom, items: list[tuple[Box, str | None, bool]]) -> list[dict]:
     rng.shuffle(items)
     return [
         {"id": f"R{i}", "box": list(box), "label": label, "positive": positive}
@@ -118,8 +166,13 @@ def _finish(rng: random.Random, items: list[tuple[Box, str | None, bool]]) -> li
     ]
 
 
+def _count(rng: ImageRandom, policy: CandidatePolicy) -> int:
+    """The candidate count of one sample: uniform on [lo, hi], the same for both classes."""
+    return policy.lo + int(rng.random() * (policy.hi - policy.lo + 1))
+
+
 def draw_samples(
-    rng: random.Random,
+    rng: ImageRandom,
     width: int,
     height: int,
     positives: Sequence[tuple[Box, str]],
@@ -128,7 +181,7 @@ def draw_samples(
 ) -> list[DrawnSample]:
     """The samples of one image: one for a normal image (no positives), one or more for an abnormal one."""
     if not positives:
-        k = rng.randint(policy.lo, policy.hi)
+        k = _count(rng, policy)
         decoys = _negatives(rng, k, width, height, (), pool, policy)
         return [DrawnSample(_finish(rng, [(b, None, False) for b in decoys]), k)]
     order = list(range(len(positives)))
@@ -137,7 +190,7 @@ def draw_samples(
     samples: list[DrawnSample] = []
     i = 0
     while i < len(order):
-        k = rng.randint(policy.lo, policy.hi)
+        k = _count(rng, policy)
         take = min(len(order) - i, max(1, k // (1 + policy.neg_per_pos)))
         chunk = [positives[j] for j in order[i : i + take]]
         i += take

@@ -24,7 +24,7 @@ def convert(
     """
     cfg = coerce_config(config)
     result = prepare_mod.prepare(cfg, strict=strict, progress=progress)
-    summary = build_sft_mod.build_sft(cfg, progress=progress)
+    summary = build_sft_mod.build_sft(cfg, progress=progress, samples=result.samples)
     return {"prepare": result.report, "build_sft": summary}
 
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = load_data_config(args.config)
         result = prepare_mod.prepare(cfg, strict=True if args.strict else None)
         print("\n".join(prepare_mod.summary_lines(result)))
-        summary = build_sft_mod.build_sft(cfg)
+        summary = build_sft_mod.build_sft(cfg, samples=result.samples)
     except StrictModeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -74,9 +74,44 @@ def model_frame_size(
     return ww, hh
 
 
-def _round(v: float) -> int:
-    """Round half up (Python's round() is banker's rounding; this is easier to reproduce elsewhere)."""
-    return int(math.floor(v + 0.5))
+def boxes_to_frame(
+    boxes: Sequence[Sequence[float]],
+    width: int,
+    height: int,
+    family: ModelFamily,
+    frame_size: tuple[int, int] | None = None,
+) -> list[list[int]]:
+    """Original-pixel xyxy boxes of one image in the model's coordinate frame (integers).
+
+    qwen2_5_vl: absolute pixels of the resized image (``frame_size`` = model_frame_size(...), required),
+    rounded half up and clamped to the frame; qwen2_vl: ``int(v * 1000 / side)`` clamped to [0, 999].
+    """
+    if family == "qwen2_vl":
+        return [
+            [
+                min(999, max(0, int(x1 * 1000 / width))),
+                min(999, max(0, int(y1 * 1000 / height))),
+                min(999, max(0, int(x2 * 1000 / width))),
+                min(999, max(0, int(y2 * 1000 / height))),
+            ]
+            for x1, y1, x2, y2 in boxes
+        ]
+    if family != "qwen2_5_vl":
+        raise ValueError(f"unknown model family {family!r}")
+    if frame_size is None:
+        raise ValueError("qwen2_5_vl boxes need frame_size = model_frame_size(...)")
+    fw, fh = frame_size
+    sx, sy = fw / width, fh / height
+    # clamping first makes int(v + 0.5) equal to floor(v + 0.5) (round half up)
+    return [
+        [
+            min(fw, int(max(0.0, x1 * sx) + 0.5)),
+            min(fh, int(max(0.0, y1 * sy) + 0.5)),
+            min(fw, int(max(0.0, x2 * sx) + 0.5)),
+            min(fh, int(max(0.0, y2 * sy) + 0.5)),
+        ]
+        for x1, y1, x2, y2 in boxes
+    ]
 
 
 def box_to_frame(
@@ -86,28 +121,5 @@ def box_to_frame(
     family: ModelFamily,
     frame_size: tuple[int, int] | None = None,
 ) -> list[int]:
-    """An original-pixel xyxy box in the model's coordinate frame (integers).
-
-    qwen2_5_vl: absolute pixels of the resized image (``frame_size`` = model_frame_size(...), required);
-    qwen2_vl: normalised to [0, 1000) of the image.
-    """
-    x1, y1, x2, y2 = (float(v) for v in box)
-    if family == "qwen2_vl":
-        return [
-            min(999, max(0, int(x1 * 1000 / width))),
-            min(999, max(0, int(y1 * 1000 / height))),
-            min(999, max(0, int(x2 * 1000 / width))),
-            min(999, max(0, int(y2 * 1000 / height))),
-        ]
-    if family != "qwen2_5_vl":
-        raise ValueError(f"unknown model family {family!r}")
-    if frame_size is None:
-        raise ValueError("qwen2_5_vl boxes need frame_size = model_frame_size(...)")
-    fw, fh = frame_size
-    sx, sy = fw / width, fh / height
-    return [
-        min(fw, max(0, _round(x1 * sx))),
-        min(fh, max(0, _round(y1 * sy))),
-        min(fw, max(0, _round(x2 * sx))),
-        min(fh, max(0, _round(y2 * sy))),
-    ]
+    """One original-pixel xyxy box in the model's coordinate frame (see boxes_to_frame)."""
+    return boxes_to_frame([box], width, height, family, frame_size)[0]

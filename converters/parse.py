@@ -208,10 +208,11 @@ def parse_text(
     return out
 
 
-def parse_txt(path: Path, file_label: str, image_name: str | None, parser: LineParser) -> ParsedTxt:
+def parse_txt(path: str | Path, file_label: str, image_name: str | None, parser: LineParser) -> ParsedTxt:
     """Read and parse one annotation file; undecodable or unreadable files become one problem."""
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read()
     except OSError as exc:
         out = ParsedTxt(encoding=None)
         out.problems.append(

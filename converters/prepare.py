@@ -90,10 +90,8 @@ def read_size(path: str) -> tuple[int, int] | str:
     from PIL import Image
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                w, h = im.size
+        with Image.open(path) as im:
+            w, h = im.size
     except Image.DecompressionBombError as exc:
         return f"too large for PIL ({exc})"
     except Exception as exc:  # PIL raises many exception types for corrupt headers
@@ -120,7 +118,8 @@ class _Collector:
         self.encodings: Counter[str] = Counter()
 
     def _label(self, root: Path, rel: str) -> str:
-        return (root / rel).as_posix()
+        """How problems name a file: the configured root (as written) joined with the relative path."""
+        return f"{root.as_posix()}/{rel}"
 
     def _drop_all(self, boxes: list[RawBox], kind: str) -> None:
         for _ in boxes:
@@ -130,6 +129,7 @@ class _Collector:
         root = self.cfg.abnormal_dir
         if not root.is_dir():
             raise ConvertError(f"abnormal_dir {root} does not exist or is not a folder")
+        abs_root = os.path.abspath(root)
         images, txts = walk_files(root)
         self.inputs["abnormal_images_found"] = len(images)
         self.inputs["txt_files_found"] = len(txts)
@@ -143,7 +143,7 @@ class _Collector:
         entries: list[ImageEntry] = []
         for stem in sorted(set(txt_by_stem) - set(by_stem)):
             for rel in txt_by_stem[stem]:
-                parsed = parse_txt(root / rel, self._label(root, rel), None, self.parser)
+                parsed = parse_txt(f"{root}/{rel}", self._label(root, rel), None, self.parser)
                 self._drop_all(parsed.boxes + [b for b, _ in parsed.rejected], "txt_without_image")
                 self.problems.append(
                     Problem(
@@ -169,7 +169,7 @@ class _Collector:
                 )
                 if rel == by_stem[stem][0]:
                     for t in txt_rels:
-                        parsed = parse_txt(root / t, self._label(root, t), None, self.parser)
+                        parsed = parse_txt(f"{root}/{t}", self._label(root, t), None, self.parser)
                         self._drop_all(parsed.boxes + [b for b, _ in parsed.rejected], "ambiguous_image")
                 continue
             if not txt_rels:
@@ -187,11 +187,11 @@ class _Collector:
                     )
                 )
                 for t in txt_rels:
-                    parsed = parse_txt(root / t, self._label(root, t), None, self.parser)
+                    parsed = parse_txt(f"{root}/{t}", self._label(root, t), None, self.parser)
                     self._drop_all(parsed.boxes + [b for b, _ in parsed.rejected], "ambiguous_txt")
                 continue
             txt_label = self._label(root, txt_rels[0])
-            parsed = parse_txt(root / txt_rels[0], txt_label, posixpath.basename(rel), self.parser)
+            parsed = parse_txt(f"{root}/{txt_rels[0]}", txt_label, posixpath.basename(rel), self.parser)
             self.problems += parsed.problems
             if parsed.encoding:
                 self.encodings[parsed.encoding] += 1
@@ -199,7 +199,7 @@ class _Collector:
                 self.ledger.add(
                     "dropped", "empty_label" if why == "empty defect_type" else "filename_mismatch"
                 )
-            size = read_size(str(root / rel))
+            size = read_size(f"{root}/{rel}")
             if isinstance(size, str):
                 self.problems.append(
                     Problem(label, None, "unreadable_image", f"cannot read image: {size}; skipped")
@@ -207,7 +207,7 @@ class _Collector:
                 self._drop_all(parsed.boxes, "image_unreadable")
                 continue
             w, h = size
-            entry = ImageEntry("abnormal", rel, os.path.abspath(root / rel), w, h)
+            entry = ImageEntry("abnormal", rel, f"{abs_root}/{rel}", w, h)
             for raw in parsed.boxes:
                 checked = check_box(raw, w, h, self.cfg.min_box_size)
                 self.ledger.add(checked.status, checked.kind)
@@ -231,6 +231,7 @@ class _Collector:
             raise ConvertError(
                 f"normal_dir {root} does not exist or is not a folder (set it to null for none)"
             )
+        abs_root = os.path.abspath(root)
         images, txts = walk_files(root)
         self.inputs["normal_images_found"] = len(images)
         for rel in txts:
@@ -239,7 +240,7 @@ class _Collector:
             )
         entries = []
         for rel in tqdm(images, desc="prepare: normal", unit="img", disable=self._disable()):
-            size = read_size(str(root / rel))
+            size = read_size(f"{root}/{rel}")
             if isinstance(size, str):
                 self.problems.append(
                     Problem(
@@ -250,7 +251,7 @@ class _Collector:
                     )
                 )
                 continue
-            entries.append(ImageEntry("normal", rel, os.path.abspath(root / rel), size[0], size[1]))
+            entries.append(ImageEntry("normal", rel, f"{abs_root}/{rel}", size[0], size[1]))
         return entries
 
     def _disable(self) -> bool | None:
@@ -323,10 +324,6 @@ def _assign_splits(entries: list[ImageEntry], cfg: DataConfig, problems: list[Pr
     return warns
 
 
-def _num(v: float) -> float:
-    return int(v) if float(v).is_integer() else v
-
-
 def _samples(entries: list[ImageEntry], cfg: DataConfig, progress: bool | None) -> tuple[list[dict], int]:
     policy = CandidatePolicy.from_config(cfg)
     pool = size_pool(
@@ -339,7 +336,7 @@ def _samples(entries: list[ImageEntry], cfg: DataConfig, progress: bool | None) 
         rng = image_rng(cfg.seed, f"{e.source}/{e.rel}")
         for k, drawn in enumerate(draw_samples(rng, e.width, e.height, e.boxes, pool, policy)):
             short += len(drawn.regions) < drawn.wanted
-            regions = [{**r, "box": [_num(v) for v in r["box"]]} for r in drawn.regions]
+            regions = drawn.regions
             samples.append(
                 {
                     "sample_id": f"{e.source}/{e.rel}#{k}",
@@ -363,7 +360,11 @@ def prepare(
     cfg = coerce_config(config)
     strict = cfg.strict if strict is None else strict
     col = _Collector(cfg, progress)
-    entries = col.abnormal() + col.normal()
+    from PIL import Image
+
+    with warnings.catch_warnings():  # huge industrial images are fine: only headers are read
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        entries = col.abnormal() + col.normal()
     variants = _resolve_labels(entries, cfg, col.problems)
     labels = sorted(variants)
     meta = build_meta(cfg, labels)

@@ -12,20 +12,33 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
+from .frames import boxes_to_frame
 from .meta import DatasetMeta
 
 _LINE = re.compile(r"^\s*(?P<key>[^:：]+?)\s*[:：]\s*(?P<value>.*?)\s*$")
 
 
 def _fill(template: str, meta: DatasetMeta) -> str:
+    return _fill_cached(
+        template,
+        tuple(meta.labels),
+        meta.label_sep,
+        meta.normal_word,
+        meta.abnormal_word,
+        meta.image_key,
+        meta.coord_desc,
+    )
+
+
+@lru_cache(maxsize=64)
+def _fill_cached(
+    template: str, labels: tuple[str, ...], sep: str, normal: str, abnormal: str, key: str, coord: str
+) -> str:
     return template.format(
-        labels=meta.label_sep.join(meta.labels),
-        normal_word=meta.normal_word,
-        abnormal_word=meta.abnormal_word,
-        image_key=meta.image_key,
-        coord_desc=meta.coord_desc,
+        labels=sep.join(labels), normal_word=normal, abnormal_word=abnormal, image_key=key, coord_desc=coord
     )
 
 
@@ -37,10 +50,11 @@ def system_text(meta: DatasetMeta) -> str:
 def regions_block(sample: Mapping[str, Any], meta: DatasetMeta) -> str:
     """``<regions>`` block with every candidate's box in the model's coordinate frame."""
     w, h = int(sample["width"]), int(sample["height"])
+    size = meta.frame_size(w, h) if meta.model_family == "qwen2_5_vl" else None
+    regions = sample["regions"]
+    framed = boxes_to_frame([r["box"] for r in regions], w, h, meta.model_family, size)
     lines = ["<regions>"]
-    for region in sample["regions"]:
-        x1, y1, x2, y2 = meta.box_in_frame(region["box"], w, h)
-        lines.append(f"{region['id']}: [{x1}, {y1}, {x2}, {y2}]")
+    lines += [f"{r['id']}: [{b[0]}, {b[1]}, {b[2]}, {b[3]}]" for r, b in zip(regions, framed, strict=True)]
     lines.append("</regions>")
     return "\n".join(lines)
 
