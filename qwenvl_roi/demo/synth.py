@@ -67,7 +67,7 @@ def _rng(seed: int, *key: object) -> np.random.Generator:
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Value noise in [-1, 1]: a coarse random grid upsampled bicubically."""
     coarse = rng.uniform(-1.0, 1.0, size=(cells, cells)).astype(np.float32)
-    img = Image.fromarray(coarse, mode="F").resize((size, size), Image.Resampling.BICUBIC)
+    img = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
     return np.clip(np.asarray(img, dtype=np.float32), -1.5, 1.5)
 
 
@@ -202,7 +202,7 @@ def draw_image(cfg: SynthConfig, index: int, abnormal: bool) -> tuple[Image.Imag
             tight = DRAWERS[kind](rng, canvas, cx, cy)
             defects.append(Defect(kind=kind, box=_annotator_box(tight, cfg.size)))
     pixels = np.clip(canvas, 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, mode="L").convert("RGB"), defects
+    return Image.fromarray(pixels).convert("RGB"), defects
 
 
 def _coords_text(rng: np.random.Generator, boxes: list[tuple[int, int, int, int]]) -> str:
@@ -295,6 +295,7 @@ def generate(out_root: Path, cfg: SynthConfig | None = None, *, progress: bool =
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.tmp-", dir=out_root.parent))
     try:
         manifest = _generate_into(tmp, cfg, digest, progress)
+        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is ordinary output
         if out_root.exists():
             shutil.rmtree(out_root)
         os.replace(tmp, out_root)

@@ -1,0 +1,431 @@
+"""The end-to-end CPU demo: synthetic data -> convert -> phase 1/2/3 through llamafactory-cli -> eval.
+
+Why: a new user must see the whole system work (and learn) before they own a GPU or a model. Every step
+is the real tool a user would run: `qwenvl-roi tiny-model`, `scan-labels`, `convert`, the stock
+`llamafactory-cli train recipes/phaseN.yaml key=value ...` and `llamafactory-cli export`, then
+`qwenvl-roi predict` and `eval` with the threshold chosen on val. The test split is only ever predicted
+and scored, never trained on or used to choose anything.
+
+The learning schedule follows ../shared/notes/demo-learning-notes.md: a tiny random-weight model must train
+its vision tower, projector and output head; an image-level stage comes before the region stage, and
+image-level samples stay in the mix afterwards. Phase 1 (vision frozen) teaches the answer format,
+phase 2 (vision LoRA on every block) is the image-level stage, phase 3 (every vision block unfrozen)
+trains on region and image-level samples together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .synth import LABEL_SPELLINGS, SynthConfig, generate
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class PhaseSpec(BaseModel):
+    """One training phase: which recipe, on which datasets, for how long, with which `roi_` settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    recipe: str
+    export_recipe: str
+    datasets: list[str]
+    max_steps: int = Field(ge=1)
+    learning_rate: float = Field(gt=0)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class DemoConfig(BaseModel):
+    """Everything the demo does; the defaults are the measured `make demo` run (bench/results/demo.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    synth: SynthConfig = SynthConfig()
+    arch: str = "qwen2_5_vl"
+    model_size: str | dict[str, int] = "demo"
+    seed: int = 42
+    split_seed: int = 42
+    batch_size: int = 8
+    lora_rank: int = 16
+    predict_batch_size: int = 8
+    stage_check_auroc: float = 0.85
+    phases: list[PhaseSpec] = Field(
+        default_factory=lambda: [
+            PhaseSpec(
+                name="phase1",
+                recipe="recipes/phase1.yaml",
+                export_recipe="recipes/export_phase1.yaml",
+                datasets=["roi_image_train", "roi_train"],
+                max_steps=60,
+                learning_rate=1e-3,
+                overrides={"roi_lr_language": 1e-3, "roi_lr_projector": 1e-3},
+            ),
+            PhaseSpec(
+                name="phase2",
+                recipe="recipes/phase2.yaml",
+                export_recipe="recipes/export_phase2.yaml",
+                datasets=["roi_image_train"],
+                max_steps=400,
+                learning_rate=1e-3,
+                overrides={
+                    "roi_vision_lora_top_blocks": 4,
+                    "roi_lr_language": 1e-3,
+                    "roi_lr_projector": 1e-3,
+                    "roi_lr_vision_lora": 1e-3,
+                },
+            ),
+            PhaseSpec(
+                name="phase3",
+                recipe="recipes/phase3.yaml",
+                export_recipe="recipes/export_phase3.yaml",
+                datasets=["roi_train", "roi_image_train"],
+                max_steps=400,
+                learning_rate=3e-4,
+                overrides={
+                    "roi_vision_lora_top_blocks": 0,
+                    "roi_lr_vision_lora": None,
+                    "roi_vision_unfreeze_top_blocks": 4,
+                    "roi_lr_language": 3e-4,
+                    "roi_lr_projector": 3e-4,
+                    "roi_lr_vision_unfrozen": 3e-4,
+                },
+            ),
+        ]
+    )
+
+
+class DemoError(RuntimeError):
+    """A step of the demo failed; the message names the step and its log file."""
+
+
+def _bin(name: str) -> str:
+    """A console script of the running environment (the venv's llamafactory-cli / qwenvl-roi)."""
+    candidate = Path(sys.executable).with_name(name)
+    return str(candidate) if candidate.exists() else name
+
+
+def _env(out: Path) -> dict[str, str]:
+    """Offline Hugging Face, caches inside the output folder, the venv's scripts first on PATH."""
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    env.setdefault("HF_HOME", str(out / "hf_home"))
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env["DISABLE_VERSION_CHECK"] = env.get("DISABLE_VERSION_CHECK", "0")
+    return env
+
+
+def _fmt(value: Any) -> str:
+    """A key=value override value as llamafactory-cli reads it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    if value is None:
+        return "null"
+    text = str(value)
+    if text.lower() in {"no", "yes", "on", "off", "true", "false", "null", "y", "n", "~"}:
+        return f'"{text}"'  # the override is read as YAML: keep words like `no` strings
+    return text
+
+
+class Runner:
+    """Runs steps, logs each command's output to a file, times everything."""
+
+    def __init__(self, out: Path, quiet: bool) -> None:
+        self.out = out
+        self.logs = out / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.env = _env(out)
+        self.quiet = quiet
+        self.timings: dict[str, float] = {}
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[demo] {text}", flush=True)
+
+    def command(self, step: str, cmd: list[str]) -> None:
+        """Run one external command; on failure raise with the log's tail."""
+        log = self.logs / f"{step}.log"
+        self.say(f"{step}: {' '.join(cmd[:4])} ... (log: {log.relative_to(self.out)})")
+        start = time.perf_counter()
+        with open(log, "w", encoding="utf-8") as fh:
+            fh.write("$ " + " ".join(cmd) + "\n")
+            fh.flush()
+            proc = subprocess.run(cmd, cwd=REPO_ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT)
+        self.timings[step] = round(time.perf_counter() - start, 2)
+        if proc.returncode != 0:
+            tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-30:])
+            raise DemoError(f"step {step} failed (exit {proc.returncode}); log {log}:\n{tail}")
+
+    def timed(self, step: str, func: Any, *args: Any, **kwargs: Any) -> Any:
+        self.say(step)
+        start = time.perf_counter()
+        result = func(*args, **kwargs)
+        self.timings[step] = round(time.perf_counter() - start, 2)
+        return result
+
+
+def data_config(out: Path, cfg: DemoConfig) -> dict[str, Any]:
+    """The converters' configuration for the generated data (what a user writes in configs/data.yaml)."""
+    label_map = {}
+    for canonical, spellings in LABEL_SPELLINGS.items():
+        target = {"crack": "裂缝", "seepage": "渗漏", "spalling": "掉块"}[canonical]
+        for s in spellings:
+            label_map[s.strip()] = target
+    side = cfg.synth.size
+    return {
+        "abnormal_dir": str(out / "data" / "abnormal"),
+        "normal_dir": str(out / "data" / "normal"),
+        "out_dir": str(out / "prepared"),
+        "dataset_info_dir": str(out / "dataset_info"),
+        "seed": cfg.split_seed,
+        "train_ratio": 0.7,
+        "val_ratio": 0.1,
+        "test_ratio": 0.2,
+        "split_by_parent": True,
+        "max_boxes_per_image": 6,
+        "abnormal_neg_per_pos": 1,
+        "normal_decoys_per_image": 4,
+        "label_map": label_map,
+        "model_family": cfg.arch,
+        "image_max_pixels": side * side,
+    }
+
+
+def vocab_texts(meta: dict[str, Any]) -> list[str]:
+    """Prompt and answer texts whose words should be single tokens of the tiny model."""
+    words = [meta["normal_word"], meta["abnormal_word"], *meta["labels"]]
+    texts = [meta["system_prompt"], meta["region_instruction"], meta["image_instruction"], meta["coord_desc"]]
+    texts += [f"{meta['image_key']}: {w}" for w in words]
+    texts += [f"{meta['region_id_prefix']}{i}: {w}" for i in range(1, 10) for w in words]
+    return texts
+
+
+def _train_overrides(
+    cfg: DemoConfig, phase: PhaseSpec, model: Path, out_dir: Path, dataset_dir: Path
+) -> list[str]:
+    """key=value overrides that turn a GPU recipe into a tiny CPU run of the demo."""
+    values: dict[str, Any] = {
+        "model_name_or_path": model,
+        "output_dir": out_dir,
+        "overwrite_output_dir": True,
+        "dataset_dir": dataset_dir,
+        "dataset": phase.datasets,
+        "eval_dataset": None,
+        "eval_strategy": "no",
+        "load_best_model_at_end": False,
+        "save_strategy": "no",
+        "bf16": False,
+        "use_cpu": True,
+        "gradient_checkpointing": False,
+        "per_device_train_batch_size": cfg.batch_size,
+        "gradient_accumulation_steps": 1,
+        "max_steps": phase.max_steps,
+        "learning_rate": phase.learning_rate,
+        "warmup_ratio": 0.05,
+        "max_grad_norm": 1.0,
+        "logging_steps": max(1, min(10, phase.max_steps // 5)),
+        "image_max_pixels": cfg.synth.size * cfg.synth.size,
+        "cutoff_len": 1024,
+        "preprocessing_num_workers": 1,
+        "dataloader_num_workers": 0,
+        "lora_rank": cfg.lora_rank,
+        "lora_alpha": 2 * cfg.lora_rank,
+        "lora_dropout": 0.0,
+        "additional_target": "lm_head",
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "report_to": "none",
+        "plot_loss": True,
+        **phase.overrides,
+    }
+    return [f"{k}={_fmt(v)}" for k, v in values.items()]
+
+
+def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = False) -> dict[str, Any]:
+    """Run every step into ``out``; returns the report dict (also written as report.json / report.md)."""
+    from qwenvl_roi.cli import main as qwenvl_roi_main
+    from qwenvl_roi.converters.convert import convert
+    from qwenvl_roi.tiny_model import build_tiny_model
+
+    from .report import collect_phase, read_metrics, write_report
+
+    cfg = cfg or DemoConfig()
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    run = Runner(out, quiet)
+    wall = time.perf_counter()
+    for stale in ("train", "models", "predictions", "eval"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+
+    manifest = run.timed("synth", generate, out / "data", cfg.synth, progress=not quiet)
+    scan_json = out / "scan_labels.json"
+    run.timed(
+        "scan-labels",
+        _cli,
+        qwenvl_roi_main,
+        ["scan-labels", "--abnormal-dir", str(out / "data" / "abnormal"), "--out", str(scan_json)],
+    )
+    data_cfg = data_config(out, cfg)
+    _write_yaml(out / "data.yaml", data_cfg)
+    conv = run.timed("convert", convert, data_cfg, progress=not quiet)
+    prepared = out / "prepared"
+    meta = json.loads((prepared / "dataset_meta.json").read_text(encoding="utf-8"))
+
+    base = out / "models" / "base"
+    run.timed(
+        "tiny-model",
+        build_tiny_model,
+        base,
+        cfg.arch,
+        size=cfg.model_size,
+        seed=cfg.seed,
+        vocab_texts=vocab_texts(meta),
+    )
+
+    def predict_and_eval(tag: str, model: Path) -> dict[str, Any]:
+        preds = out / "predictions" / tag
+        for split in ("val", "test"):
+            run.timed(
+                f"predict-{tag}-{split}",
+                _cli,
+                qwenvl_roi_main,
+                [
+                    "predict", "--model", str(model), "--regions", str(prepared / f"regions_{split}.jsonl"),
+                    "--out", str(preds / f"{split}.jsonl"), "--batch-size", str(cfg.predict_batch_size),
+                    "--device", "cpu", "--no-progress",
+                ],
+            )  # fmt: skip
+        eval_dir = out / "eval" / tag
+        run.timed(
+            f"eval-{tag}",
+            _cli,
+            qwenvl_roi_main,
+            [
+                "eval",
+                "--predictions", str(preds / "test.jsonl"), "--gold", str(prepared / "regions_test.jsonl"),
+                "--val-predictions", str(preds / "val.jsonl"),
+                "--val-gold", str(prepared / "regions_val.jsonl"),
+                "--out", str(eval_dir),
+            ],
+        )  # fmt: skip
+        return read_metrics(eval_dir)
+
+    untrained = predict_and_eval("untrained", base)
+
+    phases = []
+    model = base
+    checks: dict[str, Any] = {}
+    for phase in cfg.phases:
+        train_dir = out / "train" / phase.name
+        merged = out / "models" / f"{phase.name}-merged"
+        run.command(
+            f"train-{phase.name}",
+            [_bin("llamafactory-cli"), "train", phase.recipe,
+             *_train_overrides(cfg, phase, model, train_dir, out / "dataset_info")],
+        )  # fmt: skip
+        run.command(
+            f"export-{phase.name}",
+            [_bin("llamafactory-cli"), "export", phase.export_recipe,
+             f"model_name_or_path={model}", f"adapter_name_or_path={train_dir}", f"export_dir={merged}",
+             "export_device=cpu", "export_size=5", "trust_remote_code=false"],
+        )  # fmt: skip
+        phases.append(collect_phase(phase, train_dir, merged, run.timings))
+        model = merged
+        if phase.name == "phase2":
+            checks = _stage_check(run, qwenvl_roi_main, cfg, out, model, prepared)
+
+    trained = predict_and_eval("trained", model)
+    run.timings["total"] = round(time.perf_counter() - wall, 2)
+    report = {
+        "out": str(out),
+        "config": cfg.model_dump(mode="json"),
+        "data": _data_summary(manifest, conv, scan_json),
+        "phases": phases,
+        "stage_check": checks,
+        "metrics": {"untrained": untrained, "trained": trained},
+        "timings_s": run.timings,
+    }
+    write_report(out, report)
+    run.say(f"report: {out / 'report.md'}")
+    return report
+
+
+def _stage_check(
+    run: Runner, main: Any, cfg: DemoConfig, out: Path, model: Path, prepared: Path
+) -> dict[str, Any]:
+    """After the image-level stage: image AUROC on VAL only (the blind test split is not looked at)."""
+    from .report import read_metrics
+
+    preds = out / "predictions" / "after-phase2" / "val.jsonl"
+    run.timed(
+        "predict-after-phase2-val",
+        _cli,
+        main,
+        ["predict", "--model", str(model), "--regions", str(prepared / "regions_val.jsonl"),
+         "--out", str(preds), "--batch-size", str(cfg.predict_batch_size), "--device", "cpu",
+         "--no-progress"],
+    )  # fmt: skip
+    eval_dir = out / "eval" / "after-phase2-val"
+    run.timed(
+        "eval-after-phase2-val",
+        _cli,
+        main,
+        ["eval", "--predictions", str(preds), "--gold", str(prepared / "regions_val.jsonl"),
+         "--threshold", "0.5", "--out", str(eval_dir)],
+    )  # fmt: skip
+    metrics = read_metrics(eval_dir)
+    auroc = metrics["image"]["auroc"]
+    ok = auroc is not None and auroc >= cfg.stage_check_auroc
+    if not ok:
+        run.say(f"WARNING: val image AUROC after phase 2 is {auroc}, below {cfg.stage_check_auroc}")
+    return {"val_image_auroc": auroc, "threshold": cfg.stage_check_auroc, "passed": ok}
+
+
+def _cli(main: Any, argv: list[str]) -> None:
+    """Run a qwenvl-roi subcommand in this process; a non-zero exit is an error."""
+    code = main(argv)
+    if code:
+        raise DemoError(f"`qwenvl-roi {' '.join(argv)}` exited with {code}")
+
+
+def _write_yaml(path: Path, data: dict[str, Any]) -> None:
+    import yaml
+
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _data_summary(manifest: dict[str, Any], conv: dict[str, Any], scan_json: Path) -> dict[str, Any]:
+    """Counts a reader wants: images, defects per kind, splits, the bad lines and whether all were flagged."""
+    rep = conv["prepare"]
+    flagged = {(Path(p["file"]).as_posix(), p["line"]) for p in rep.get("problems", [])}
+    planted = [(b["file"], b["line"]) for b in manifest["bad_lines"]]
+    found = sum(any(f.endswith(file) and ln == line for f, ln in flagged) for file, line in planted)
+    return {
+        "images": manifest["n_images"],
+        "defects_per_kind": manifest["defects_per_kind"],
+        "boxes": rep["boxes"],
+        "splits": {
+            k: {kk: v[kk] for kk in ("images", "abnormal_images", "normal_images", "samples")}
+            for k, v in rep["splits"].items()
+        },
+        "sft_records": conv["build_sft"]["records"],
+        "bad_lines_planted": len(planted),
+        "bad_lines_flagged": found,
+        "problem_counts": rep.get("problem_counts", {}),
+        "scan_labels": str(scan_json),
+    }
