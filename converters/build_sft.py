@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .config import ConvertError, DataConfig, coerce_config, load_data_config
 from .meta import META_FILE, DatasetMeta, build_meta, load_dataset_meta
 from .prompt import build_image_record, build_record
+from .runtime import paused_gc
 from .split import SPLITS
 from .write import write_json, write_json_array
 
@@ -101,7 +102,13 @@ def build_sft(
 
     ``samples`` (split -> samples, as prepare returns them) skips re-reading regions_*.jsonl.
     """
-    cfg = coerce_config(config)
+    with paused_gc():
+        return _build_sft(coerce_config(config), progress, samples)
+
+
+def _build_sft(
+    cfg: DataConfig, progress: bool | None, samples: dict[str, list[dict[str, Any]]] | None
+) -> dict[str, Any]:
     out_dir = cfg.out_dir
     old = load_dataset_meta(out_dir)
     meta = build_meta(cfg, old.labels)

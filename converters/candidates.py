@@ -81,14 +81,26 @@ class ImageRandom:
         self._i = i + 1
         return (self._buf[i] >> 11) * _TWO_M53
 
+    def floats(self, n: int) -> list[float]:
+        """The next n floats in [0, 1) (the same values n calls of random() would give)."""
+        out: list[float] = []
+        while len(out) < n:
+            if self._i >= len(self._buf):
+                self._refill()
+            take = min(n - len(out), len(self._buf) - self._i)
+            out += [(v >> 11) * _TWO_M53 for v in self._buf[self._i : self._i + take]]
+            self._i += take
+        return out
+
     def randint(self, a: int, b: int) -> int:
         """An int in [a, b]."""
         return a + int(self.random() * (b - a + 1))
 
     def shuffle(self, x: list) -> None:
         """Fisher-Yates in place."""
-        for i in range(len(x) - 1, 0, -1):
-            j = int(self.random() * (i + 1))
+        us = self.floats(max(0, len(x) - 1))
+        for k, i in enumerate(range(len(x) - 1, 0, -1)):
+            j = int(us[k] * (i + 1))
             x[i], x[j] = x[j], x[i]
 
 
@@ -130,23 +142,27 @@ def _negatives(
     """Up to n integer boxes, sizes taken from the pool (scaled to this image), uniform positions, none
     overlapping a box of ``avoid`` by more than max_iou (rejection sampling, bounded tries)."""
     out: list[Box] = []
-    rnd = rng.random
     n_pool = len(pool)
     floor_side = max(1, math.ceil(policy.min_box_size))
     min_w, min_h = min(width, floor_side), min(height, floor_side)
     max_iou = policy.max_iou
     tries, limit = 0, n * MAX_TRIES_PER_NEGATIVE
     while len(out) < n and tries < limit:
-        tries += 1
-        rw, rh = pool[int(rnd() * n_pool)]
-        w = min(width, max(min_w, int(rw * width + 0.5)))
-        h = min(height, max(min_h, int(rh * height + 0.5)))
-        x1 = int(rnd() * (width - w + 1))
-        y1 = int(rnd() * (height - h + 1))
-        box = (x1, y1, x1 + w, y1 + h)
-        if avoid and any(iou(box, p) > max_iou for p in avoid):
-            continue
-        out.append(box)
+        batch = min(n - len(out), limit - tries)
+        us = rng.floats(3 * batch)  # three numbers per try: size, x, y
+        for k in range(0, 3 * batch, 3):
+            tries += 1
+            rw, rh = pool[int(us[k] * n_pool)]
+            w = int(rw * width + 0.5)
+            w = min_w if w < min_w else width if w > width else w
+            h = int(rh * height + 0.5)
+            h = min_h if h < min_h else height if h > height else h
+            x1 = int(us[k + 1] * (width - w + 1))
+            y1 = int(us[k + 2] * (height - h + 1))
+            box = (x1, y1, x1 + w, y1 + h)
+            if avoid and any(iou(box, p) > max_iou for p in avoid):
+                continue
+            out.append(box)
     return out
 
 

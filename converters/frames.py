@@ -102,16 +102,16 @@ def boxes_to_frame(
         raise ValueError("qwen2_5_vl boxes need frame_size = model_frame_size(...)")
     fw, fh = frame_size
     sx, sy = fw / width, fh / height
-    # clamping first makes int(v + 0.5) equal to floor(v + 0.5) (round half up)
-    return [
-        [
-            min(fw, int(max(0.0, x1 * sx) + 0.5)),
-            min(fh, int(max(0.0, y1 * sy) + 0.5)),
-            min(fw, int(max(0.0, x2 * sx) + 0.5)),
-            min(fh, int(max(0.0, y2 * sy) + 0.5)),
-        ]
-        for x1, y1, x2, y2 in boxes
-    ]
+    out = []
+    # clamp at 0 first so int(v + 0.5) equals floor(v + 0.5) (round half up), then clamp to the frame
+    for x1, y1, x2, y2 in boxes:
+        a, b, c, d = x1 * sx, y1 * sy, x2 * sx, y2 * sy
+        a = int(a + 0.5) if a > 0 else 0
+        b = int(b + 0.5) if b > 0 else 0
+        c = int(c + 0.5) if c > 0 else 0
+        d = int(d + 0.5) if d > 0 else 0
+        out.append([a if a < fw else fw, b if b < fh else fh, c if c < fw else fw, d if d < fh else fh])
+    return out
 
 
 def box_to_frame(

@@ -8,6 +8,7 @@ commas and spaces, and several boxes: every 4 numbers make one box).
 from __future__ import annotations
 
 import math
+import posixpath
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,9 @@ def decode_text(data: bytes) -> tuple[str | None, str | None]:
 
 def name_key(name: str) -> str:
     """Compare file names the way people mean them: width-folded, case-folded, basename only."""
-    name = unicodedata.normalize("NFKC", name).strip().replace("\\", "/")
+    if not name.isascii():
+        name = unicodedata.normalize("NFKC", name)
+    name = name.strip().replace("\\", "/")
     return name.rsplit("/", 1)[-1].casefold()
 
 
@@ -92,7 +95,9 @@ class LineParser:
         inner = inner_coord_delims if inner_coord_delims is not None else ["；", ";", "，", ",", " "]
         seps = {unicodedata.normalize("NFKC", d) for d in [*inner, column_delim, FULLWIDTH_SEMICOLON]}
         seps |= {"\t", "\u3000"}
-        self.coord_seps = sorted((s for s in seps if s.strip()), key=len, reverse=True)
+        visible = [s for s in seps if s.strip()]
+        self._table = {ord(s): " " for s in visible if len(s) == 1}
+        self._multi = sorted((s for s in visible if len(s) > 1), key=len, reverse=True)
         self.xyxy = xyxy
 
     def split_columns(self, line: str) -> tuple[str, str, str] | None:
@@ -116,12 +121,19 @@ class LineParser:
 
     def numbers(self, coords: str) -> tuple[list[float], list[str]]:
         """All numbers of the coords column, and the tokens that are not finite numbers."""
-        text = unicodedata.normalize("NFKC", coords)
-        for s in self.coord_seps:
+        text = coords if coords.isascii() else unicodedata.normalize("NFKC", coords)
+        for s in self._multi:
             text = text.replace(s, " ")
-        values: list[float] = []
+        tokens = text.translate(self._table).split()
+        try:  # fast path: every token a finite number
+            values = [float(t) for t in tokens]
+            if all(map(math.isfinite, values)):
+                return values, []
+        except ValueError:
+            pass
+        values = []
         bad: list[str] = []
-        for tok in text.split():
+        for tok in tokens:
             try:
                 v = float(tok)
             except ValueError:
@@ -145,17 +157,19 @@ def parse_text(
 ) -> ParsedTxt:
     """Parse decoded txt content. ``image_name`` is the image this txt belongs to (for the filename check)."""
     out = ParsedTxt(encoding=encoding)
-    wanted = {name_key(image_name), name_key(Path(image_name).stem)} if image_name else set()
+    wanted = {name_key(image_name), name_key(posixpath.splitext(image_name)[0])} if image_name else set()
+    if "\ufeff" in text:
+        text = text.replace("\ufeff", "")
+
+    def drop(kind: str, reason: str) -> None:
+        out.problems.append(Problem(file_label, lineno, kind, reason))
+        out.lines_dropped += 1
+
     for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.replace("\ufeff", "").strip()
+        line = raw.strip()
         if not line:
             continue
         out.lines_with_content += 1
-
-        def drop(kind: str, reason: str, lineno: int = lineno) -> None:
-            out.problems.append(Problem(file_label, lineno, kind, reason))
-            out.lines_dropped += 1
-
         cols = parser.split_columns(line)
         if cols is None:
             drop("columns", "expected 'filename ; coords ; defect_type' (3 columns); line skipped")

@@ -24,6 +24,7 @@ from .labels import LabelResolver
 from .meta import META_FILE, DatasetMeta, build_meta
 from .parse import LineParser, Problem, RawBox, check_box, parse_txt
 from .report import BoxLedger, split_stats, split_warnings
+from .runtime import paused_gc
 from .split import SPLITS, assign_split, group_key, holdout_matches
 from .write import write_json, write_jsonl
 
@@ -134,8 +135,9 @@ class _Collector:
         self.inputs["abnormal_images_found"] = len(images)
         self.inputs["txt_files_found"] = len(txts)
         by_stem: dict[str, list[str]] = defaultdict(list)
+        stem_of = {rel: _stem_key(rel) for rel in images}
         for rel in images:
-            by_stem[_stem_key(rel)].append(rel)
+            by_stem[stem_of[rel]].append(rel)
         txt_by_stem: dict[str, list[str]] = defaultdict(list)
         for rel in txts:
             txt_by_stem[_stem_key(rel)].append(rel)
@@ -155,7 +157,7 @@ class _Collector:
                 )
         for rel in tqdm(images, desc="prepare: abnormal", unit="img", disable=self._disable()):
             label = self._label(root, rel)
-            stem = _stem_key(rel)
+            stem = stem_of[rel]
             txt_rels = txt_by_stem.get(stem, [])
             if len(by_stem[stem]) > 1:
                 others = ", ".join(by_stem[stem])
@@ -357,7 +359,11 @@ def prepare(
     config: DataConfig | str | Path | dict, strict: bool | None = None, progress: bool | None = None
 ) -> PrepareResult:
     """Run prepare; raises ConvertError on bad config/input and StrictModeError when strict finds problems."""
-    cfg = coerce_config(config)
+    with paused_gc():
+        return _prepare(coerce_config(config), strict, progress)
+
+
+def _prepare(cfg: DataConfig, strict: bool | None, progress: bool | None) -> PrepareResult:
     strict = cfg.strict if strict is None else strict
     col = _Collector(cfg, progress)
     from PIL import Image
