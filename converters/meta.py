@@ -142,6 +142,14 @@ def check_meta(meta: DatasetMeta) -> None:
             raise ConvertError(
                 f"prompts.{name} {w!r} must be non-empty, one line, without ':' or outer spaces"
             )
+    texts = [meta.system_prompt, meta.region_instruction, meta.image_instruction, meta.coord_desc]
+    for text in [*texts, *words.values(), *meta.labels]:
+        for token in ("<image>", "<video>", "<audio>"):
+            if token in text:
+                raise ConvertError(
+                    f"{token} must not appear in prompt texts, words or labels ({text[:60]!r}): "
+                    "the converters place exactly one <image> per user turn"
+                )
     if meta.normal_word == meta.abnormal_word:
         raise ConvertError("prompts.normal_word and prompts.abnormal_word must differ")
     for label in meta.labels:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from qwenvl_roi.converters.build_sft import build_sft
 from qwenvl_roi.converters.config import ConvertError, load_data_config
 from qwenvl_roi.converters.convert import convert
@@ -166,3 +167,48 @@ def test_llamafactory_loads_the_datasets(tmp_path: Path, files, make_config, tin
         assert row["input_ids"].count(pad) == (fw // 28) * (fh // 28)
         answer = tokenizer.decode([t for t in row["labels"] if t != -100], skip_special_tokens=True)
         assert build_record(s, meta)["messages"][2]["content"] in answer
+
+
+def test_scan_labels_block_pasted_into_config_then_convert_cli(tmp_path: Path, files, make_config) -> None:
+    files.simple(tmp_path, n_abnormal=6, n_normal=4, folders=2)
+    files.txt(
+        tmp_path / "abn" / "batch0" / "a000.txt",
+        "a000.jpg;10;20;60;80;ＣＲＡＣＫ\na000.jpg;5;5;50;50;Spall \n",
+    )
+    scan = subprocess.run(
+        [sys.executable, "-m", "qwenvl_roi.cli", "scan-labels", "--abnormal-dir", str(tmp_path / "abn")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    block = scan.stderr[scan.stderr.index("label_map:") :]
+    label_map = {k: v.upper() for k, v in yaml.safe_load(block)["label_map"].items()}
+    cfg = make_config(label_map=label_map)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qwenvl_roi.cli", "convert", "--config", str(cfg), "--strict"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "roi_train:" in proc.stdout and "updated" in proc.stdout
+    assert load_dataset_meta(tmp_path / "out").labels == ["CRACK", "SPALL"]
+    names = ("regions_train.jsonl", "regions_val.jsonl", "regions_test.jsonl", "prepare_report.json")
+    names += ("dataset_meta.json", "sft_train.json", "sft_val.json", "sft_test.json")
+    assert all(
+        (tmp_path / "out" / n).is_file() for n in names + ("sft_image_train.json", "sft_image_val.json")
+    )
+
+
+def test_prompt_overrides_are_checked(tmp_path: Path, files, make_config) -> None:
+    files.simple(tmp_path, n_abnormal=2, n_normal=2, folders=1)
+    with pytest.raises(ConvertError, match="<image> must not appear"):
+        convert(make_config(prompts={"system": "look at <image>"}), progress=False)
+    with pytest.raises(ConvertError, match="bad placeholder"):
+        convert(make_config(prompts={"image_instruction": "verdict {oops}"}), progress=False)
+    with pytest.raises(ConvertError, match="equals the normal word"):
+        convert(make_config(label_map={"crack": "正常"}), progress=False)
+    convert(
+        make_config(prompts={"normal_word": "OK", "abnormal_word": "NG", "image_key": "IMG"}), progress=False
+    )
+    rec = json.loads((tmp_path / "out" / "sft_image_train.json").read_text(encoding="utf-8"))
+    assert {r["messages"][2]["content"] for r in rec} <= {"IMG: OK", "IMG: NG"}
