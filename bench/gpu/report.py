@@ -15,8 +15,8 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def summarise(results: list[dict[str, Any]], peak_tflops: float | None) -> list[dict[str, Any]]:
-    """Add rates per second of the timed window, MFU against `peak_tflops` and the cost ratio of each
-    plugin phase-1 run to the stock phase-1 run (seconds per sample, plugin / stock)."""
+    """Add rates per second of the timed window, MFU against `peak_tflops` and the cost ratio of each run
+    to the stock phase-1 run (seconds per sample, run / stock; phase-1 LoRA is the like-for-like one)."""
     rows = []
     for r in results:
         row = dict(r)
@@ -36,7 +36,7 @@ def summarise(results: list[dict[str, Any]], peak_tflops: float | None) -> list[
         rows.append(row)
     stock = next((r for r in rows if r["run"] == "stock_p1_lora" and r.get("status") == "ok"), None)
     for row in rows:
-        if stock is not None and row.get("status") == "ok" and row["run"] in ("p1_lora",):
+        if stock is not None and row.get("status") == "ok" and row is not stock:
             row["cost_ratio_vs_stock"] = _ratio(stock["samples_per_s"], row["samples_per_s"])
             row["peak_reserved_ratio_vs_stock"] = _ratio(
                 row.get("peak_reserved_gib"), stock.get("peak_reserved_gib")
