@@ -224,7 +224,7 @@ def compute_metrics(
     image = prf(Counts(tp, fp, fn, tn), "image", warnings)
     image.update(ranking_scores(y_img, s_img, "image", warnings))
 
-    return {
+    out: dict[str, object] = {
         "threshold": threshold,
         "counts": {
             "samples": len({r.sample_id for r in regions}),
@@ -240,3 +240,12 @@ def compute_metrics(
         "image": image,
         "warnings": warnings,
     }
+    if all(r.image_line_score is not None for r in regions):
+        # the model's own image-level verdict (first answer line), ranked the same way as image scores
+        line: dict[str, float] = defaultdict(float)
+        for r in regions:
+            line[r.image] = max(line[r.image], float(r.image_line_score or 0.0))
+        out["image_line"] = ranking_scores(
+            y_img, [line[img] for img, _, _, _ in rows], "image_line", warnings
+        )
+    return out

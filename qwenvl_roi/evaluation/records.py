@@ -52,6 +52,7 @@ class PredSample(BaseModel):
     sample_id: str | None = None
     image: str
     regions: list[PredRegion]
+    image_line_score: float | None = Field(None, ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class JoinedRegion:
     gold_label: str | None
     score: float | None
     pred_label: str | None
+    image_line_score: float | None = None  # P(abnormal word) on the answer's image line, when predicted
 
 
 def _short(exc: ValidationError) -> str:
@@ -175,6 +177,7 @@ def join(pred_path: str | Path, gold_path: str | Path) -> list[JoinedRegion]:
                     gold_label=r.label,
                     score=pr.score,
                     pred_label=pr.label,
+                    image_line_score=p.image_line_score,
                 )
             )
     return joined

@@ -108,6 +108,12 @@ def render_markdown(metrics: dict, curves: Sequence[str]) -> str:
             f"{_fmt(m.get('auroc'))} | {_fmt(m.get('average_precision'))} | "
             f"{m['tp']} | {m['fp']} | {m['fn']} |"
         )
+    if "image_line" in metrics:
+        m = metrics["image_line"]
+        lines.append(
+            f"| image line (model's own image verdict) | | | | {_fmt(m['auroc'])} | "
+            f"{_fmt(m['average_precision'])} | | | |"
+        )
     if metrics["per_label"]:
         lines += ["", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for label, m in metrics["per_label"].items():

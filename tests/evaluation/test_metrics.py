@@ -296,3 +296,28 @@ def test_eval_cli_errors_are_clear(
         ]
     )
     assert rc == 2 and "nope.jsonl: file not found" in capsys.readouterr().err
+
+
+def test_image_line_auroc_when_predicted(tmp_path: Path) -> None:
+    gold = _write_jsonl(
+        tmp_path / "g.jsonl",
+        [
+            _gold("A#0", "/A", [("R1", True, "crack")]),
+            _gold("A#1", "/A", [("R1", False, None)]),
+            _gold("B#0", "/B", [("R1", False, None)]),
+            _gold("C#0", "/C", [("R1", True, "spot")]),
+        ],
+    )
+    rows = [
+        _pred("A#0", "/A", [("R1", 0.2, "crack")]) | {"image_line_score": 0.3},
+        _pred("A#1", "/A", [("R1", 0.1, "crack")]) | {"image_line_score": 0.9},
+        _pred("B#0", "/B", [("R1", 0.7, "crack")]) | {"image_line_score": 0.5},
+        _pred("C#0", "/C", [("R1", 0.6, "spot")]) | {"image_line_score": 0.4},
+    ]
+    m = compute_metrics(join(_write_jsonl(tmp_path / "p.jsonl", rows), gold), 0.5)
+    # image-line scores per image (max over samples): A 0.9, B 0.5, C 0.4; gold A, C abnormal
+    assert m["image_line"]["auroc"] == pytest.approx(roc_auc_score([1, 0, 1], [0.9, 0.5, 0.4]))
+    assert m["image"]["auroc"] == pytest.approx(roc_auc_score([1, 0, 1], [0.2, 0.7, 0.6]))
+    without = [{k: v for k, v in r.items() if k != "image_line_score"} for r in rows]
+    no_line = compute_metrics(join(_write_jsonl(tmp_path / "q.jsonl", without), gold), 0.5)
+    assert "image_line" not in no_line
