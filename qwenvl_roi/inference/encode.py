@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenvl_roi.converters.meta import DatasetMeta
-from qwenvl_roi.converters.prompt import build_record
+from qwenvl_roi.converters.prompt import build_record, image_line
 
 TEMPLATE_NAME = "qwen2_vl"  # LLaMA-Factory's template for both Qwen2-VL and Qwen2.5-VL
 LAST_LINE_TAIL = "<|im_end|>"  # what follows the last answer line in the qwen2_vl template
@@ -43,6 +43,7 @@ class EncodedSample:
     prompt_len: int
     images: list[str]
     slots: list[VerdictSlot]  # image line first, then regions in order
+    answer: str = ""  # the teacher-forced assistant text
 
 
 def load_tokenizer_and_processor(model_path: str, meta: DatasetMeta) -> tuple[Any, Any, Any]:
@@ -108,11 +109,24 @@ class PromptEncoder:
         verdicts = [self.meta.normal_word] * len(sample["regions"])
         return self.encode_record(build_record(sample, self.meta, verdicts))[0]
 
-    def encode(self, sample: Mapping[str, Any], verdicts: Sequence[str] | None = None) -> EncodedSample:
-        """Teacher-forced sample with the given verdicts (default: all normal) and its verdict slots."""
+    def encode(
+        self,
+        sample: Mapping[str, Any],
+        verdicts: Sequence[str] | None = None,
+        image_abnormal: bool | None = None,
+    ) -> EncodedSample:
+        """Teacher-forced sample with the given verdicts (default: all normal) and its verdict slots.
+
+        `image_abnormal` overrides the image line that build_record derives from the verdicts (to replay
+        exactly what a model generated); the line itself still comes from converters.prompt.
+        """
         if verdicts is None:
             verdicts = [self.meta.normal_word] * len(sample["regions"])
         record = build_record(sample, self.meta, verdicts)
+        if image_abnormal is not None:
+            body = record["messages"][-1]["content"].split("\n", 1)[1:]
+            new = "\n".join([image_line(self.meta, image_abnormal), *body])
+            record = {**record, "messages": [*record["messages"][:-1], {"role": "assistant", "content": new}]}
         prompt_ids, answer_ids, messages = self.encode_record(record)
         content = messages[-1]["content"]
         answer = content + "<|im_end|>\n"  # the qwen2_vl assistant slot
@@ -153,7 +167,7 @@ class PromptEncoder:
                 )
             slots.append(VerdictSlot(key, len(prompt_ids) + idx[0], gap, tail, token_ids))
             pos += len(line) + 1
-        return EncodedSample(prompt_ids + answer_ids, len(prompt_ids), list(record["images"]), slots)
+        return EncodedSample(prompt_ids + answer_ids, len(prompt_ids), list(record["images"]), slots, content)
 
     def alternative_ids(self, gap: str, word: str, tail: str) -> tuple[int, ...]:
         """Token ids of `word` (plus its line terminator) as they appear after `gap` in an answer."""

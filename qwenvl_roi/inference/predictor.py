@@ -151,11 +151,12 @@ class RegionPredictor:
         batch_size: int = 4,
         progress: bool = True,
         verdicts: Sequence[Sequence[str] | None] | None = None,
+        image_abnormal: Sequence[bool | None] | None = None,
     ) -> list[dict[str, Any]]:
         """Teacher-forced scores, one forward pass per sample (batched).
 
-        `verdicts`: the answer to teacher-force per sample (default all normal); a slot's probabilities are
-        conditioned on the lines before it.
+        `verdicts` / `image_abnormal`: the answer to teacher-force per sample (default: all normal, the
+        image line derived from the verdicts); a slot's probabilities are conditioned on the lines before it.
         """
         from tqdm import tqdm
 
@@ -167,7 +168,12 @@ class RegionPredictor:
         bar = tqdm(total=len(samples), desc="score", unit="sample", disable=not progress)
         for chunk in _batches(order, batch_size):
             encoded = [
-                self.encoder.encode(samples[i], None if verdicts is None else verdicts[i]) for i in chunk
+                self.encoder.encode(
+                    samples[i],
+                    None if verdicts is None else verdicts[i],
+                    None if image_abnormal is None else image_abnormal[i],
+                )
+                for i in chunk
             ]
             plans = [
                 [
@@ -290,11 +296,19 @@ class RegionPredictor:
                     }
                 )
         missing = [r["id"] for r in sample["regions"] if r["id"] not in parsed.regions]
+        known = {r["id"] for r in sample["regions"]}
+        extra = [rid for rid in parsed.regions if rid not in known]
         out: dict[str, Any] = {"image": sample["image"], "regions": regions}
         if "sample_id" in sample:
             out = {"sample_id": sample["sample_id"], **out}
         out.update(
-            {"image_verdict": parsed.image, "text": text, "unparsed": parsed.unparsed, "missing": missing}
+            {
+                "image_verdict": parsed.image,
+                "text": text,
+                "unparsed": parsed.unparsed,
+                "missing": missing,
+                "extra": extra,
+            }
         )
         return out
 

@@ -62,9 +62,14 @@ def _make_split(root: Path, split: str, n: int, rng: np.random.Generator) -> lis
     return samples
 
 
-def make_dataset(root: Path, model_family: str = "qwen2_5_vl", language: str = "en") -> Path:
-    """regions_{train,val,test}.jsonl, dataset_meta.json, sft_*.json and dataset_info.json under root."""
-    from qwenvl_roi.converters.config import DataConfig
+def make_dataset(
+    root: Path, model_family: str = "qwen2_5_vl", language: str = "en", short_prompts: bool = False
+) -> Path:
+    """regions_{train,val,test}.jsonl, dataset_meta.json, sft_*.json and dataset_info.json under root.
+
+    `short_prompts` overrides the instruction texts with short ones (fewer tokens: faster CPU training).
+    """
+    from qwenvl_roi.converters.config import DataConfig, PromptTexts
     from qwenvl_roi.converters.meta import build_meta
     from qwenvl_roi.converters.prompt import build_record
 
@@ -76,6 +81,9 @@ def make_dataset(root: Path, model_family: str = "qwen2_5_vl", language: str = "
             image_min_pixels=IMAGE_MIN_PIXELS,
             model_family=model_family,
             prompt_language=language,
+            prompts=PromptTexts(system="Inspect.", region_instruction="Regions ({labels}):")
+            if short_prompts
+            else PromptTexts(),
         ),
         LABELS,
     )
@@ -120,7 +128,7 @@ def _cli(*args: str, cwd: Path) -> None:
 @pytest.fixture(scope="session")
 def roi_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small converted dataset (Qwen2.5-VL frame, zh prompts, labels sharing a prefix)."""
-    return make_dataset(tmp_path_factory.mktemp("roi-data"))
+    return make_dataset(tmp_path_factory.mktemp("roi-data"), short_prompts=True)
 
 
 @pytest.fixture(scope="session")
@@ -142,8 +150,8 @@ def lora_adapter(tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path_factory: pyt
         "image_max_pixels": IMAGE_MAX_PIXELS,
         "image_min_pixels": IMAGE_MIN_PIXELS,
         "output_dir": str(work / "adapter"),
-        "per_device_train_batch_size": 8,
-        "max_steps": 60,
+        "per_device_train_batch_size": 4,
+        "max_steps": 80,
         "learning_rate": 5.0e-3,
         "lr_scheduler_type": "constant",
         "logging_steps": 10,

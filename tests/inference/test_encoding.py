@@ -45,10 +45,12 @@ def _llamafactory_ids(model: Path, root: Path, out: Path) -> list[list[int]]:
     return [list(row["input_ids"]) for row in ds]
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "qwen2_vl"])
-def test_prompt_equals_llamafactory(arch: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("arch", "language"), [("qwen2_5_vl", "zh"), ("qwen2_vl", "en")])
+def test_prompt_equals_llamafactory(
+    arch: str, language: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     model = request.getfixturevalue(f"tiny_{arch}")
-    root = make_dataset(tmp_path / "data", model_family=arch)
+    root = make_dataset(tmp_path / "data", model_family=arch, language=language)
     lf_ids = _llamafactory_ids(model, root, tmp_path / "out")
     meta = load_dataset_meta(root)
     encoder = PromptEncoder(*load_tokenizer_and_processor(str(model), meta), meta)
