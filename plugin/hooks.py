@@ -7,6 +7,7 @@ so a recipe without ``roi_`` keys runs exactly the stock code paths.
 from __future__ import annotations
 
 import functools
+import re
 from types import ModuleType
 from typing import Any
 
@@ -109,3 +110,30 @@ def patch_trainer_utils(module: ModuleType) -> None:
         return optim.create_optimizer(model, training_args, roi)
 
     module.create_custom_optimizer = create_custom_optimizer
+
+
+def patch_quantization(module: ModuleType) -> None:
+    """QLoRA with roi_train_projector: keep the projector out of 4/8-bit so it can train in full."""
+    original = module.configure_quantization
+
+    @functools.wraps(original)
+    def configure_quantization(
+        config: Any, tokenizer: Any, model_args: Any, is_trainable: bool, init_kwargs: dict
+    ):
+        result = original(config, tokenizer, model_args, is_trainable, init_kwargs)
+        roi = settings.get_active()
+        quant = init_kwargs.get("quantization_config")
+        if roi is None or not roi.roi_train_projector or not is_trainable or quant is None:
+            return result
+        if not hasattr(quant, "llm_int8_skip_modules"):  # not bitsandbytes
+            raise settings.RoiSettingsError(
+                f"{settings._recipe_name()}: roi_train_projector with quantization_method "
+                f"{model_args.quantization_method!r}: only bitsandbytes can leave the projector unquantized"
+            )
+        keys = selection.projector_keys(getattr(config, "model_type", ""))
+        patterns = [f"(?:.*\\.)?{re.escape(key)}" for key in keys]
+        skip = list(quant.llm_int8_skip_modules or ["lm_head"])  # None meant transformers' default: lm_head
+        quant.llm_int8_skip_modules = skip + [p for p in patterns if p not in skip]
+        return result
+
+    module.configure_quantization = configure_quantization

@@ -54,6 +54,11 @@ def _composite_info(model_type: str) -> Any:
     return COMPOSITE_MODELS[model_type]
 
 
+def projector_keys(model_type: str) -> list[str]:
+    """LLaMA-Factory's projector module keys for a composite model type (e.g. ["visual.merger"])."""
+    return list(_composite_info(model_type).projector_keys)
+
+
 def find_layout(model: Any) -> VisionLayout:
     """Locate the vision blocks (a ModuleList under a vision key) and the projector of an unwrapped model."""
     import torch

@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -112,6 +111,7 @@ def lf_env(tmp_root: Path, **extra: str) -> dict[str, str]:
             "CUDA_VISIBLE_DEVICES": "",
             "DISABLE_VERSION_CHECK": "1",
             "OMP_NUM_THREADS": "1",
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",  # torchrun
             "TORCH_EXTENSIONS_DIR": str(Path(os.environ.get("TMPDIR", "/tmp")) / "qwenvl-roi-torch-ext"),
         }
     )
@@ -133,26 +133,38 @@ def run_cli(
     )
 
 
-@pytest.fixture
-def train_cli(roi_dataset: Path, tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """Run a recipe from recipes/ on the tiny model with CPU overrides; extra overrides win."""
+def train(
+    recipe: str,
+    model: Path,
+    data: Path,
+    workdir: Path,
+    env: dict[str, str] | None = None,
+    **overrides: object,
+) -> subprocess.CompletedProcess[str]:
+    """`llamafactory-cli train recipes/<recipe>` on the tiny model with CPU overrides; extra overrides win.
 
-    def _run(recipe: str, model: Path, env: dict[str, str] | None = None, **overrides: object):
-        merged = {
-            **CPU_OVERRIDES,
-            "model_name_or_path": str(model),
-            "dataset_dir": str(roi_dataset),
-            "output_dir": str(tmp_path / "out"),
-            **overrides,
-        }
-        return run_cli("train", RECIPES / recipe, merged, tmp_path, env=env or lf_env(tmp_path))
-
-    return _run
+    Output goes to workdir/out unless output_dir is overridden.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    merged = {
+        **CPU_OVERRIDES,
+        "model_name_or_path": str(model),
+        "dataset_dir": str(data),
+        "output_dir": str(workdir / "out"),
+        **overrides,
+    }
+    return run_cli("train", RECIPES / recipe, merged, workdir, env=env or lf_env(workdir))
 
 
 @pytest.fixture(scope="session")
 def lf() -> SimpleNamespace:
     """The helpers above for test modules (pytest's importlib mode gives tests no package to import from)."""
     return SimpleNamespace(
-        RECIPES=RECIPES, CPU_OVERRIDES=CPU_OVERRIDES, env=lf_env, run_cli=run_cli, write_dataset=write_dataset
+        RECIPES=RECIPES,
+        CLI=CLI,
+        CPU_OVERRIDES=CPU_OVERRIDES,
+        env=lf_env,
+        run_cli=run_cli,
+        train=train,
+        write_dataset=write_dataset,
     )

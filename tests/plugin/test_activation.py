@@ -13,9 +13,11 @@ SNIPPET_IDLE = (
 )
 SNIPPET_PATCHED = (
     "import json; import llamafactory.hparams.parser as p, llamafactory.train.trainer_utils as t; "
-    "import llamafactory.model.model_utils.visual as v; "
-    "print(json.dumps([hasattr(f, '__wrapped__') for f in "
-    "(p._parse_args, p._parse_train_args, t.create_custom_optimizer, v.patch_target_modules)]))"
+    "import llamafactory.model.model_utils.visual as v, llamafactory.model.model_utils.quantization as q; "
+    "import llamafactory.model.patcher as pa, llamafactory.model.adapter as a; "
+    "print(json.dumps([hasattr(f, '__wrapped__') for f in (p._parse_args, p._parse_train_args, "
+    "t.create_custom_optimizer, v.patch_target_modules, q.configure_quantization, "
+    "pa.configure_quantization, a.patch_target_modules)]))"
 )
 
 
@@ -40,7 +42,7 @@ def test_hook_is_loaded_and_imports_nothing_heavy() -> None:
 
 @pytest.mark.parametrize(("switch", "patched"), [("1", True), ("0", False)])
 def test_llamafactory_modules_are_patched_on_import(switch: str, patched: bool) -> None:
-    assert _run(SNIPPET_PATCHED, QWENVL_ROI_PLUGIN=switch) == [patched] * 4
+    assert _run(SNIPPET_PATCHED, QWENVL_ROI_PLUGIN=switch) == [patched] * 7
 
 
 def test_registry_entries_resolve() -> None:

@@ -55,7 +55,8 @@ def _probe(lf, cases: list[dict], tmp: Path, plugin: bool = True) -> list[dict]:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((tmp / "result.json").read_text())
+    results = json.loads((tmp / "result.json").read_text())
+    return results
 
 
 class Expected:
@@ -185,3 +186,26 @@ def test_no_roi_keys_is_stock(tiny_qwen2_5_vl: Path, lf, roi_dataset: Path, tmp_
     assert stock["groups"] is None  # no custom optimizer: HF Trainer's default
     assert set(stock["trainable"]) == Expected(tiny_qwen2_5_vl).lora("model.language_model.layers.")
     assert not (tmp_path / "out" / "trainable_params.json").exists()
+
+
+def test_clear_errors_before_training(tiny_qwen2_5_vl: Path, lf, roi_dataset: Path, tmp_path: Path) -> None:
+    """Misspelt roi_ key, unknown stock key, more blocks than the model has, data built for other limits."""
+    phase2 = {"roi_vision_lora_top_blocks": 2}
+    cases = [
+        ({"roi_vison_lora_top_blocks": 2}, "did you mean 'roi_vision_lora_top_blocks'"),
+        ({"lora_rnak": 2}, "lora_rnak"),  # LLaMA-Factory's own unknown-key check is still on
+        ({}, "asked for the top 8 vision blocks but qwen2_5_vl's vision tower has 4 blocks"),  # recipe: top 8
+        (
+            {**phase2, "image_max_pixels": 589824},
+            "built with image_max_pixels=1048576 but the recipe trains with 589824",
+        ),
+        ({**phase2, "finetuning_type": "full"}, "need finetuning_type: lora (got 'full')"),
+        ({**phase2, "roi_lr_vision_unfrozen": 1e-5}, "roi_lr_vision_unfrozen is set but nothing uses it"),
+        ({**phase2, "loraplus_lr_ratio": 16.0}, "remove loraplus_lr_ratio"),
+    ]
+    recipes = [
+        _recipe("phase2.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path / str(i), **o)
+        for i, (o, _) in enumerate(cases)
+    ]
+    for (overrides, message), result in zip(cases, _probe(lf, recipes, tmp_path), strict=True):
+        assert message in result.get("error", ""), (overrides, result.get("error"))

@@ -3,6 +3,7 @@
 Usage: python trainable_probe.py cases.json out.json. Each case is a dict of LLaMA-Factory arguments
 (roi_ keys included). For each it records the trainable parameter names and, when LLaMA-Factory's
 create_custom_optimizer returns an optimizer, each group's learning rate, weight decay and member names.
+A case that raises records {"error": "<type>: <message>"} instead.
 Run in a fresh interpreter so the .pth start-up hook (or QWENVL_ROI_PLUGIN=0) decides what is patched.
 """
 
@@ -39,7 +40,12 @@ def probe(case: dict) -> dict:
 def main() -> int:
     with open(sys.argv[1], encoding="utf-8") as fh:
         cases = json.load(fh)
-    results = [probe(case) for case in cases]
+    results = []
+    for case in cases:
+        try:
+            results.append(probe(case))
+        except Exception as err:  # reported back: the error tests check the message
+            results.append({"error": f"{type(err).__name__}: {err}"})
     with open(sys.argv[2], "w", encoding="utf-8") as fh:
         json.dump(results, fh)
     return 0

@@ -1,0 +1,212 @@
+"""The recipes through the real `llamafactory-cli` on tiny models: phases, errors, resume, ZeRO, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+# The tiny models have 4 vision blocks: the recipes' top-8 / top-2 are scaled down to fit.
+PHASE2 = {"roi_vision_lora_top_blocks": 2}
+PHASE3 = {"roi_vision_lora_top_blocks": 3, "roi_vision_unfreeze_top_blocks": 1}
+
+
+def _ok(proc: subprocess.CompletedProcess[str]) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+def _groups(out: Path) -> dict[str, dict]:
+    table = json.loads((out / "trainable_params.json").read_text())
+    return {g["group"]: g for g in table["groups"]}
+
+
+@pytest.fixture(scope="module")
+def phase3_run(
+    lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A phase-3 run (vision LoRA + an unfrozen block at a visible lr); the export test merges it."""
+    work = tmp_path_factory.mktemp("phase3")
+    proc = lf.train("phase3.yaml", tiny_qwen2_5_vl, roi_dataset, work, **PHASE3, roi_lr_vision_unfrozen=1e-2)
+    _ok(proc)
+    assert "qwenvl-roi trainable parameters:" in proc.stdout + proc.stderr
+    return work / "out"
+
+
+def test_phase3_qwen2_5_vl(phase3_run: Path) -> None:
+    groups = _groups(phase3_run)
+    assert {k: g["lr"] for k, g in groups.items()} == {
+        "language": 1e-4,
+        "projector": 2e-4,
+        "projector/no_decay": 2e-4,
+        "vision_lora": 5e-5,
+        "vision_unfrozen": 1e-2,
+        "vision_unfrozen/no_decay": 1e-2,
+    }
+    adapter = json.loads((phase3_run / "adapter_config.json").read_text())
+    assert sorted(adapter["modules_to_save"]) == ["model.visual.blocks.3", "model.visual.merger"]
+    table = json.loads((phase3_run / "trainable_params.json").read_text())
+    assert table["vision_lora_blocks"] == [1, 2] and table["vision_unfrozen_blocks"] == [3]
+    from safetensors.torch import load_file
+
+    saved = load_file(phase3_run / "adapter_model.safetensors")
+    lora_blocks = {k.split(".")[5] for k in saved if ".visual.blocks." in k and "lora_" in k}
+    assert lora_blocks == {"1", "2"}  # peft shortens target_modules when saving; the weights tell
+    assert (phase3_run / "checkpoint-3" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(("family", "phase"), [("qwen2_5_vl", 1), ("qwen2_5_vl", 2), ("qwen2_vl", 3)])
+def test_phase_runs(family: str, phase: int, request, lf, roi_dataset: Path, tmp_path: Path) -> None:
+    model = request.getfixturevalue(f"tiny_{family}")
+    overrides = {1: {}, 2: PHASE2, 3: PHASE3}[phase]
+    _ok(lf.train(f"phase{phase}.yaml", model, roi_dataset, tmp_path, **overrides))
+    groups = _groups(tmp_path / "out")
+    expected = {1: {"language", "projector"}, 2: {"language", "projector", "vision_lora"}}.get(
+        phase, {"language", "projector", "vision_lora", "vision_unfrozen"}
+    )
+    assert {k.split("/")[0] for k in groups} == expected
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    assert all(isinstance(e.get("loss", 0.0), float) for e in state["log_history"])
+
+
+def test_misspelt_key_stops_the_cli(lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path) -> None:
+    proc = lf.train("phase1.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path, roi_train_projecter=True)
+    assert proc.returncode != 0
+    assert "unknown qwenvl-roi key 'roi_train_projecter' (did you mean 'roi_train_projector'?)" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_resume_after_kill(lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path) -> None:
+    """SIGKILL mid-run, then the same command resumes from the last checkpoint (optimizer groups included)."""
+    overrides = {**PHASE2, "max_steps": 400, "save_steps": 10, "save_total_limit": 2}
+    overrides.update(
+        {"eval_strategy": "'no'", "load_best_model_at_end": False}
+    )  # quoted: YAML reads no as false
+    args = [str(lf.RECIPES / "phase2.yaml")]
+    merged = {
+        **lf.CPU_OVERRIDES,
+        "model_name_or_path": str(tiny_qwen2_5_vl),
+        "dataset_dir": str(roi_dataset),
+        "output_dir": str(tmp_path / "out"),
+        **overrides,
+    }
+    args += [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in merged.items()]
+    cli = str(lf.CLI)
+    env = lf.env(tmp_path)
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(
+        [cli, "train", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            done = [
+                p for p in (tmp_path / "out").glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+            ]
+            if done:
+                time.sleep(0.3)  # let the checkpoint's last files land, then kill hard
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+    finally:
+        proc.wait(timeout=60)
+        log.close()
+    assert proc.returncode == -signal.SIGKILL, (tmp_path / "first.log").read_text()[-3000:]
+    assert not (tmp_path / "out" / "trainer_state.json").exists()  # really killed before the end
+    checkpoints = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "out").glob("checkpoint-*"))
+    assert checkpoints and checkpoints[-1] < 400
+    resumed = subprocess.run([cli, "train", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=300, check=False)  # fmt: skip
+    _ok(resumed)
+    assert "Resuming training from" in resumed.stderr + resumed.stdout
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    assert state["global_step"] == 400
+    first_logged = min(e["step"] for e in state["log_history"] if "loss" in e and e["step"] > checkpoints[-1])
+    assert first_logged == checkpoints[-1] + 1
+
+
+@pytest.mark.parametrize("config", ["ds_z2.json", "ds_z3.json"])
+def test_deepspeed_two_cpu_ranks(
+    config: str, lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path
+) -> None:
+    env = lf.env(tmp_path, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
+    ds = str(lf.RECIPES / "deepspeed" / config)
+    proc = lf.train("phase3.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path, env=env, deepspeed=ds, **PHASE3)
+    _ok(proc)
+    assert "world size: 2" in proc.stdout + proc.stderr
+    groups = _groups(tmp_path / "out")
+    assert groups["vision_unfrozen"]["params"] > 0 and groups["vision_lora"]["lr"] == 5e-5
+    from safetensors.torch import load_file
+
+    qkv = load_file(tmp_path / "out" / "adapter_model.safetensors")[
+        "base_model.model.model.visual.blocks.3.attn.qkv.weight"
+    ]
+    assert qkv.shape == (192, 64)  # full tensors saved, not ZeRO-3 shards
+
+
+def test_qlora_phase1_and_merge_into_full_precision_base(
+    lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path
+) -> None:
+    proc = lf.train("phase1.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path, quantization_bit=4)
+    _ok(proc)
+    assert "Quantizing model to 4 bit with bitsandbytes" in proc.stdout + proc.stderr
+    assert _groups(tmp_path / "out")["projector"]["params"] > 0  # projector kept unquantized and trained
+    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert adapter["modules_to_save"] == ["model.visual.merger"]
+    export = {
+        "model_name_or_path": str(tiny_qwen2_5_vl),  # the unquantized base
+        "adapter_name_or_path": str(tmp_path / "out"),
+        "export_dir": str(tmp_path / "merged"),
+        "infer_dtype": "float32",
+    }
+    _ok(lf.run_cli("export", lf.RECIPES / "export_phase1.yaml", export, tmp_path, env=lf.env(tmp_path)))
+    assert (tmp_path / "merged" / "config.json").is_file()
+
+
+def test_export_merges_adapter_and_unfrozen_blocks(
+    phase3_run: Path, lf, tiny_qwen2_5_vl: Path, tmp_path
+) -> None:
+    import torch
+    from peft import PeftModel
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    export = {
+        "model_name_or_path": str(tiny_qwen2_5_vl),
+        "adapter_name_or_path": str(phase3_run),
+        "export_dir": str(tmp_path / "merged"),
+        "infer_dtype": "float32",
+    }
+    _ok(lf.run_cli("export", lf.RECIPES / "export_phase3.yaml", export, tmp_path, env=lf.env(tmp_path)))
+    processor = AutoProcessor.from_pretrained(tiny_qwen2_5_vl)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "R1: normal"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    image = Image.effect_noise((84, 56), 40).convert("RGB")
+    inputs = processor(text=[text], images=[image], return_tensors="pt")
+    base = AutoModelForImageTextToText.from_pretrained(tiny_qwen2_5_vl, dtype=torch.float32)
+    base_block = base.model.visual.blocks[3].attn.qkv.weight.detach().clone()
+    base_merger = base.model.visual.merger.mlp[0].weight.detach().clone()
+    with_adapter = PeftModel.from_pretrained(base, phase3_run).eval()
+    merged = AutoModelForImageTextToText.from_pretrained(tmp_path / "merged", dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = with_adapter(**inputs).logits
+        got = merged(**inputs).logits
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+    # the unfrozen block and the projector trained, and export carried them over
+    assert not torch.allclose(merged.model.visual.blocks[3].attn.qkv.weight, base_block)
+    assert not torch.allclose(merged.model.visual.merger.mlp[0].weight, base_merger)
+    assert torch.equal(
+        merged.model.visual.blocks[0].attn.qkv.weight, base.model.visual.blocks[0].attn.qkv.weight
+    )
