@@ -159,10 +159,18 @@ def _negatives(
             h = min_h if h < min_h else height if h > height else h
             x1 = int(us[k + 1] * (width - w + 1))
             y1 = int(us[k + 2] * (height - h + 1))
-            box = (x1, y1, x1 + w, y1 + h)
-            if avoid and any(iou(box, p) > max_iou for p in avoid):
-                continue
-            out.append(box)
+            x2, y2 = x1 + w, y1 + h
+            ok = True
+            for p in avoid:  # iou() inlined: this loop runs for every try of every negative
+                iw = (x2 if x2 < p[2] else p[2]) - (x1 if x1 > p[0] else p[0])
+                ih = (y2 if y2 < p[3] else p[3]) - (y1 if y1 > p[1] else p[1])
+                if iw > 0 and ih > 0:
+                    inter = iw * ih
+                    if inter > max_iou * (w * h + (p[2] - p[0]) * (p[3] - p[1]) - inter):
+                        ok = False
+                        break
+            if ok:
+                out.append((x1, y1, x2, y2))
     return out
 
 

@@ -11,6 +11,7 @@ from . import build_sft as build_sft_mod
 from . import prepare as prepare_mod
 from .config import ConvertError, DataConfig, coerce_config, load_data_config
 from .prepare import StrictModeError
+from .runtime import paused_gc
 
 __all__ = ["ConvertError", "DataConfig", "StrictModeError", "convert", "load_data_config"]
 
@@ -23,8 +24,9 @@ def convert(
     Raises ConvertError on bad config or input, StrictModeError (a ConvertError) when strict finds problems.
     """
     cfg = coerce_config(config)
-    result = prepare_mod.prepare(cfg, strict=strict, progress=progress)
-    summary = build_sft_mod.build_sft(cfg, progress=progress, samples=result.samples)
+    with paused_gc():
+        result = prepare_mod.prepare(cfg, strict=strict, progress=progress)
+        summary = build_sft_mod.build_sft(cfg, progress=progress, samples=result.samples)
     return {"prepare": result.report, "build_sft": summary}
 
 
@@ -36,9 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_data_config(args.config)
-        result = prepare_mod.prepare(cfg, strict=True if args.strict else None)
-        print("\n".join(prepare_mod.summary_lines(result)))
-        summary = build_sft_mod.build_sft(cfg, samples=result.samples)
+        with paused_gc():
+            result = prepare_mod.prepare(cfg, strict=True if args.strict else None)
+            print("\n".join(prepare_mod.summary_lines(result)))
+            summary = build_sft_mod.build_sft(cfg, samples=result.samples)
     except StrictModeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -42,12 +42,15 @@ def write_json(path: str | Path, obj: Any) -> None:
         fh.write("\n")
 
 
+_COMPACT = json.JSONEncoder(ensure_ascii=False)  # one encoder for every row (json.dumps builds one per call)
+
+
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     """Atomically write one compact JSON object per line; returns the row count."""
     n = 0
     with atomic_open(path) as fh:
         for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False))
+            fh.write(_COMPACT.encode(row))
             fh.write("\n")
             n += 1
     return n
@@ -60,7 +63,7 @@ def write_json_array(path: str | Path, rows: Iterable[Any]) -> int:
         fh.write("[")
         for row in rows:
             fh.write(",\n" if n else "\n")
-            fh.write(json.dumps(row, ensure_ascii=False))
+            fh.write(_COMPACT.encode(row))
             n += 1
         fh.write("\n]\n" if n else "]\n")
     return n
