@@ -61,7 +61,7 @@ def test_phase3_qwen2_5_vl(phase3_run: Path) -> None:
     assert (phase3_run / "checkpoint-3" / "adapter_model.safetensors").is_file()
 
 
-@pytest.mark.parametrize(("family", "phase"), [("qwen2_5_vl", 1), ("qwen2_5_vl", 2), ("qwen2_vl", 3)])
+@pytest.mark.parametrize(("family", "phase"), [("qwen2_5_vl", 1), ("qwen2_5_vl", 2)])
 def test_phase_runs(family: str, phase: int, request, lf, roi_dataset: Path, tmp_path: Path) -> None:
     model = request.getfixturevalue(f"tiny_{family}")
     overrides = {1: {}, 2: PHASE2, 3: PHASE3}[phase]
@@ -74,6 +74,45 @@ def test_phase_runs(family: str, phase: int, request, lf, roi_dataset: Path, tmp
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
     assert state["global_step"] == 3
     assert all(isinstance(e.get("loss", 0.0), float) for e in state["log_history"])
+
+
+def test_web_ui_saved_yaml_with_extra_arguments(
+    lf, tiny_qwen2_vl: Path, roi_dataset: Path, tmp_path: Path
+) -> None:
+    """Qwen2-VL phase 3 launched the web UI's way: its extra-arguments JSON merged, saved by save_cmd."""
+    import yaml
+    from llamafactory.webui.common import save_cmd
+
+    args = yaml.safe_load((lf.RECIPES / "phase3.yaml").read_text())
+    args = {k: v for k, v in args.items() if not k.startswith("roi_")}
+    args.update(lf.CPU_OVERRIDES)
+    args.update({"model_name_or_path": str(tiny_qwen2_vl), "dataset_dir": str(roi_dataset)})
+    args["output_dir"] = str(tmp_path / "out")
+    extra_args = json.dumps(
+        {"roi_train_projector": True, "roi_lr_projector": 2e-4, **PHASE3, "roi_lr_vision_lora": 5e-5}
+    )
+    args.update(json.loads(extra_args))  # what the web UI's runner does with the "Extra arguments" box
+    saved = save_cmd(args)
+    env = lf.env(tmp_path)
+    proc = subprocess.run(
+        [str(lf.CLI), "train", saved],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    _ok(proc)
+    groups = _groups(tmp_path / "out")
+    assert {k: g["lr"] for k, g in groups.items() if "/" not in k} == {
+        "language": 1e-4,
+        "projector": 2e-4,
+        "vision_lora": 5e-5,
+        "vision_unfrozen": 1e-4,  # roi_lr_vision_unfrozen unset: learning_rate
+    }
+    adapter = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert sorted(adapter["modules_to_save"]) == ["model.visual.blocks.3", "model.visual.merger"]
 
 
 def test_misspelt_key_stops_the_cli(lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path) -> None:
@@ -127,8 +166,9 @@ def test_resume_after_kill(lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_pat
     assert not (tmp_path / "out" / "trainer_state.json").exists()  # really killed before the end
     checkpoints = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "out").glob("checkpoint-*"))
     assert checkpoints and checkpoints[-1] < 400
-    resumed = subprocess.run([cli, "train", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                             timeout=300, check=False)  # fmt: skip
+    resumed = subprocess.run(
+        [cli, "train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     _ok(resumed)
     assert "Resuming training from" in resumed.stderr + resumed.stdout
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
