@@ -117,6 +117,7 @@ class _Collector:
         self.parser = LineParser(cfg.column_delim, cfg.inner_coord_delims, cfg.coords_are_xyxy)
         self.inputs: Counter[str] = Counter()
         self.encodings: Counter[str] = Counter()
+        self.lines: Counter[str] = Counter({"read": 0, "skipped": 0})  # non-blank lines of matched txt files
 
     def _label(self, root: Path, rel: str) -> str:
         """How problems name a file: the configured root (as written) joined with the relative path."""
@@ -197,6 +198,8 @@ class _Collector:
             self.problems += parsed.problems
             if parsed.encoding:
                 self.encodings[parsed.encoding] += 1
+            self.lines["read"] += parsed.lines_with_content
+            self.lines["skipped"] += parsed.lines_dropped
             for _, why in parsed.rejected:
                 self.ledger.add(
                     "dropped", "empty_label" if why == "empty defect_type" else "filename_mismatch"
@@ -393,6 +396,7 @@ def _prepare(cfg: DataConfig, strict: bool | None, progress: bool | None) -> Pre
             "normal_images_used": sum(e.source == "normal" for e in entries),
             "txt_encodings": dict(sorted(col.encodings.items())),
         },
+        "lines": dict(col.lines),
         "boxes": col.ledger.as_dict(),
         "labels": {c: {"variants": v} for c, v in variants.items()},
         "candidate_policy": {

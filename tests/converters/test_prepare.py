@@ -63,6 +63,8 @@ def test_messy_inputs_exact_outcome(tmp_path: Path, files, make_config) -> None:
             "txt_without_image": 1,
         },
     }
+    # non-blank lines of matched txt files: a1 6, a2 2, a3 a5 a6 1 each; skipped: a1:4 and a2:2
+    assert r["lines"] == {"read": 11, "skipped": 2}
     abn, nor = (tmp_path / "abn").as_posix(), (tmp_path / "nor").as_posix()
     got = sorted((p["file"], p["line"], p["kind"]) for p in r["problems"])
     assert got == sorted(
