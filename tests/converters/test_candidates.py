@@ -111,3 +111,9 @@ def test_fallback_sizes_without_positives() -> None:
     for r in s.regions:
         x1, y1, x2, y2 = r["box"]
         assert 0.05 * 300 - 1 <= x2 - x1 <= 0.3 * 300 + 1
+
+
+def test_crowded_image_is_short_of_negatives_but_keeps_its_positive() -> None:
+    policy = CandidatePolicy(lo=4, hi=4, neg_per_pos=1, max_iou=0.0, min_box_size=4)
+    (s,) = draw_samples(image_rng(0, "full"), 100, 80, [((0, 0, 100, 80), "crack")], size_pool([]), policy)
+    assert s.wanted == 4 and [r["positive"] for r in s.regions] == [True]
