@@ -199,7 +199,7 @@ def test_deepspeed_two_cpu_ranks(
 def test_qlora_phase1_and_merge_into_full_precision_base(
     lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path
 ) -> None:
-    proc = lf.train("phase1.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path, quantization_bit=4)
+    proc = lf.train("phase1_qlora.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path)
     _ok(proc)
     assert "Quantizing model to 4 bit with bitsandbytes" in proc.stdout + proc.stderr
     assert _groups(tmp_path / "out")["projector"]["params"] > 0  # projector kept unquantized and trained
@@ -209,10 +209,11 @@ def test_qlora_phase1_and_merge_into_full_precision_base(
         "model_name_or_path": str(tiny_qwen2_5_vl),  # the unquantized base
         "adapter_name_or_path": str(tmp_path / "out"),
         "export_dir": str(tmp_path / "merged"),
-        "infer_dtype": "float32",
     }
-    _ok(lf.run_cli("export", lf.RECIPES / "export_phase1.yaml", export, tmp_path, env=lf.env(tmp_path)))
-    assert (tmp_path / "merged" / "config.json").is_file()
+    _ok(lf.run_cli("export", lf.RECIPES / "export_phase1_qlora.yaml", export, tmp_path, env=lf.env(tmp_path)))
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert config.get("dtype", config.get("torch_dtype")) == "bfloat16"
+    assert "quantization_config" not in config
 
 
 def test_export_merges_adapter_and_unfrozen_blocks(
