@@ -86,7 +86,7 @@ def bench_overrides(ns: argparse.Namespace, model_dir: Path, data_dir: Path, run
         "load_best_model_at_end": False,
         "output_dir": str(run_dir / "out"),
         "overwrite_output_dir": True,
-        "max_steps": ns.warmup + ns.steps,
+        "max_steps": ns.warmup + ns.steps + (1 if ns.profile else 0),
         "logging_steps": 1,
         "save_strategy": "no",
         "plot_loss": False,
@@ -179,11 +179,8 @@ def run_one(
     metrics = run_dir / "metrics.json"
     metrics.unlink(missing_ok=True)
     cmd = [sys.executable, str(ROOT / "bench" / "gpu" / "lf_train.py"), "--metrics", str(metrics)]
-    cmd += (
-        ["--warmup", str(ns.warmup), "--exit-after-train"]
-        + (["--plugin"] if plugin else [])
-        + [str(cfg_path)]
-    )
+    cmd += ["--warmup", str(ns.warmup), "--exit-after-train"] + (["--plugin"] if plugin else [])
+    cmd += (["--profile", str(run_dir / "profile.txt")] if ns.profile else []) + [str(cfg_path)]
     env = {**os.environ, "QWENVL_ROI_PLUGIN": "1" if plugin else "0", "DISABLE_VERSION_CHECK": "1"}
     t0 = time.perf_counter()
     log = run_dir / "train.log"
@@ -263,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by device)"
     )
+    p.add_argument("--profile", action="store_true", help="torch.profiler table of one extra step per run")
     p.add_argument(
         "--budget-s", type=float, default=None, help="skip runs that would start after this many s"
     )

@@ -61,7 +61,9 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def make_callback(metrics_path: Path, warmup: int, exit_after_train: bool) -> Any:
+def make_callback(
+    metrics_path: Path, warmup: int, exit_after_train: bool, profile: Path | None = None
+) -> Any:
     """The measuring TrainerCallback (built here so transformers is imported only when training)."""
     import torch
     from transformers import TrainerCallback
@@ -85,8 +87,16 @@ def make_callback(metrics_path: Path, warmup: int, exit_after_train: bool) -> An
             self.t_train_begin = 0.0
             self.info: dict[str, Any] = {}
             self.losses: list[float] = []
+            self.vision_backprop: bool | None = None
+            self.waiting_since: float | None = None
+            self.data_wait: dict[int, float] = {}
+            self.profiler: Any = None
 
         def _hook(self, module: Any, args: tuple, kwargs: dict) -> None:
+            if self.waiting_since is not None:
+                # CPU time between the end of a step and the next forward: mostly waiting for the batch
+                self.data_wait[self.done_steps + 1] = time.perf_counter() - self.waiting_since
+                self.waiting_since = None
             ids = kwargs.get("input_ids", args[0] if args else None)
             mask = kwargs.get("attention_mask")
             grid = kwargs.get("image_grid_thw")
@@ -116,6 +126,11 @@ def make_callback(metrics_path: Path, warmup: int, exit_after_train: bool) -> An
                 }
             )
 
+        def _vision_hook(self, module: Any, args: tuple, output: Any) -> None:
+            # Whether autograd records the vision tower (and so runs its backward), needed or not.
+            out = output[0] if isinstance(output, tuple) else output
+            self.vision_backprop = bool(getattr(out, "requires_grad", False))
+
         def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
             self.t_train_begin = time.perf_counter()
             self.plan = build_plan(model)
@@ -125,8 +140,12 @@ def make_callback(metrics_path: Path, warmup: int, exit_after_train: bool) -> An
             if cuda:
                 sync()
                 self.mem_after_load = torch.cuda.memory_allocated()
-            n_all = sum(p.numel() for p in model.parameters())
-            n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            from llamafactory.extras.misc import count_parameters
+
+            n_train, n_all = count_parameters(model)  # LLaMA-Factory's count (4-bit weights unpacked)
+            vis = next((m for n, m in model.named_modules() if n.endswith("visual.blocks.0")), None)
+            if vis is not None:
+                vis.register_forward_hook(self._vision_hook)
             self.info = {
                 "params_total": n_all,
                 "params_trainable": n_train,
@@ -137,10 +156,31 @@ def make_callback(metrics_path: Path, warmup: int, exit_after_train: bool) -> An
                 "bf16": bool(args.bf16),
             }
 
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+            if profile is not None and state.global_step == warmup and self.profiler is None:
+                self.profiler = torch.profiler.profile(
+                    activities=[torch.profiler.ProfilerActivity.CPU]
+                    + ([torch.profiler.ProfilerActivity.CUDA] if cuda else []),
+                    record_shapes=False,
+                )
+                self.profiler.__enter__()
+
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
             sync()
             self.done_steps = state.global_step
             self.step_end[state.global_step] = time.perf_counter()
+            if self.profiler is not None and state.global_step == warmup + 1:
+                self.profiler.__exit__(None, None, None)
+                key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+                table = self.profiler.key_averages().table(
+                    sort_by=key, row_limit=40, max_name_column_width=70
+                )
+                profile.parent.mkdir(parents=True, exist_ok=True)
+                profile.write_text(
+                    f"one optimizer step after warm-up (step {warmup + 1}), sorted by {key}\n{table}\n"
+                )
+                self.step_end[state.global_step] = time.perf_counter()
+            self.waiting_since = time.perf_counter()
 
         def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
             if logs and "loss" in logs:
@@ -149,21 +189,28 @@ def make_callback(metrics_path: Path, warmup: int, exit_after_train: bool) -> An
         def on_train_end(self, args, state, control, **kwargs):  # noqa: ANN001
             sync()
             last = state.global_step
-            if last <= warmup:
-                raise SystemExit(f"only {last} steps ran; need more than the {warmup} warm-up steps")
-            window = [m for m in self.micro if warmup <= m["step"] < last]
-            seconds = self.step_end[last] - self.step_end[warmup]
+            first = warmup + (1 if profile is not None else 0)  # the profiled step is not timed
+            if last <= first:
+                raise SystemExit(f"only {last} steps ran; need more than the {first} untimed steps")
+            window = [m for m in self.micro if first <= m["step"] < last]
+            seconds = self.step_end[last] - self.step_end[first]
             flops = [microbatch_flops(self.plan, m["seq_lens"], m["grids"]) for m in window]
             step_times = [
                 round(self.step_end[s] - self.step_end.get(s - 1, self.t_train_begin), 4)
                 for s in sorted(self.step_end)
             ]
+            timed = sorted(step_times[first:])
+            median = (timed[(len(timed) - 1) // 2] + timed[len(timed) // 2]) / 2
             out = {
                 **self.info,
-                "warmup_steps": warmup,
-                "measured_steps": last - warmup,
+                "warmup_steps": first,
+                "measured_steps": last - first,
                 "measured_seconds": seconds,
                 "step_seconds": step_times,
+                "median_step_seconds": median,
+                "profiled_step": warmup + 1 if profile is not None else None,
+                "data_wait_seconds": [round(self.data_wait.get(i, 0.0), 4) for i in range(2, last + 1)],
+                "vision_backprop": self.vision_backprop,
                 "samples": sum(m["samples"] for m in window),
                 "text_tokens": sum(m["text_tokens"] for m in window),
                 "vision_tokens": sum(m["vision_tokens"] for m in window),
@@ -196,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="optimizer steps excluded from the timing")
     parser.add_argument("--plugin", action="store_true", help="activate the qwenvl-roi plugin (.pth line)")
     parser.add_argument("--exit-after-train", action="store_true", help="skip the final save")
+    parser.add_argument(
+        "--profile", type=Path, help="write a torch.profiler table of the first timed step here"
+    )
     parser.add_argument("config", help="LLaMA-Factory YAML")
     parser.add_argument(
         "overrides", nargs="*", help="key=value, merged into the YAML as llamafactory-cli does"
@@ -206,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     from llamafactory.train.tuner import run_exp
 
     sys.argv = [sys.argv[0], ns.config, *ns.overrides]  # read_args() parses argv like llamafactory-cli train
-    run_exp(callbacks=[make_callback(ns.metrics, ns.warmup, ns.exit_after_train)])
+    run_exp(callbacks=[make_callback(ns.metrics, ns.warmup, ns.exit_after_train, ns.profile)])
     return 0
 
 

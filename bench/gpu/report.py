@@ -23,8 +23,14 @@ def summarise(results: list[dict[str, Any]], peak_tflops: float | None) -> list[
         if r.get("status") == "ok":
             s = r["measured_seconds"]
             tflops = r["model_flops"] / s / 1e12
+            per_step = r["samples"] / r["measured_steps"]
+            waits = sorted(r.get("data_wait_seconds") or [0.0])
+            row["median_data_wait_s"] = (waits[(len(waits) - 1) // 2] + waits[len(waits) // 2]) / 2
             row.update(
                 samples_per_s=r["samples"] / s,
+                samples_per_s_median=per_step / r["median_step_seconds"]
+                if r.get("median_step_seconds")
+                else None,
                 text_tokens_per_s=r["text_tokens"] / s,
                 vision_tokens_per_s=r["vision_tokens"] / s,
                 patches_per_s=r["patches"] / s,
@@ -38,6 +44,9 @@ def summarise(results: list[dict[str, Any]], peak_tflops: float | None) -> list[
     for row in rows:
         if stock is not None and row.get("status") == "ok" and row is not stock:
             row["cost_ratio_vs_stock"] = _ratio(stock["samples_per_s"], row["samples_per_s"])
+            row["cost_ratio_vs_stock_median"] = _ratio(
+                stock.get("samples_per_s_median"), row.get("samples_per_s_median")
+            )
             row["peak_reserved_ratio_vs_stock"] = _ratio(
                 row.get("peak_reserved_gib"), stock.get("peak_reserved_gib")
             )
@@ -70,9 +79,10 @@ def markdown_table(report: dict[str, Any]) -> str:
         f"batch {st['batch']} x accumulation {st['accum']} unless a run overrides it; "
         f"total {report['total_s']} s",
         "",
-        "| run | status | batch x accum | samples/s | text tok/s | vision tok/s | model TFLOP/s | MFU "
-        "| peak alloc GiB | peak reserved GiB | trainable M | cost vs stock | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | status | batch x accum | samples/s | median step s | data wait s | text tok/s "
+        "| vision tok/s | model TFLOP/s | MFU | peak alloc GiB | peak reserved GiB | trainable M "
+        "| cost vs stock (mean / median) | vision backprop | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["runs"]:
         ok = r.get("status") == "ok"
@@ -85,6 +95,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                     r["status"],
                     bxa,
                     _fmt(r.get("samples_per_s"), ".3f"),
+                    _fmt(r.get("median_step_seconds"), ".2f"),
+                    _fmt(r.get("median_data_wait_s"), ".3f"),
                     _fmt(r.get("text_tokens_per_s"), ".0f"),
                     _fmt(r.get("vision_tokens_per_s"), ".0f"),
                     _fmt(
@@ -95,7 +107,10 @@ def markdown_table(report: dict[str, Any]) -> str:
                     _fmt(r.get("peak_allocated_gib"), ".2f"),
                     _fmt(r.get("peak_reserved_gib"), ".2f"),
                     _fmt(r["params_trainable"] / 1e6 if ok else None, ".2f"),
-                    _fmt(r.get("cost_ratio_vs_stock"), ".3f"),
+                    _fmt(r.get("cost_ratio_vs_stock"), ".3f")
+                    + " / "
+                    + _fmt(r.get("cost_ratio_vs_stock_median"), ".3f"),
+                    {True: "yes", False: "no"}.get(r.get("vision_backprop"), "-"),
                     _fmt(r.get("wall_s"), ".0f"),
                 ]
             )
@@ -111,7 +126,11 @@ def markdown_table(report: dict[str, Any]) -> str:
         "trainable weights, input gradients above the lowest trainable module), not the recomputation of "
         "gradient checkpointing (bench/gpu/flops.py). Peak memory: torch.cuda.max_memory_allocated / "
         "max_memory_reserved over the whole process (load, warm-up and timed steps). Cost vs stock: seconds "
-        "per sample of the run divided by the stock phase-1 LoRA run's.",
+        "per sample of the run divided by the stock phase-1 LoRA run's, over the timed window (mean) and "
+        "from the median timed step (robust to one slow step). Data wait: median time between the end of a "
+        "step and the next forward (the trainer waiting for its batch). Vision backprop: whether autograd "
+        "records the vision tower's first block (its backward then runs even when no vision weight is "
+        "trainable).",
         "",
     ]
     return "\n".join(lines)

@@ -55,6 +55,6 @@ PYEOF
 rc=${PIPESTATUS[0]}
 cp "$WORK/results.json" "$WORK/results.md" "$OUT/" 2>/dev/null
 # One archive of every run's config and training log (the device returns at most 8 files).
-(cd "$WORK" && tar czf - runs/*/config.yaml runs/*/train.log runs/*/metrics.json 2>/dev/null) > "$OUT/runs.tgz"
+(cd "$WORK" && tar czf - runs/*/config.yaml runs/*/train.log runs/*/metrics.json runs/*/profile.txt 2>/dev/null) > "$OUT/runs.tgz"
 echo "run_device.sh: exit $rc after $(( $(date +%s) - t0 )) s"
 exit "$rc"

@@ -56,6 +56,8 @@ def test_every_run_trains_and_is_measured(quick):
         assert r["model_flops"] > r["model_flops_forward"] > 0
         assert r["samples_per_s"] > 0 and r["mfu"] is None  # no MFU on CPU
         assert len(r["step_seconds"]) == st["warmup"] + st["steps"]
+        assert min(r["step_seconds"][st["warmup"] :]) <= r["median_step_seconds"] <= max(r["step_seconds"])
+        assert isinstance(r["vision_backprop"], bool)  # the hook on the first vision block fired
 
 
 def test_plugin_switch_and_trainable_sets_follow_the_recipes(quick):
@@ -66,7 +68,8 @@ def test_plugin_switch_and_trainable_sets_follow_the_recipes(quick):
     t = {n: runs[n]["params_trainable"] for n in RUNS}
     # stock trains the same set in stock terms; phase 2 adds vision LoRA, phase 3 two whole vision blocks
     assert t["stock_p1_lora"] == t["p1_lora"] < t["p2"] < t["p3"]
-    assert runs["p1_qlora"]["params_total"] < runs["p1_lora"]["params_total"]  # 4-bit packed weights
+    # LLaMA-Factory's count unpacks 4-bit weights: QLoRA holds the same model
+    assert runs["p1_qlora"]["params_total"] == runs["p1_lora"]["params_total"]
     assert runs["p1_lora"]["cost_ratio_vs_stock"] > 0
 
 
