@@ -42,6 +42,9 @@ class PhaseSpec(BaseModel):
     datasets: list[str]
     max_steps: int = Field(ge=1)
     learning_rate: float = Field(gt=0)
+    # phases on the same datasets share one tokenized copy (LLaMA-Factory's tokenized_path), so the
+    # multimodal preprocessing runs once per dataset mix, not once per phase
+    tokenized: str
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -65,8 +68,9 @@ class DemoConfig(BaseModel):
                 name="phase1",
                 recipe="recipes/phase1.yaml",
                 export_recipe="recipes/export_phase1.yaml",
-                datasets=["roi_image_train", "roi_train"],
-                max_steps=60,
+                datasets=["roi_train", "roi_image_train"],
+                tokenized="mix",
+                max_steps=40,
                 learning_rate=1e-3,
                 overrides={"roi_lr_language": 1e-3, "roi_lr_projector": 1e-3},
             ),
@@ -75,7 +79,8 @@ class DemoConfig(BaseModel):
                 recipe="recipes/phase2.yaml",
                 export_recipe="recipes/export_phase2.yaml",
                 datasets=["roi_image_train"],
-                max_steps=400,
+                tokenized="image",
+                max_steps=350,
                 learning_rate=1e-3,
                 overrides={
                     "roi_vision_lora_top_blocks": 4,
@@ -89,7 +94,8 @@ class DemoConfig(BaseModel):
                 recipe="recipes/phase3.yaml",
                 export_recipe="recipes/export_phase3.yaml",
                 datasets=["roi_train", "roi_image_train"],
-                max_steps=400,
+                tokenized="mix",
+                max_steps=350,
                 learning_rate=3e-4,
                 overrides={
                     "roi_vision_lora_top_blocks": 0,
@@ -122,6 +128,9 @@ def _env(out: Path) -> dict[str, str]:
     env.setdefault("HF_HOME", str(out / "hf_home"))
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    # One compute thread per training process, the data loader in a second process: on a small shared CPU
+    # two spinning OpenMP threads cost several times their work; a fixed count also keeps runs repeatable.
+    env.setdefault("OMP_NUM_THREADS", "1")
     env["DISABLE_VERSION_CHECK"] = env.get("DISABLE_VERSION_CHECK", "0")
     return env
 
@@ -213,16 +222,15 @@ def vocab_texts(meta: dict[str, Any]) -> list[str]:
     return texts
 
 
-def _train_overrides(
-    cfg: DemoConfig, phase: PhaseSpec, model: Path, out_dir: Path, dataset_dir: Path
-) -> list[str]:
+def _train_overrides(cfg: DemoConfig, phase: PhaseSpec, model: Path, out_dir: Path, out: Path) -> list[str]:
     """key=value overrides that turn a GPU recipe into a tiny CPU run of the demo."""
     values: dict[str, Any] = {
         "model_name_or_path": model,
         "output_dir": out_dir,
         "overwrite_output_dir": True,
-        "dataset_dir": dataset_dir,
+        "dataset_dir": out / "dataset_info",
         "dataset": phase.datasets,
+        "tokenized_path": out / "tokenized" / phase.tokenized,
         "eval_dataset": None,
         "eval_strategy": "no",
         "load_best_model_at_end": False,
@@ -239,8 +247,8 @@ def _train_overrides(
         "logging_steps": max(1, min(10, phase.max_steps // 5)),
         "image_max_pixels": cfg.synth.size * cfg.synth.size,
         "cutoff_len": 1024,
-        "preprocessing_num_workers": 1,
-        "dataloader_num_workers": 0,
+        "preprocessing_num_workers": 2,
+        "dataloader_num_workers": 1,
         "lora_rank": cfg.lora_rank,
         "lora_alpha": 2 * cfg.lora_rank,
         "lora_dropout": 0.0,
@@ -267,7 +275,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = Fa
     out.mkdir(parents=True, exist_ok=True)
     run = Runner(out, quiet)
     wall = time.perf_counter()
-    for stale in ("train", "models", "predictions", "eval"):
+    for stale in ("train", "models", "predictions", "eval", "tokenized"):
         shutil.rmtree(out / stale, ignore_errors=True)
 
     manifest = run.timed("synth", generate, out / "data", cfg.synth, progress=not quiet)
@@ -295,7 +303,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = Fa
         vocab_texts=vocab_texts(meta),
     )
 
-    def predict_and_eval(tag: str, model: Path) -> dict[str, Any]:
+    def predict_and_eval(tag: str, model: Path, store_in_model: bool = False) -> dict[str, Any]:
         preds = out / "predictions" / tag
         for split in ("val", "test"):
             run.timed(
@@ -319,6 +327,8 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = Fa
                 "--val-predictions", str(preds / "val.jsonl"),
                 "--val-gold", str(prepared / "regions_val.jsonl"),
                 "--out", str(eval_dir),
+                # the final model keeps its val threshold and prompt settings (README: use it elsewhere)
+                *(["--model-dir", str(model)] if store_in_model else []),
             ],
         )  # fmt: skip
         return read_metrics(eval_dir)
@@ -334,7 +344,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = Fa
         run.command(
             f"train-{phase.name}",
             [_bin("llamafactory-cli"), "train", phase.recipe,
-             *_train_overrides(cfg, phase, model, train_dir, out / "dataset_info")],
+             *_train_overrides(cfg, phase, model, train_dir, out)],
         )  # fmt: skip
         run.command(
             f"export-{phase.name}",
@@ -347,7 +357,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = Fa
         if phase.name == "phase2":
             checks = _stage_check(run, qwenvl_roi_main, cfg, out, model, prepared)
 
-    trained = predict_and_eval("trained", model)
+    trained = predict_and_eval("trained", model, store_in_model=True)
     run.timings["total"] = round(time.perf_counter() - wall, 2)
     report = {
         "out": str(out),

@@ -108,3 +108,27 @@ def test_report_links_resolve(demo_out: Path) -> None:
     for link in links:
         assert (demo_out / link).exists(), link
     assert "untrained" in text and "trained" in text
+
+
+def _readme_python_blocks() -> list[str]:
+    root = Path(__file__).resolve().parents[2]
+    blocks = []
+    for name in ("README.md", "README.zh-CN.md"):
+        text = (root / name).read_text(encoding="utf-8")
+        blocks += re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    return blocks
+
+
+def test_readme_python_snippet_runs_on_the_demo_model(demo_out: Path, capsys: pytest.CaptureFixture) -> None:
+    """The README's "use the model elsewhere" code, pointed at the demo's final merged model."""
+    blocks = _readme_python_blocks()
+    assert blocks, "the READMEs show Python usage"
+    first_line = (demo_out / "prepared/regions_test.jsonl").read_text(encoding="utf-8").splitlines()[0]
+    sample = json.loads(first_line)
+    for code in blocks:
+        code = code.replace("saves/qwen2_5_vl-7b/roi/phase3-merged", str(demo_out / "models/phase3-merged"))
+        code = code.replace("part_0001.jpg", sample["image"])
+        exec(compile(code, "README snippet", "exec"), {})  # noqa: S102 - our own documentation
+        printed = capsys.readouterr().out.splitlines()
+        assert [line.split()[0] for line in printed] == ["R1", "R2"]
+        assert all(0.0 <= float(line.split()[1]) <= 1.0 for line in printed)
