@@ -12,10 +12,19 @@ import torch
 from qwenvl_roi.inference.predictor import RegionPredictor
 from qwenvl_roi.inference.scoring import plan_slot, word_probabilities
 
+from .conftest import make_dataset
+
 
 @pytest.fixture(scope="module")
-def random_predictor(tiny_qwen2_5_vl: Path, roi_dataset: Path) -> RegionPredictor:
-    return RegionPredictor.load(tiny_qwen2_5_vl, meta=roi_dataset)
+def zh_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Chinese words: the tiny tokenizer cuts them into bytes, so 正常 (normal) shares its first token with
+    渗水, and 裂缝 / 裂纹 share a prefix that 正常 does not (an extra pass)."""
+    return make_dataset(tmp_path_factory.mktemp("zh-data"), language="zh", short_prompts=True)
+
+
+@pytest.fixture(scope="module")
+def random_predictor(tiny_qwen2_5_vl: Path, zh_dataset: Path) -> RegionPredictor:
+    return RegionPredictor.load(tiny_qwen2_5_vl, meta=zh_dataset)
 
 
 def _samples(root: Path, split: str) -> list[dict]:
@@ -48,9 +57,14 @@ def _brute_force(predictor: RegionPredictor, sample: dict) -> list[dict[str, flo
     return out
 
 
-def test_scores_equal_brute_force(random_predictor: RegionPredictor, roi_dataset: Path) -> None:
+def test_scores_equal_brute_force(random_predictor: RegionPredictor, zh_dataset: Path) -> None:
     meta = random_predictor.meta
-    samples = _samples(roi_dataset, "test")[:2]
+    enc = random_predictor.encoder
+    normal_ids = enc.alternative_ids(" ", meta.normal_word, "\n")
+    ids = {lab: enc.alternative_ids(" ", lab, "\n") for lab in meta.labels}
+    assert any(t[0] == normal_ids[0] for t in ids.values())  # a label shares the normal word's first token
+    assert ids["裂缝"][:2] == ids["裂纹"][:2] and ids["裂缝"][0] != normal_ids[0]  # an off-path branch
+    samples = _samples(zh_dataset, "test")[:2]
     got = random_predictor.score_samples(samples, batch_size=2, progress=False)
     samples, got = samples[1:], got[1:]  # brute force on one sample (scored inside a batch of two)
     for sample, row in zip(samples, got, strict=True):
@@ -64,8 +78,8 @@ def test_scores_equal_brute_force(random_predictor: RegionPredictor, roi_dataset
             assert region["abnormal"] == (region["score"] >= random_predictor.config.threshold)
 
 
-def test_batching_does_not_change_scores(random_predictor: RegionPredictor, roi_dataset: Path) -> None:
-    samples = _samples(roi_dataset, "val")[:5]  # different lengths -> padding inside the batch
+def test_batching_does_not_change_scores(random_predictor: RegionPredictor, zh_dataset: Path) -> None:
+    samples = _samples(zh_dataset, "val")[:5]  # different lengths -> padding inside the batch
     one = random_predictor.score_samples(samples, batch_size=1, progress=False)
     many = random_predictor.score_samples(samples, batch_size=5, progress=False)
     for a, b in zip(one, many, strict=True):
