@@ -40,7 +40,7 @@ from gpu.report import markdown_table, summarise  # noqa: E402
 RUNS: dict[str, tuple[str, bool, dict[str, Any]]] = {
     "stock_p1_lora": ("recipes/phase1.yaml", False, {"additional_target": "model.visual.merger"}),
     "p1_lora": ("recipes/phase1.yaml", True, {}),
-    "p1_qlora": ("recipes/phase1.yaml", True, {"quantization_bit": 4, "quantization_method": "bnb"}),
+    "p1_qlora": ("recipes/phase1_qlora.yaml", True, {}),
     "p2": ("recipes/phase2.yaml", True, {}),
     "p3": ("recipes/phase3.yaml", True, {}),
 }
