@@ -136,6 +136,17 @@ def _set_number(page, label: str, value: int) -> None:
     box.press("Enter")
 
 
+def _screenshot(page, path: str, loss_plot) -> None:
+    """The README picture: from the dataset row down to the loss plot (extra arguments with roi_ keys)."""
+    page.get_by_text("Multimodal configurations").click()  # fold it again: keep the picture short
+    page.wait_for_timeout(500)
+    scroll = page.evaluate("window.scrollY")
+    top = _field(page, "Data dir").bounding_box()["y"] + scroll - 80
+    box = loss_plot.bounding_box()
+    bottom = box["y"] + scroll + box["height"] + 20
+    page.screenshot(path=path, full_page=True, clip={"x": 0, "y": top, "width": 1400, "height": bottom - top})
+
+
 def test_launch_a_phase_from_the_webui(webui: str, project: Path, tiny_qwen2_5_vl: Path) -> None:
     chromium = _chromium()
     if chromium is None:
@@ -200,8 +211,7 @@ def test_launch_a_phase_from_the_webui(webui: str, project: Path, tiny_qwen2_5_v
             expect(loss_plot.locator("img, svg, canvas").first).to_be_visible()
             shot = os.environ.get("QWENVL_ROI_SCREENSHOT")
             if shot:
-                page.get_by_role("button", name="Start").scroll_into_view_if_needed()
-                page.screenshot(path=shot, full_page=False)
+                _screenshot(page, shot, loss_plot)
         finally:
             browser.close()
 
