@@ -225,6 +225,7 @@ def main() -> int:
     parser.add_argument("--train-steps", type=int, default=150)
     parser.add_argument("--max-regions", type=int, default=8, help="candidates per synthetic sample: 2..N")
     parser.add_argument("--keep", default=None, help="keep the synthetic data and models in this folder")
+    parser.add_argument("--label", default=None, help="how to describe --model in the results table")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "evaluation.md"))
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -244,7 +245,7 @@ def main() -> int:
             setup = f"tiny Qwen2.5-VL, LoRA+lm_head trained {args.train_steps} steps ({took:.0f} s)"
         else:
             model, adapter, regions = args.model, args.adapter, Path(args.regions)
-            setup = f"model {model}" + (f" + adapter {adapter}" if adapter else "")
+            setup = args.label or (f"model {model}" + (f" + adapter {adapter}" if adapter else ""))
         r = measure(model, adapter, regions, args.limit, args.batch_size, args.repeats)
     print(json.dumps(r, indent=2))
     out = Path(args.out)
