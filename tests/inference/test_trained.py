@@ -45,6 +45,9 @@ def test_adapter_and_merged_give_same_scores(
         == 0
     )
     assert main(["predict", "--model", str(merged_model), "--out", str(m), *common]) == 0
+    again = tmp_path / "merged_again.jsonl"
+    assert main(["predict", "--model", str(merged_model), "--out", str(again), *common]) == 0
+    assert again.read_bytes() == m.read_bytes()  # deterministic, byte for byte
     base = tmp_path / "base.jsonl"
     assert main(["predict", "--model", str(tiny_qwen2_5_vl), "--out", str(base), *common]) == 0
     rows_a = [json.loads(x) for x in a.read_text().splitlines()]
@@ -213,3 +216,11 @@ def test_predict_errors_are_clear(
     )
     assert rc == 2 and "dataset_meta.json not found" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_predict_help_lists_the_interface(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = capsys.readouterr().out
+    for flag in ("--model", "--adapter", "--regions", "--out", "--mode", "--batch-size"):
+        assert flag in text
