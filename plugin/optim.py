@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .selection import VisionLayout, classify, effective_lora_blocks, find_layout
+from .selection import base_model, classify, effective_lora_blocks, layout_or_none
 
 GROUPS: tuple[str, ...] = ("language", "projector", "vision_lora", "vision_unfrozen")
 TABLE_FILE = "trainable_params.json"
@@ -30,22 +30,9 @@ def _numel(param: Any) -> int:
     return int(getattr(param, "ds_numel", 0) or param.numel())
 
 
-def _base_model(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _layout_or_none(model: Any) -> VisionLayout | None:
-    from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
-
-    base = _base_model(model)
-    if getattr(base.config, "model_type", None) not in COMPOSITE_MODELS:
-        return None
-    return find_layout(base)
-
-
 def param_groups(model: Any, training_args: Any, settings: Any) -> tuple[list[dict[str, Any]], list[dict]]:
     """Torch parameter groups (non-empty, fixed order) and the matching table rows."""
-    layout = _layout_or_none(model)
+    layout = layout_or_none(model)
     buckets: dict[tuple[str, bool], list[tuple[str, Any]]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -108,10 +95,10 @@ def report(model: Any, training_args: Any, settings: Any, rows: list[dict]) -> N
     logger.info_rank0("qwenvl-roi trainable parameters:\n" + format_table(rows))
     if not getattr(training_args, "should_save", True):
         return
-    layout = _layout_or_none(model)
+    layout = layout_or_none(model)
     payload = {
         "settings": settings.model_dump(),
-        "model_type": getattr(_base_model(model).config, "model_type", None),
+        "model_type": getattr(base_model(model).config, "model_type", None),
         "vision_depth": layout.depth if layout else None,
         "vision_lora_blocks": effective_lora_blocks(layout, settings) if layout else [],
         "vision_unfrozen_blocks": layout.top(settings.roi_vision_unfreeze_top_blocks) if layout else [],

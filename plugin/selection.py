@@ -93,6 +93,21 @@ def find_layout(model: Any) -> VisionLayout:
     return VisionLayout(model_type=model_type, blocks=blocks_name, depth=int(depth), projectors=projectors)
 
 
+def base_model(model: Any) -> Any:
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def layout_or_none(model: Any) -> VisionLayout | None:
+    """The vision layout of a (possibly peft-wrapped) composite model; None for a text-only model."""
+    from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
+
+    base = base_model(model)
+    if getattr(base.config, "model_type", None) not in COMPOSITE_MODELS:
+        return None
+    return find_layout(base)
+
+
 def _is_linear(module: Any) -> bool:
     name = module.__class__.__name__
     return "Linear" in name and "Embedding" not in name
