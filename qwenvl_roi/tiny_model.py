@@ -253,7 +253,9 @@ def _processor(arch: str, tokenizer: Any) -> Any:
 
     cls = Qwen2_5_VLProcessor if arch == "qwen2_5_vl" else Qwen2VLProcessor
     return cls(
-        image_processor=Qwen2VLImageProcessor(),
+        # The released Qwen2-VL / Qwen2.5-VL processors' pixel limits (the class default caps at 1003520),
+        # the same the converters record as processor_min_pixels / processor_max_pixels.
+        image_processor=Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(),
         chat_template=CHAT_TEMPLATE,

@@ -24,6 +24,9 @@ def test_tiny_model_forward_with_image(fixture: str, request: pytest.FixtureRequ
     processor = AutoProcessor.from_pretrained(path)
     assert type(processor.tokenizer).__name__ == "Qwen2Tokenizer"
     assert processor.video_processor is not None
+    # the released Qwen processors' limits, which the converters' coordinate frames assume
+    assert processor.image_processor.size["shortest_edge"] == 3136
+    assert processor.image_processor.size["longest_edge"] == 12845056
     model = AutoModelForImageTextToText.from_pretrained(path)
     assert model.config.vision_config.depth == 4
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is it normal?"}]}]
