@@ -74,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `qwenvl-roi predict`."""
     from qwenvl_roi.converters.config import ConvertError
     from qwenvl_roi.evaluation.files import InputError, write_jsonl_atomic
+    from qwenvl_roi.inference.encode import EncodingError
 
     try:
         if args.batch_size < 1:
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             rows = predictor.generate_samples(
                 samples, batch_size=args.batch_size, progress=not args.no_progress
             )
-    except (InputError, ConvertError) as exc:
+    except (InputError, ConvertError, EncodingError) as exc:
         print(f"qwenvl-roi predict: error: {exc}", file=sys.stderr)
         return 2
     write_jsonl_atomic(args.out, rows)

@@ -28,24 +28,28 @@ def pick_device_and_dtype(device: str | None = None, dtype: str | None = None) -
     return dev, dt
 
 
-def _check_folder(path: str | Path, what: str, marker: str) -> Path:
-    p = Path(path)
-    if not p.is_dir():
-        raise InputError(f"{what} {p}: not a folder")
-    if not (p / marker).is_file():
-        raise InputError(f"{what} {p}: no {marker} (is this the right folder?)")
-    return p
+def check_model_path(path: str | Path, what: str = "model", marker: str = "config.json") -> str:
+    """A local folder must hold `marker`; a hub name (`Qwen/Qwen2.5-VL-7B-Instruct`) is left to the cache."""
+    p = Path(path).expanduser()
+    text = str(path)
+    looks_local = p.is_absolute() or text.startswith((".", "~")) or text.count("/") != 1
+    if p.exists() or looks_local:
+        if not p.is_dir():
+            raise InputError(f"{what} {p}: not a folder")
+        if not (p / marker).is_file():
+            raise InputError(f"{what} {p}: no {marker} (is this the right folder?)")
+        return str(p)
+    return text
 
 
 def load_model(model_path: str | Path, adapter_path: str | Path | None, device: Any, dtype: Any) -> Any:
     """The model in eval mode on `device`; a LoRA adapter (peft) is loaded and merged when given."""
     from transformers import AutoModelForImageTextToText
 
-    model_dir = _check_folder(model_path, "model", "config.json")
-    model = AutoModelForImageTextToText.from_pretrained(str(model_dir), dtype=dtype)
+    model = AutoModelForImageTextToText.from_pretrained(check_model_path(model_path), dtype=dtype)
     if adapter_path is not None:
         from peft import PeftModel
 
-        adapter_dir = _check_folder(adapter_path, "adapter", "adapter_config.json")
-        model = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+        adapter_dir = check_model_path(adapter_path, "adapter", "adapter_config.json")
+        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     return model.to(device).eval()

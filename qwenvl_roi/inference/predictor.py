@@ -24,7 +24,7 @@ from qwenvl_roi.inference.config import (
     load_inference_config,
 )
 from qwenvl_roi.inference.encode import EncodedSample, PromptEncoder, load_tokenizer_and_processor
-from qwenvl_roi.inference.model import load_model, pick_device_and_dtype
+from qwenvl_roi.inference.model import check_model_path, load_model, pick_device_and_dtype
 from qwenvl_roi.inference.scoring import SlotPlan, plan_slot, word_probabilities
 
 META_FILE = "dataset_meta.json"
@@ -70,6 +70,9 @@ class RegionPredictor:
         it there). `inference_config`: the threshold file; by default the one in the adapter, then model
         folder, else threshold 0.5.
         """
+        model = check_model_path(model)
+        if adapter is not None:
+            adapter = check_model_path(adapter, "adapter", "adapter_config.json")
         folders = [adapter, model]
         if meta is None:
             found = next(

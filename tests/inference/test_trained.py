@@ -224,3 +224,15 @@ def test_predict_help_lists_the_interface(capsys: pytest.CaptureFixture) -> None
     text = capsys.readouterr().out
     for flag in ("--model", "--adapter", "--regions", "--out", "--mode", "--batch-size"):
         assert flag in text
+
+
+def test_predict_names_a_wrong_model_folder(
+    roi_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    regions = str(roi_dataset / "regions_test.jsonl")
+    rc = main(
+        ["predict", "--model", str(tmp_path / "missing"), "--regions", regions, "--out", str(tmp_path / "p")]
+    )
+    assert rc == 2 and "missing: not a folder" in capsys.readouterr().err
+    rc = main(["predict", "--model", str(roi_dataset), "--regions", regions, "--out", str(tmp_path / "p")])
+    assert rc == 2 and "no config.json" in capsys.readouterr().err
