@@ -3,31 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
+from qwenvl_roi.atomic import atomic_open
 
-@contextmanager
-def atomic_open(path: str | Path) -> Iterator[IO[str]]:
-    """Open a temporary file beside ``path``; on success fsync and os.replace it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+__all__ = ["atomic_open", "dumps", "write_json", "write_json_array", "write_jsonl"]
 
 
 def dumps(obj: Any, indent: int | None = 2) -> str:

@@ -8,8 +8,6 @@ lr), gradient accumulation, DeepSpeed ZeRO-2/3 and checkpoint resume (fixed grou
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +109,8 @@ def report(model: Any, training_args: Any, settings: Any, rows: list[dict]) -> N
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON through a temp file in the same folder and os.replace it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from qwenvl_roi.atomic import atomic_open
+
+    with atomic_open(path) as fh:
+        json.dump(payload, fh, indent=2, sort_keys=False)
+        fh.write("\n")

@@ -7,11 +7,11 @@ crash never leaves a half-written predictions or metrics file that a later step 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from qwenvl_roi import atomic
 
 
 class InputError(ValueError):
@@ -37,22 +37,13 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write bytes atomically (qwenvl_roi.atomic)."""
+    atomic.write_bytes(path, data)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write text (UTF-8) atomically."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+    atomic.write_text(path, text)
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:

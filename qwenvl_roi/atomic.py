@@ -1,0 +1,48 @@
+"""Atomic file writes: a run killed midway leaves the previous file or none, never a truncated one.
+
+Every output of qwenvl-roi goes through :func:`atomic_open`: a temporary file beside the target, flushed
+and fsynced, then moved into place with os.replace (atomic on POSIX within one folder).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import IO, Any
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
+    """Open a temp file beside ``path`` ("w": UTF-8 text, \\n newlines; "wb": bytes); replace on success."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open: mode must be 'w' or 'wb', not {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    text = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
+    try:
+        with os.fdopen(fd, mode, **text) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Atomically write bytes."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Atomically write UTF-8 text."""
+    with atomic_open(path) as fh:
+        fh.write(text)
