@@ -80,7 +80,7 @@ class DemoConfig(BaseModel):
                 export_recipe="recipes/export_phase2.yaml",
                 datasets=["roi_image_train"],
                 tokenized="image",
-                max_steps=350,
+                max_steps=300,
                 learning_rate=1e-3,
                 overrides={
                     "roi_vision_lora_top_blocks": 4,
@@ -95,7 +95,7 @@ class DemoConfig(BaseModel):
                 export_recipe="recipes/export_phase3.yaml",
                 datasets=["roi_train", "roi_image_train"],
                 tokenized="mix",
-                max_steps=350,
+                max_steps=200,
                 learning_rate=3e-4,
                 overrides={
                     "roi_vision_lora_top_blocks": 0,

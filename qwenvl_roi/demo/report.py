@@ -178,7 +178,7 @@ def _verdict_lines(report: dict[str, Any]) -> list[str]:
     lines = [f"- Blind test image AUROC went from {before:.3f} (untrained random model) to {after:.3f}."]
     if after >= 0.9 and before < 0.7:
         lines.append(
-            "- The image-level verdict is learnt from the pixels: the model was never shown the test images."
+            "- The image-level verdict is learnt from the pixels; no test image was ever trained on."
         )
     elif after > before + 0.1:
         lines.append(f"- The model learnt something, but stayed below the 0.9 goal (reached {after:.3f}).")
