@@ -264,6 +264,8 @@ def _train_overrides(cfg: DemoConfig, phase: PhaseSpec, model: Path, out_dir: Pa
 
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = False) -> dict[str, Any]:
     """Run every step into ``out``; returns the report dict (also written as report.json / report.md)."""
+    import torch
+
     from qwenvl_roi.cli import main as qwenvl_roi_main
     from qwenvl_roi.converters.convert import convert
     from qwenvl_roi.tiny_model import build_tiny_model
@@ -271,6 +273,9 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = Fa
     from .report import collect_phase, read_metrics, write_report
 
     cfg = cfg or DemoConfig()
+    # predict runs in this process: one thread, like the training subprocesses (OMP_NUM_THREADS=1); on a
+    # small shared CPU two spinning threads made each scoring pass up to 10x slower
+    torch.set_num_threads(1)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     run = Runner(out, quiet)
