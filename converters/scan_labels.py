@@ -1,6 +1,7 @@
 """`qwenvl-roi scan-labels`: label distribution of the txt annotations and a ready-to-paste label_map block.
 
-With ``--out`` the JSON goes to the file and a summary plus the YAML block to stdout; without it stdout
+With ``--out X.json`` the JSON goes to the file, a bar chart of the merged labels to ``X.png``, and a
+summary plus the YAML block to stdout; without it stdout
 carries only the JSON (machine-readable) and the YAML block goes to stderr.
 """
 
@@ -14,6 +15,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .config import ConvertError
+from .label_chart import write_label_chart
 from .labels import count_labels, scan_summary
 from .parse import LineParser, parse_txt
 from .prepare import walk_files
@@ -56,7 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--column-delim", default=";", help="column delimiter (full-width '；' is always accepted)"
     )
-    parser.add_argument("--out", default=None, help="write the JSON here (default: print it)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="write the JSON here and the bar chart beside it as .png (default: print the JSON)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,13 +72,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.out:
+        chart = Path(args.out).with_suffix(".png")
+        result["chart"] = chart.name
+        result["chart_legend"] = write_label_chart(result["merged"], chart)
         write_json(args.out, result)
         for row in result["merged"]:
             variants = ", ".join(row["variants"])
             print(f"{row['label']}: {row['boxes']} boxes in {row['images']} images  [{variants}]")
         if result["problems"]:
             print(f"{len(result['problems'])} problem line(s); see {args.out}")
-        print(f"wrote {args.out}\n\n# paste into configs/data.yaml:")
+        print(f"wrote {args.out} and the bar chart {chart}\n\n# paste into configs/data.yaml:")
         print(result["label_map_yaml"], end="")
     else:
         print(dumps(result))

@@ -46,3 +46,12 @@ def write_text(path: str | Path, text: str) -> None:
     """Atomically write UTF-8 text."""
     with atomic_open(path) as fh:
         fh.write(text)
+
+
+def write_figure_png(fig: Any, path: str | Path, dpi: int = 100) -> None:
+    """Atomically save a matplotlib figure as PNG without Software/date metadata (byte-identical reruns)."""
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    write_bytes(path, buf.getvalue())

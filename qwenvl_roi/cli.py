@@ -14,7 +14,7 @@ import sys
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "scan-labels": ("qwenvl_roi.converters.scan_labels", "label distribution and a label_map suggestion"),
-    "prepare": ("qwenvl_roi.converters.prepare", "parse annotations, split, draw candidates -> regions_*.jsonl"),
+    "prepare": ("qwenvl_roi.converters.prepare", "parse, split, draw candidates -> regions_*.jsonl"),
     "build-sft": ("qwenvl_roi.converters.build_sft", "regions_*.jsonl -> LLaMA-Factory sharegpt datasets"),
     "convert": ("qwenvl_roi.converters.convert", "prepare + build-sft in one go"),
     "tiny-model": ("qwenvl_roi.tiny_model", "build a tiny random-weight Qwen2.5-VL / Qwen2-VL offline"),

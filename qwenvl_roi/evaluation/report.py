@@ -6,11 +6,11 @@ missing instead of drawing a meaningless line.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
-from qwenvl_roi.evaluation.files import write_bytes_atomic, write_text_atomic
+from qwenvl_roi.atomic import write_figure_png
+from qwenvl_roi.evaluation.files import write_text_atomic
 from qwenvl_roi.evaluation.metrics import image_rows, ranking_score
 from qwenvl_roi.evaluation.records import JoinedRegion
 
@@ -25,13 +25,6 @@ def _levels(regions: Sequence[JoinedRegion], threshold: float) -> dict[str, tupl
         "ROI": ([r.positive for r in regions], [ranking_score(r) for r in regions]),
         "image": ([g for _, g, _, _ in rows], [s for _, _, s, _ in rows]),
     }
-
-
-def _save_figure(fig, path: Path) -> None:
-    buf = io.BytesIO()
-    # no Software/date metadata: the same inputs give byte-identical PNGs
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-    write_bytes_atomic(path, buf.getvalue())
 
 
 def write_curves(regions: Sequence[JoinedRegion], threshold: float, out_dir: str | Path) -> list[str]:
@@ -55,7 +48,7 @@ def write_curves(regions: Sequence[JoinedRegion], threshold: float, out_dir: str
     )
     ax.legend(loc="lower right")
     fig.tight_layout()
-    _save_figure(fig, out_dir / ROC_PNG)
+    write_figure_png(fig, out_dir / ROC_PNG)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -66,7 +59,7 @@ def write_curves(regions: Sequence[JoinedRegion], threshold: float, out_dir: str
     if drawable:
         ax.legend(loc="lower left")
     fig.tight_layout()
-    _save_figure(fig, out_dir / PR_PNG)
+    write_figure_png(fig, out_dir / PR_PNG)
     plt.close(fig)
     return list(drawable)
 

@@ -78,6 +78,17 @@ def test_scan_labels_cli(tmp_path: Path, files) -> None:
         "images": 2,
     }
     assert [(p["line"], p["kind"]) for p in data["problems"]] == [(1, "coord_count")]
+    # the bar chart beside the JSON; a label no installed font can draw is named #k, with its legend
+    chart = out.with_suffix(".png")
+    assert data["chart"] == chart.name
+    from PIL import Image
+
+    with Image.open(chart) as img:
+        assert img.format == "PNG" and img.width > 300 and img.height > 100
+    from qwenvl_roi.converters.label_chart import _drawable_chars
+
+    cjk_drawable = all(ord(ch) in _drawable_chars()[1] for ch in "渗漏")
+    assert data["chart_legend"] == ({} if cjk_drawable else {"#2": "渗漏"})
     block = proc.stdout[proc.stdout.index("label_map:") :]
     assert yaml.safe_load(block) == {
         "label_map": {"Crack": "crack", "crack": "crack", "ＣＲＡＣＫ": "crack", "渗漏": "渗漏"}

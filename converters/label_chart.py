@@ -1,0 +1,80 @@
+"""Label-distribution bar chart for `qwenvl-roi scan-labels` (boxes and images per merged label).
+
+Labels are often Chinese. Matplotlib falls back glyph by glyph through the font families listed here; when
+no installed font can draw a label, its bar is named ``#k`` instead of a row of empty boxes, and the chart's
+legend (returned, and stored in the JSON) says which label ``#k`` is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from qwenvl_roi.atomic import write_figure_png
+
+FONT_FAMILIES = (
+    "DejaVu Sans",
+    "Noto Sans CJK SC",
+    "Noto Sans CJK JP",
+    "Source Han Sans SC",
+    "WenQuanYi Zen Hei",
+    "WenQuanYi Micro Hei",
+    "SimHei",
+    "Microsoft YaHei",
+    "PingFang SC",
+)
+
+
+def _drawable_chars() -> tuple[list[str], set[int]]:
+    """Installed families among FONT_FAMILIES and the code points they can draw together."""
+    from matplotlib import font_manager
+    from matplotlib.ft2font import FT2Font
+
+    families, chars = [], set()
+    for family in FONT_FAMILIES:
+        try:
+            prop = font_manager.FontProperties(family=family)
+            path = font_manager.findfont(prop, fallback_to_default=False)
+        except ValueError:
+            continue
+        families.append(family)
+        chars |= set(FT2Font(path).get_charmap())
+    return families, chars
+
+
+def write_label_chart(merged: list[dict[str, Any]], path: str | Path) -> dict[str, str]:
+    """Horizontal bars (boxes, images) per merged label, most frequent on top; returns the #k legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families, drawable = _drawable_chars()
+    legend: dict[str, str] = {}
+    names = []
+    for k, row in enumerate(merged, start=1):
+        label = str(row["label"])
+        if all(ord(ch) in drawable for ch in label):
+            names.append(label)
+        else:
+            names.append(f"#{k}")
+            legend[f"#{k}"] = label
+    boxes = [int(r["boxes"]) for r in merged]
+    images = [int(r["images"]) for r in merged]
+    with matplotlib.rc_context({"font.family": families or ["DejaVu Sans"]}):
+        fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(merged), 1)))
+        y = list(range(len(merged)))
+        ax.barh([i - 0.2 for i in y], boxes, height=0.4, label="boxes")
+        ax.barh([i + 0.2 for i in y], images, height=0.4, label="images")
+        ax.set_yticks(y, names)
+        ax.invert_yaxis()
+        ax.set_xlabel("count")
+        title = "Defect labels (merged variants)"
+        if legend:
+            title += ": #k = see 'chart_legend' in the JSON"
+        ax.set_title(title)
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+        write_figure_png(fig, path)
+        plt.close(fig)
+    return legend
