@@ -443,4 +443,5 @@ def _data_summary(manifest: dict[str, Any], conv: dict[str, Any], scan_json: Pat
         "bad_lines_flagged": found,
         "problem_counts": rep.get("problem_counts", {}),
         "scan_labels": str(scan_json),
+        "label_chart": str(scan_json.with_suffix(".png")),
     }

@@ -34,6 +34,7 @@ def test_everything_lands_under_the_output_folder(demo_out: Path) -> None:
         "data/synth_manifest.json",
         "data.yaml",
         "scan_labels.json",
+        "scan_labels.png",
         "prepared/regions_test.jsonl",
         "prepared/prepare_report.json",
         "dataset_info/dataset_info.json",
