@@ -12,10 +12,10 @@ import argparse
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from qwenvl_roi.atomic import atomic_dir
 
 ARCHES = ("qwen2_5_vl", "qwen2_vl")
 
@@ -298,18 +298,9 @@ def build_tiny_model(
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         _processor(arch, tokenizer).save_pretrained(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a model folder is ordinary output
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

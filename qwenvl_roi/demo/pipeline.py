@@ -26,6 +26,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from qwenvl_roi.atomic import write_text
+
 from .synth import LABEL_SPELLINGS, SynthConfig, generate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -419,9 +421,7 @@ def _cli(main: Any, argv: list[str]) -> None:
 def _write_yaml(path: Path, data: dict[str, Any]) -> None:
     import yaml
 
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(data, allow_unicode=True, sort_keys=False))
 
 
 def _data_summary(manifest: dict[str, Any], conv: dict[str, Any], scan_json: Path) -> dict[str, Any]:

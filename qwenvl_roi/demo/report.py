@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from qwenvl_roi.atomic import write_text
+
 
 def read_metrics(eval_dir: Path) -> dict[str, Any]:
     """The metrics.json `qwenvl-roi eval` wrote (plus where its pictures are)."""
@@ -194,15 +196,7 @@ def _verdict_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(out: Path, report: dict[str, Any]) -> None:
     """report.json (everything) and report.md (the short version), atomically."""
-    _atomic_write(
-        out / "report.json", json.dumps(report, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
-    )
-    _atomic_write(out / "report.md", render_markdown(report))
+    write_text(out / "report.json", json.dumps(report, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+    write_text(out / "report.md", render_markdown(report))

@@ -12,9 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
+
+from qwenvl_roi.atomic import atomic_dir
 
 MANIFEST = "synth_manifest.json"
 
@@ -291,17 +290,8 @@ def generate(out_root: Path, cfg: SynthConfig | None = None, *, progress: bool =
         old = json.loads(manifest_path.read_text(encoding="utf-8"))
         if old.get("digest") == digest:
             return old
-    out_root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_root.name}.tmp-", dir=out_root.parent))
-    try:
+    with atomic_dir(out_root) as tmp:
         manifest = _generate_into(tmp, cfg, digest, progress)
-        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is ordinary output
-        if out_root.exists():
-            shutil.rmtree(out_root)
-        os.replace(tmp, out_root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
