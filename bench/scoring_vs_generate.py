@@ -39,6 +39,7 @@ def make_dataset(root: Path, n_train: int, n_test: int, max_regions: int = 8, se
     """Textured grey images with dark patches in some candidate regions, converted with build_record."""
     import numpy as np
     from PIL import Image
+    from qwenvl_roi.converters.build_sft import dataset_info_entry
     from qwenvl_roi.converters.config import DataConfig, PromptTexts
     from qwenvl_roi.converters.meta import build_meta
     from qwenvl_roi.converters.prompt import build_record
@@ -89,18 +90,7 @@ def make_dataset(root: Path, n_train: int, n_test: int, max_regions: int = 8, se
             "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
         )
         (root / f"sft_{split}.json").write_text(json.dumps(records), encoding="utf-8")
-        info[f"roi_{split}"] = {
-            "file_name": f"sft_{split}.json",
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": {
-                "role_tag": "role",
-                "content_tag": "content",
-                "user_tag": "user",
-                "assistant_tag": "assistant",
-                "system_tag": "system",
-            },
-        }
+        info[f"roi_{split}"] = dataset_info_entry(f"sft_{split}.json")
     (root / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return root
 

@@ -63,6 +63,19 @@ def _rel(target: Path, start: Path) -> str:
     return Path(os.path.relpath(os.path.abspath(target), os.path.abspath(start))).as_posix()
 
 
+def dataset_info_entry(file_name: str, roi_meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One dataset_info.json entry for a sharegpt file of ours (``roi_meta``: see docs/architecture.md)."""
+    entry: dict[str, Any] = {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": dict(SHAREGPT_TAGS),
+    }
+    if roi_meta is not None:
+        entry["roi_meta"] = dict(roi_meta)
+    return entry
+
+
 def merge_dataset_info(cfg: DataConfig, meta: DatasetMeta) -> Path:
     """Add or replace this dataset's entries in dataset_info.json; every other entry is kept as it was."""
     info_dir = cfg.dataset_info_dir
@@ -82,13 +95,7 @@ def merge_dataset_info(cfg: DataConfig, meta: DatasetMeta) -> Path:
         "meta_file": _rel(cfg.out_dir / META_FILE, info_dir),
     }
     for name, file_name in dataset_names(cfg.dataset_prefix).items():
-        info[name] = {
-            "file_name": _rel(cfg.out_dir / file_name, info_dir),
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": dict(SHAREGPT_TAGS),
-            "roi_meta": dict(roi_meta),
-        }
+        info[name] = dataset_info_entry(_rel(cfg.out_dir / file_name, info_dir), roi_meta)
     write_json(path, info)
     return path
 

@@ -61,6 +61,7 @@ def write_dataset(
     benchmark tokenizer.
     """
     import numpy as np
+    from qwenvl_roi.converters.build_sft import dataset_info_entry
     from qwenvl_roi.converters.config import DataConfig
     from qwenvl_roi.converters.meta import build_meta
     from qwenvl_roi.converters.prompt import build_record
@@ -114,26 +115,13 @@ def write_dataset(
         texts.extend(m["content"] for m in record["messages"])
     _write_json(out_dir / "sft_train.json", records)
     _write_json(out_dir / "dataset_meta.json", meta.model_dump(mode="json"))
-    info = {
-        "bench_train": {
-            "file_name": "sft_train.json",
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": {
-                "role_tag": "role",
-                "content_tag": "content",
-                "user_tag": "user",
-                "assistant_tag": "assistant",
-                "system_tag": "system",
-            },
-            "roi_meta": {
-                "image_max_pixels": image_max_pixels,
-                "image_min_pixels": image_min_pixels,
-                "model_family": "qwen2_5_vl",
-                "meta_file": "dataset_meta.json",
-            },
-        }
+    roi_meta = {
+        "image_max_pixels": image_max_pixels,
+        "image_min_pixels": image_min_pixels,
+        "model_family": "qwen2_5_vl",
+        "meta_file": "dataset_meta.json",
     }
+    info = {"bench_train": dataset_info_entry("sft_train.json", roi_meta)}
     _write_json(out_dir / "dataset_info.json", info)
     return {
         "n_samples": n_samples,

@@ -69,6 +69,7 @@ def make_dataset(
 
     `short_prompts` overrides the instruction texts with short ones (fewer tokens: faster CPU training).
     """
+    from qwenvl_roi.converters.build_sft import dataset_info_entry
     from qwenvl_roi.converters.config import DataConfig, PromptTexts
     from qwenvl_roi.converters.meta import build_meta
     from qwenvl_roi.converters.prompt import build_record
@@ -96,24 +97,13 @@ def make_dataset(
         )
         records = [build_record(s, meta) for s in samples]
         (root / f"sft_{split}.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
-        info[f"roi_{split}"] = {
-            "file_name": f"sft_{split}.json",
-            "formatting": "sharegpt",
-            "columns": {"messages": "messages", "images": "images"},
-            "tags": {
-                "role_tag": "role",
-                "content_tag": "content",
-                "user_tag": "user",
-                "assistant_tag": "assistant",
-                "system_tag": "system",
-            },
-            "roi_meta": {
-                "image_max_pixels": IMAGE_MAX_PIXELS,
-                "image_min_pixels": IMAGE_MIN_PIXELS,
-                "model_family": model_family,
-                "meta_file": "dataset_meta.json",
-            },
+        roi_meta = {
+            "image_max_pixels": IMAGE_MAX_PIXELS,
+            "image_min_pixels": IMAGE_MIN_PIXELS,
+            "model_family": model_family,
+            "meta_file": "dataset_meta.json",
         }
+        info[f"roi_{split}"] = dataset_info_entry(f"sft_{split}.json", roi_meta)
     (root / "dataset_info.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return root
 
