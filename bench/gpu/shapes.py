@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from qwenvl_roi.tiny_model import SPECIAL_TOKENS
+
 # Published values of Qwen/Qwen2.5-VL-7B-Instruct and Qwen/Qwen2.5-VL-3B-Instruct (config.json), without
 # the token ids, which come from the local tokenizer.
 _VISION_7B_3B: dict[str, Any] = {
@@ -100,22 +102,6 @@ _COMMON: dict[str, Any] = {
     "torch_dtype": "bfloat16",
 }
 
-SPECIAL_TOKENS = [
-    "<|endoftext|>",
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|object_ref_start|>",
-    "<|object_ref_end|>",
-    "<|box_start|>",
-    "<|box_end|>",
-    "<|quad_start|>",
-    "<|quad_end|>",
-    "<|vision_start|>",
-    "<|vision_end|>",
-    "<|vision_pad|>",
-    "<|image_pad|>",
-    "<|video_pad|>",
-]
 
 # Qwen2-VL's chat template (images and text), enough for processor.apply_chat_template.
 CHAT_TEMPLATE = (
@@ -146,7 +132,7 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int = 4096) -> Any:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
