@@ -124,7 +124,10 @@ def test_misspelt_key_stops_the_cli(lf, tiny_qwen2_5_vl: Path, roi_dataset: Path
 
 def test_resume_after_kill(lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path) -> None:
     """SIGKILL mid-run, then the same command resumes from the last checkpoint (optimizer groups included)."""
-    overrides = {**PHASE2, "max_steps": 400, "save_steps": 10, "save_total_limit": 2}
+    # Checkpoints far apart (100 steps): the kill lands after checkpoint-100 is complete and long before the
+    # next save starts. With saves 10 steps apart the kill could hit checkpoint-20 half-written, which the
+    # Trainer then refuses to resume from ("Can't find a valid checkpoint"): a race in the test itself.
+    overrides = {**PHASE2, "max_steps": 400, "save_steps": 100, "save_total_limit": 2}
     overrides.update(
         {"eval_strategy": "'no'", "load_best_model_at_end": False}
     )  # quoted: YAML reads no as false
