@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from .config import ConvertError, DataConfig, coerce_config, load_data_config
+from qwenvl_roi.jsonio import iter_jsonl
+
+from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
 from .meta import META_FILE, DatasetMeta, build_meta, load_dataset_meta
 from .prompt import build_image_record, build_record
 from .runtime import paused_gc
@@ -36,20 +37,12 @@ SHAREGPT_TAGS = {
 
 def read_regions(path: Path) -> Iterator[dict[str, Any]]:
     """Samples of a regions_*.jsonl file; a bad line is an error naming file and line."""
-    if not path.is_file():
-        raise ConvertError(f"{path} not found (run `qwenvl-roi prepare` first)")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConvertError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from exc
-            missing = {"image", "width", "height", "regions", "source"} - set(sample)
-            if missing:
-                raise ConvertError(f"{path}:{lineno}: sample lacks {', '.join(sorted(missing))}")
-            yield sample
+    not_found = f"{path} not found (run `qwenvl-roi prepare` first)"
+    for lineno, sample in iter_jsonl(path, ConvertError, not_found):
+        missing = {"image", "width", "height", "regions", "source"} - set(sample)
+        if missing:
+            raise ConvertError(f"{path}:{lineno}: sample lacks {', '.join(sorted(missing))}")
+        yield sample
 
 
 def dataset_names(prefix: str) -> dict[str, str]:
@@ -161,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = build_sft(load_data_config(args.config))
     except ConvertError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     print("\n".join(summary_lines(summary)))
     return 0

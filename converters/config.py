@@ -7,6 +7,7 @@ project root with ``--config configs/data.yaml``).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -16,6 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 class ConvertError(Exception):
     """A user-facing error: bad configuration or input that stops a command (message says where)."""
+
+    exit_code = 2  # what the command exits with; strict mode's problems are 1 (StrictModeError)
+
+
+def report_error(exc: ConvertError) -> int:
+    """Print a converter command's error the one way they all do; returns the command's exit code."""
+    print(f"error: {exc}", file=sys.stderr)
+    return exc.exit_code
 
 
 class PromptTexts(BaseModel):

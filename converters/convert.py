@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 from . import build_sft as build_sft_mod
 from . import prepare as prepare_mod
-from .config import ConvertError, DataConfig, coerce_config, load_data_config
+from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
 from .prepare import StrictModeError
 from .runtime import paused_gc
 
@@ -42,11 +41,7 @@ def run(args: argparse.Namespace) -> int:
             result = prepare_mod.prepare(cfg, strict=True if args.strict else None)
             print("\n".join(prepare_mod.summary_lines(result)))
             summary = build_sft_mod.build_sft(cfg, samples=result.samples)
-    except StrictModeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except ConvertError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     print("\n".join(build_sft_mod.summary_lines(summary)))
     return 0

@@ -6,12 +6,13 @@ family or the prompt texts, and a mismatch with a training recipe can be caught.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
+
+from qwenvl_roi.jsonio import load_json_model
 
 from .config import ConvertError, DataConfig
 from .frames import box_to_frame, model_frame_size
@@ -178,13 +179,5 @@ def load_dataset_meta(path_or_dir: str | Path) -> DatasetMeta:
         p = p / META_FILE
     elif p.name != META_FILE and p.suffix in {".jsonl", ".json"}:
         p = p.parent / META_FILE
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConvertError(f"{p}: dataset_meta.json not found (run `qwenvl-roi prepare` first)") from exc
-    except json.JSONDecodeError as exc:
-        raise ConvertError(f"{p}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-    try:
-        return DatasetMeta.model_validate(data)
-    except ValidationError as exc:
-        raise ConvertError(f"{p}: not a valid dataset_meta.json: {exc}") from exc
+    not_found = f"{p}: dataset_meta.json not found (run `qwenvl-roi prepare` first)"
+    return load_json_model(p, DatasetMeta, ConvertError, "dataset_meta.json", not_found)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import os
 import posixpath
-import sys
 import warnings
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from typing import Any
 from tqdm import tqdm
 
 from .candidates import CandidatePolicy, draw_samples, image_rng, size_pool
-from .config import ConvertError, DataConfig, coerce_config, load_data_config
+from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
 from .labels import LabelResolver
 from .meta import META_FILE, DatasetMeta, build_meta
 from .parse import LineParser, Problem, RawBox, check_box, parse_txt
@@ -34,6 +33,8 @@ REPORT_FILE = "prepare_report.json"
 
 class StrictModeError(ConvertError):
     """Strict mode found problems; ``problems`` lists them (the report is still written)."""
+
+    exit_code = 1
 
     def __init__(self, problems: list[Problem], report_path: Path):
         self.problems = problems
@@ -449,11 +450,7 @@ def summary_lines(result: PrepareResult) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     try:
         result = prepare(load_data_config(args.config), strict=True if args.strict else None)
-    except StrictModeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
     except ConvertError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     print("\n".join(summary_lines(result)))
     return 0

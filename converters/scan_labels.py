@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .config import ConvertError
+from .config import ConvertError, report_error
 from .label_chart import write_label_chart
 from .labels import count_labels, scan_summary
 from .parse import LineParser, parse_txt
@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = scan_labels(args.abnormal_dir, args.column_delim)
     except ConvertError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report_error(exc)
     if args.out:
         chart = Path(args.out).with_suffix(".png")
         result["chart"] = chart.name

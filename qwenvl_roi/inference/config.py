@@ -6,12 +6,12 @@ and in the user's other project is the one fixed on val, never re-tuned on test.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from qwenvl_roi.evaluation.files import InputError, write_json_atomic
+from qwenvl_roi.jsonio import load_json_model
 
 CONFIG_FILE_NAME = "qwenvl_roi_inference.json"
 DEFAULT_THRESHOLD = 0.5
@@ -36,16 +36,9 @@ def load_inference_config(path: str | Path) -> InferenceConfig:
     path = Path(path)
     if path.is_dir():
         path = path / CONFIG_FILE_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: inference config not found") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    try:
-        return InferenceConfig.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(f"{path}: invalid inference config: {exc}") from None
+    return load_json_model(
+        path, InferenceConfig, InputError, "inference config", f"{path}: inference config not found"
+    )
 
 
 def find_inference_config(*folders: str | Path | None) -> Path | None:
