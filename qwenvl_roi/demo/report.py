@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl_roi.atomic import write_text
+from qwenvl_roi.evaluation.report import fmt
 
 
 def read_metrics(eval_dir: Path) -> dict[str, Any]:
@@ -77,11 +78,8 @@ def _groups_text(table: Any) -> str:
 
 
 def _fmt(x: Any) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, float):
-        return f"{x:.3f}"
-    return str(x)
+    """Demo tables round to 3 decimals (losses, seconds, metrics side by side); eval's own report to 4."""
+    return fmt(x, digits=3)
 
 
 def _rel(path: str | None, out: Path) -> str | None:

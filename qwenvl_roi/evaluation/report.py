@@ -64,11 +64,12 @@ def write_curves(regions: Sequence[JoinedRegion], threshold: float, out_dir: str
     return list(drawable)
 
 
-def _fmt(x: object) -> str:
+def fmt(x: object, digits: int = 4) -> str:
+    """A Markdown table cell: ``n/a`` for a missing value, floats to a fixed number of decimals."""
     if x is None:
         return "n/a"
     if isinstance(x, float):
-        return f"{x:.4f}"
+        return f"{x:.{digits}f}"
     return str(x)
 
 
@@ -77,13 +78,13 @@ def render_markdown(metrics: dict, curves: Sequence[str]) -> str:
     lines = ["# Evaluation report", ""]
     src = metrics.get("threshold_source", "given")
     lines.append(
-        f"Threshold: **{_fmt(metrics['threshold'])}** ({src}); a region is abnormal when score >= it."
+        f"Threshold: **{fmt(metrics['threshold'])}** ({src}); a region is abnormal when score >= it."
     )
     if "val" in metrics:
         v = metrics["val"]
         lines.append(
-            f"Chosen F1-best on validation: precision {_fmt(v['precision'])}, recall {_fmt(v['recall'])}, "
-            f"F1 {_fmt(v['f1'])}."
+            f"Chosen F1-best on validation: precision {fmt(v['precision'])}, recall {fmt(v['recall'])}, "
+            f"F1 {fmt(v['f1'])}."
         )
     c = metrics["counts"]
     lines += [
@@ -97,22 +98,21 @@ def render_markdown(metrics: dict, curves: Sequence[str]) -> str:
     for key in ("roi", "roi_labeled", "image"):
         m = metrics[key]
         lines.append(
-            f"| {key} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | "
-            f"{_fmt(m.get('auroc'))} | {_fmt(m.get('average_precision'))} | "
+            f"| {key} | {fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['f1'])} | "
+            f"{fmt(m.get('auroc'))} | {fmt(m.get('average_precision'))} | "
             f"{m['tp']} | {m['fp']} | {m['fn']} |"
         )
     if "image_line" in metrics:
         m = metrics["image_line"]
         lines.append(
-            f"| image line (model's own image verdict) | | | | {_fmt(m['auroc'])} | "
-            f"{_fmt(m['average_precision'])} | | | |"
+            f"| image line (model's own image verdict) | | | | {fmt(m['auroc'])} | "
+            f"{fmt(m['average_precision'])} | | | |"
         )
     if metrics["per_label"]:
         lines += ["", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for label, m in metrics["per_label"].items():
             lines.append(
-                f"| {label} | {_fmt(m['precision'])} | {_fmt(m['recall'])} | {_fmt(m['f1'])} | "
-                f"{m['support']} |"
+                f"| {label} | {fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['f1'])} | {m['support']} |"
             )
     lines.append("")
     if curves:
