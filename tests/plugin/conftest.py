@@ -9,8 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
@@ -119,18 +121,41 @@ def lf_env(tmp_root: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """A child process in ``cwd`` with the llamafactory-cli environment; output captured, never raises."""
+    return subprocess.run(
+        args, cwd=cwd, env=env or lf_env(cwd), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def cli_args(command: str, recipe: Path, overrides: dict[str, object]) -> list[str]:
+    """`llamafactory-cli <command> <recipe> key=value ...` as users type it (None: null, bools lower-case)."""
+    args = [str(CLI), command, str(recipe)]
+    for key, value in overrides.items():
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        args.append(f"{key}={text}")
+    return args
+
+
 def run_cli(
     command: str, recipe: Path, overrides: dict[str, object], cwd: Path, env: dict[str, str] | None = None,
     timeout: float = 300,
 ) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """`llamafactory-cli <command> <recipe> key=value ...` as users run it; output captured."""
-    args = [str(CLI), command, str(recipe)]
-    for key, value in overrides.items():
-        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
-        args.append(f"{key}={text}")
-    return subprocess.run(
-        args, cwd=cwd, env=env or lf_env(cwd), capture_output=True, text=True, timeout=timeout, check=False
-    )
+    return run(cli_args(command, recipe, overrides), cwd, env=env, timeout=timeout)
+
+
+def train_overrides(model: Path, data: Path, workdir: Path, **overrides: object) -> dict[str, object]:
+    """CPU overrides, the tiny model and data, output in workdir/out; extra overrides win."""
+    return {
+        **CPU_OVERRIDES,
+        "model_name_or_path": str(model),
+        "dataset_dir": str(data),
+        "output_dir": str(workdir / "out"),
+        **overrides,
+    }
 
 
 def train(
@@ -146,25 +171,50 @@ def train(
     Output goes to workdir/out unless output_dir is overridden.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    merged = {
-        **CPU_OVERRIDES,
-        "model_name_or_path": str(model),
-        "dataset_dir": str(data),
-        "output_dir": str(workdir / "out"),
-        **overrides,
-    }
+    merged = train_overrides(model, data, workdir, **overrides)
     return run_cli("train", RECIPES / recipe, merged, workdir, env=env or lf_env(workdir))
+
+
+def recipe_case(recipe: str, model: Path, data: Path, out: Path, **overrides: object) -> dict[str, object]:
+    """recipes/<recipe> as the argument dict a probe hands to get_train_args: tiny model, CPU, no DeepSpeed.
+
+    Overrides win. None values are kept (the caller drops those LLaMA-Factory must not see).
+    """
+    case = yaml.safe_load((RECIPES / recipe).read_text())
+    case.update(
+        {
+            "model_name_or_path": str(model),
+            "dataset_dir": str(data),
+            "output_dir": str(out),
+            "use_cpu": True,
+            "bf16": False,
+            "report_to": "none",
+            "deepspeed": None,
+            **overrides,
+        }
+    )
+    return case
+
+
+def run_probe(script: Path, payload: object, tmp: Path, env: dict[str, str] | None = None) -> Any:
+    """Run a probe script in a fresh interpreter (so the .pth hook decides what is patched): ``payload`` goes
+    in as a JSON file, the JSON file it writes comes back; a failing probe fails the test with its stderr."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    src, dst = tmp / "probe_in.json", tmp / "probe_out.json"
+    src.write_text(json.dumps(payload))
+    proc = run([sys.executable, str(script), str(src), str(dst)], tmp, env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(dst.read_text())
 
 
 @pytest.fixture(scope="session")
 def lf() -> SimpleNamespace:
     """The helpers above for test modules (pytest's importlib mode gives tests no package to import from)."""
+    helpers = (run, cli_args, run_cli, train_overrides, train, recipe_case, run_probe, write_dataset)
     return SimpleNamespace(
         RECIPES=RECIPES,
         CLI=CLI,
         CPU_OVERRIDES=CPU_OVERRIDES,
         env=lf_env,
-        run_cli=run_cli,
-        train=train,
-        write_dataset=write_dataset,
+        **{f.__name__: f for f in helpers},
     )

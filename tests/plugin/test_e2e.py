@@ -93,17 +93,7 @@ def test_web_ui_saved_yaml_with_extra_arguments(
     )
     args.update(json.loads(extra_args))  # what the web UI's runner does with the "Extra arguments" box
     saved = save_cmd(args)
-    env = lf.env(tmp_path)
-    proc = subprocess.run(
-        [str(lf.CLI), "train", saved],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    _ok(proc)
+    _ok(lf.run([str(lf.CLI), "train", saved], tmp_path))
     groups = _groups(tmp_path / "out")
     assert {k: g["lr"] for k, g in groups.items() if "/" not in k} == {
         "language": 1e-4,
@@ -131,20 +121,12 @@ def test_resume_after_kill(lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_pat
     overrides.update(
         {"eval_strategy": "'no'", "load_best_model_at_end": False}
     )  # quoted: YAML reads no as false
-    args = [str(lf.RECIPES / "phase2.yaml")]
-    merged = {
-        **lf.CPU_OVERRIDES,
-        "model_name_or_path": str(tiny_qwen2_5_vl),
-        "dataset_dir": str(roi_dataset),
-        "output_dir": str(tmp_path / "out"),
-        **overrides,
-    }
-    args += [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in merged.items()]
-    cli = str(lf.CLI)
+    merged = lf.train_overrides(tiny_qwen2_5_vl, roi_dataset, tmp_path, **overrides)
+    cmd = lf.cli_args("train", lf.RECIPES / "phase2.yaml", merged)
     env = lf.env(tmp_path)
     log = (tmp_path / "first.log").open("w")
     proc = subprocess.Popen(
-        [cli, "train", *args],
+        cmd,
         cwd=tmp_path,
         env=env,
         stdout=log,
@@ -169,9 +151,7 @@ def test_resume_after_kill(lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_pat
     assert not (tmp_path / "out" / "trainer_state.json").exists()  # really killed before the end
     checkpoints = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "out").glob("checkpoint-*"))
     assert checkpoints and checkpoints[-1] < 400
-    resumed = subprocess.run(
-        [cli, "train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
+    resumed = lf.run(cmd, tmp_path, env)
     _ok(resumed)
     assert "Resuming training from" in resumed.stderr + resumed.stdout
     state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())

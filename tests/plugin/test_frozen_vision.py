@@ -2,45 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 PROBE = Path(__file__).with_name("frozen_vision_probe.py")
 
 
 def _run(lf, model: Path, data: Path, tmp: Path, **overrides: object) -> dict:
-    case = yaml.safe_load((lf.RECIPES / "phase1.yaml").read_text())
-    case.update(
-        {
-            "model_name_or_path": str(model),
-            "dataset_dir": str(data),
-            "output_dir": str(tmp / "out"),
-            "use_cpu": True,
-            "bf16": False,
-            "report_to": "none",
-            "lora_dropout": 0.0,
-            "deepspeed": None,
-            **overrides,
-        }
-    )
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "case.json").write_text(json.dumps({k: v for k, v in case.items() if v is not None}))
-    proc = subprocess.run(
-        [sys.executable, str(PROBE), str(tmp / "case.json"), str(tmp / "out.json")],
-        env=lf.env(tmp),
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return json.loads((tmp / "out.json").read_text())
+    case = lf.recipe_case("phase1.yaml", model, data, tmp / "out", lora_dropout=0.0, **overrides)
+    return lf.run_probe(PROBE, {k: v for k, v in case.items() if v is not None}, tmp)
 
 
 @pytest.mark.slow

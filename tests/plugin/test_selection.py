@@ -8,55 +8,22 @@ its create_custom_optimizer. Expected names are derived here from the plain tran
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-RECIPES = REPO / "recipes"
 
 PROBE = Path(__file__).with_name("trainable_probe.py")
 WEIGHT_DECAY = 0.01
 
 
-def _recipe(name: str, model: Path, data: Path, out: Path, **overrides: object) -> dict:
-    case = yaml.safe_load((RECIPES / name).read_text())
-    case.update(
-        {
-            "model_name_or_path": str(model),
-            "dataset_dir": str(data),
-            "output_dir": str(out),
-            "use_cpu": True,
-            "bf16": False,
-            "report_to": "none",
-            "weight_decay": WEIGHT_DECAY,
-            "preprocessing_num_workers": 1,
-            "deepspeed": None,
-        }
-    )
-    case.update(overrides)
+def _recipe(lf, name: str, model: Path, data: Path, out: Path, **overrides: object) -> dict:
+    fixed = {"weight_decay": WEIGHT_DECAY, "preprocessing_num_workers": 1}
+    case = lf.recipe_case(name, model, data, out, **{**fixed, **overrides})
     return {k: v for k, v in case.items() if v is not None or k == "resume_from_checkpoint"}
 
 
 def _probe(lf, cases: list[dict], tmp: Path, plugin: bool = True) -> list[dict]:
-    tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "cases.json").write_text(json.dumps(cases))
-    env = lf.env(tmp, QWENVL_ROI_PLUGIN="1" if plugin else "0")
-    proc = subprocess.run(
-        [sys.executable, str(PROBE), str(tmp / "cases.json"), str(tmp / "result.json")],
-        env=env,
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    results = json.loads((tmp / "result.json").read_text())
-    return results
+    return lf.run_probe(PROBE, cases, tmp, env=lf.env(tmp, QWENVL_ROI_PLUGIN="1" if plugin else "0"))
 
 
 class Expected:
@@ -134,11 +101,15 @@ def test_exact_trainable_sets_and_group_lrs(
     exp = Expected(model)
     cases, expected = [], []
     for phase, overrides in PHASE_OVERRIDES.items():
-        cases.append(_recipe(f"phase{phase}.yaml", model, roi_dataset, tmp_path / f"p{phase}", **overrides))
+        cases.append(
+            _recipe(lf, f"phase{phase}.yaml", model, roi_dataset, tmp_path / f"p{phase}", **overrides)
+        )
         expected.append(_expected_groups(exp, phase, RECIPE_LRS, {}))
     # lm_head as an extra saved module (the demo trains it) lands in the language group
     lm_head = {"base_model.model.lm_head.modules_to_save.default.weight": 2}
-    cases.append(_recipe("phase1.yaml", model, roi_dataset, tmp_path / "p1h", additional_target="lm_head"))
+    cases.append(
+        _recipe(lf, "phase1.yaml", model, roi_dataset, tmp_path / "p1h", additional_target="lm_head")
+    )
     expected.append(_expected_groups(exp, 1, RECIPE_LRS, lm_head))
     # unset roi_lr_* default to learning_rate
     defaults = {
@@ -147,6 +118,7 @@ def test_exact_trainable_sets_and_group_lrs(
     }
     cases.append(
         _recipe(
+            lf,
             "phase3.yaml",
             model,
             roi_dataset,
@@ -177,7 +149,7 @@ def test_exact_trainable_sets_and_group_lrs(
 
 def test_no_roi_keys_is_stock(tiny_qwen2_5_vl: Path, lf, roi_dataset: Path, tmp_path: Path) -> None:
     """Without roi_ keys the plugin changes nothing: same trainable set, LLaMA-Factory's default optimizer."""
-    case = _recipe("phase1.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path / "out")
+    case = _recipe(lf, "phase1.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path / "out")
     case = {k: v for k, v in case.items() if not k.startswith("roi_")}
     case["overwrite_output_dir"] = True
     with_plugin = _probe(lf, [case], tmp_path / "on")[0]
@@ -204,7 +176,7 @@ def test_clear_errors_before_training(tiny_qwen2_5_vl: Path, lf, roi_dataset: Pa
         ({**phase2, "loraplus_lr_ratio": 16.0}, "remove loraplus_lr_ratio"),
     ]
     recipes = [
-        _recipe("phase2.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path / str(i), **o)
+        _recipe(lf, "phase2.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path / str(i), **o)
         for i, (o, _) in enumerate(cases)
     ]
     for (overrides, message), result in zip(cases, _probe(lf, recipes, tmp_path), strict=True):
