@@ -9,12 +9,16 @@ so the prompt and answer tokens per sample are those of the real task.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from qwenvl_roi import atomic
+
 LABELS = ("crack", "seepage", "spalling")
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic.write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def _image(path: Path, width: int, height: int, seed: int, boxes: list[tuple[list[int], str | None]]) -> None:
@@ -36,10 +40,8 @@ def _image(path: Path, width: int, height: int, seed: int, boxes: list[tuple[lis
             draw.ellipse([x1, y1, x2, y2], fill=(80, 80, 85))
         else:
             draw.rectangle([x1 + 4, y1 + 4, x2 - 4, y2 - 4], fill=(215, 215, 210))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".jpg")
-    os.close(fd)
-    img.save(tmp, format="JPEG", quality=90)
-    os.replace(tmp, path)
+    with atomic.atomic_open(path, "wb") as fh:
+        img.save(fh, format="JPEG", quality=90)
 
 
 def write_dataset(
@@ -132,11 +134,3 @@ def write_dataset(
         "prompt_language": prompt_language,
         "texts": texts,
     }
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=1, ensure_ascii=False)
-        fh.write("\n")
-    os.replace(tmp, path)

@@ -17,7 +17,6 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ -> `gpu` package
 
 from gpu.flops import build_plan, microbatch_flops  # noqa: E402
+from qwenvl_roi import atomic  # noqa: E402
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def activate_plugin() -> str:
@@ -50,15 +54,6 @@ def plugin_active() -> bool:
         return False
     attr = getattr(act, "_APPLIED_ATTR", "__qwenvl_roi_patched__")
     return any(getattr(sys.modules.get(name), attr, False) for name in getattr(act, "PATCHES", {}))
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
 
 
 def make_callback(

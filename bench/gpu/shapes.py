@@ -10,13 +10,12 @@ into the config; the embedding and output matrices keep the real vocabulary size
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from qwenvl_roi import atomic
 from qwenvl_roi.tiny_model import SPECIAL_TOKENS
 
 # Published values of Qwen/Qwen2.5-VL-7B-Instruct and Qwen/Qwen2.5-VL-3B-Instruct (config.json), without
@@ -115,6 +114,10 @@ CHAT_TEMPLATE = (
 )
 
 
+def _write_json(path: Path, obj: Any) -> None:
+    atomic.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
 def build_tokenizer(corpus: Iterable[str], vocab_size: int = 4096) -> Any:
     """Train a byte-level BPE with Qwen2's pre-tokenizer on `corpus` and wrap it as Qwen2Tokenizer."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
@@ -177,14 +180,6 @@ def model_config(shape: str, tokenizer: Any) -> dict[str, Any]:
     return cfg
 
 
-def _atomic_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 def build_model_dir(
     out_dir: Path,
     shape: str,
@@ -241,5 +236,5 @@ def build_model_dir(
         "save_s": round(t3 - t2, 2),
         "total_s": round(t3 - t0, 2),
     }
-    _atomic_json(out_dir / "bench_model_info.json", info)
+    _write_json(out_dir / "bench_model_info.json", info)
     return info
