@@ -11,7 +11,7 @@ import re
 from types import ModuleType
 from typing import Any
 
-from . import optim, pixels, selection, settings, vision_backprop
+from . import label_logits, optim, pixels, selection, settings, vision_backprop
 
 # LLaMA-Factory options that build their own optimizer; the plugin's groups cannot be combined with them.
 _OWN_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
@@ -100,7 +100,8 @@ def patch_visual(module: ModuleType) -> None:
 
 def patch_trainer_utils(module: ModuleType) -> None:
     """Per-group learning rates at LLaMA-Factory's custom-optimizer hook (all trainers import it by name);
-    also runs the vision tower backwards only as far down as something trains (vision_backprop.py)."""
+    also runs the vision tower backwards only as far down as something trains (vision_backprop.py) and
+    computes the language-model head only where the loss scores (label_logits.py)."""
     original = module.create_custom_optimizer
 
     @functools.wraps(original)
@@ -110,6 +111,8 @@ def patch_trainer_utils(module: ModuleType) -> None:
             return original(model, training_args, finetuning_args)
         # The model is fully prepared (peft, gradient checkpointing) by the time its optimizer is built.
         vision_backprop.trim_vision_backprop(model)
+        if roi.roi_label_logits_only:
+            label_logits.register(model, finetuning_args)
         return optim.create_optimizer(model, training_args, roi)
 
     module.create_custom_optimizer = create_custom_optimizer

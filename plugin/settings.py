@@ -32,6 +32,7 @@ class RoiSettings(BaseModel):
     roi_lr_projector: float | None = Field(default=None, gt=0)
     roi_lr_vision_lora: float | None = Field(default=None, gt=0)
     roi_lr_vision_unfrozen: float | None = Field(default=None, gt=0)
+    roi_label_logits_only: StrictBool = True
 
     @property
     def selects_parameters(self) -> bool:

@@ -10,7 +10,9 @@ frozen towers and unfrozen vision blocks are all counted the same way:
   its own block: exact for the recipes' layouts, at most one block's input gradients off otherwise);
 - attention cores: causal 2*S^2*d per text layer; vision 4*P*W*d (window W patches, or all P in the
   full-attention blocks); backward twice the forward where an input gradient is needed;
-- the Conv3d patch embedding as a linear map of 3*2*14*14 inputs per patch.
+- the Conv3d patch embedding as a linear map of 3*2*14*14 inputs per patch;
+- the language-model head only at the positions the loss scores, when their count is given (the plugin
+  computes no other logits in training; the rest of a stock run's head is work nobody needs).
 Recomputation by gradient checkpointing is NOT counted (MFU, not hardware FLOPs utilisation); norms,
 activations, rotary embeddings and the loss are ignored (well under 1% at these shapes).
 """
@@ -32,7 +34,7 @@ class Linear:
     name: str
     in_f: int
     out_f: int
-    domain: str  # "patch" (vision blocks, patch embed), "merged" (merger), "text"
+    domain: str  # "patch" (vision blocks, patch embed), "merged" (merger), "text", "head" (lm_head)
     w_grad: bool
     x_grad: bool
 
@@ -116,7 +118,7 @@ def build_plan(model: Any) -> FlopPlan:
         else:
             seen_in_stage = seen_in_stage or w_grad
             continue
-        domain = "text"
+        domain = "head" if name.endswith("lm_head") else "text"
         if "visual" in name:
             domain = "merged" if "merger" in name else "patch"
         plan.linears.append(Linear(name, in_f, out_f, domain, w_grad, before or seen_in_stage))
@@ -127,15 +129,19 @@ def build_plan(model: Any) -> FlopPlan:
 
 
 def microbatch_flops(
-    plan: FlopPlan, seq_lens: list[int], grids: list[tuple[int, int, int]]
+    plan: FlopPlan,
+    seq_lens: list[int],
+    grids: list[tuple[int, int, int]],
+    scored_tokens: int | None = None,
 ) -> dict[str, float]:
     """Forward and backward model FLOPs of one micro-batch: sequences of `seq_lens` real tokens, images
-    of `grids` (t, h, w) patches."""
+    of `grids` (t, h, w) patches, `scored_tokens` positions scored by the loss (None: every position)."""
     n_text = float(sum(seq_lens))
     patches = [t * h * w for t, h, w in grids]
     n_patch = float(sum(patches))
     n_merged = n_patch / plan.spatial_merge**2
-    tokens = {"text": n_text, "patch": n_patch, "merged": n_merged}
+    n_head = n_text if scored_tokens is None else float(scored_tokens)
+    tokens = {"text": n_text, "patch": n_patch, "merged": n_merged, "head": n_head}
     fwd = bwd = 0.0
     for lin in plan.linears:
         f = 2.0 * lin.in_f * lin.out_f * tokens[lin.domain]

@@ -118,6 +118,7 @@ def make_callback(
                     "patches": sum(t * h * w for t, h, w in grids),
                     "grids": grids,
                     "label_tokens": int((labels != -100).sum()) if labels is not None else None,
+                    "scored_tokens": int((labels[:, 1:] != -100).sum()) if labels is not None else None,
                 }
             )
 
@@ -189,7 +190,9 @@ def make_callback(
                 raise SystemExit(f"only {last} steps ran; need more than the {first} untimed steps")
             window = [m for m in self.micro if first <= m["step"] < last]
             seconds = self.step_end[last] - self.step_end[first]
-            flops = [microbatch_flops(self.plan, m["seq_lens"], m["grids"]) for m in window]
+            flops = [
+                microbatch_flops(self.plan, m["seq_lens"], m["grids"], m["scored_tokens"]) for m in window
+            ]
             step_times = [
                 round(self.step_end[s] - self.step_end.get(s - 1, self.t_train_begin), 4)
                 for s in sorted(self.step_end)

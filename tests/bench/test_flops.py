@@ -111,3 +111,14 @@ def test_frozen_model_counts_forward_only(tiny):
     assert f2["forward"] == f["forward"]
     lm = 2 * cfg.text_config.hidden_size * cfg.text_config.vocab_size * 100
     assert f2["backward"] == pytest.approx(lm)  # weight gradient of lm_head only
+
+
+def test_head_counted_only_at_scored_positions(tiny):
+    model, cfg = tiny
+    _set_trainable(model, lambda n: "lm_head" in n)
+    plan = build_plan(model)
+    full = microbatch_flops(plan, [100], [(1, 8, 8)])
+    scored = microbatch_flops(plan, [100], [(1, 8, 8)], scored_tokens=10)
+    head_per_token = 2 * cfg.text_config.hidden_size * cfg.text_config.vocab_size
+    assert full["forward"] - scored["forward"] == pytest.approx(90 * head_per_token)
+    assert scored["backward"] == pytest.approx(10 * head_per_token)  # weight gradient at 10 positions
