@@ -30,6 +30,11 @@ class VisionLayout:
     depth: int
     projectors: tuple[str, ...]  # e.g. ("model.visual.merger",)
 
+    @property
+    def tower(self) -> str:
+        """Full module name of the vision tower that holds the blocks (e.g. "model.visual")."""
+        return self.blocks.rsplit(".", 1)[0]
+
     def block(self, index: int) -> str:
         return f"{self.blocks}.{index}"
 
@@ -167,7 +172,7 @@ def classify(param_name: str, layout: VisionLayout | None) -> str:
         return "projector"
     if path.startswith(layout.blocks + "."):
         return "vision_lora" if "lora_" in param_name else "vision_unfrozen"
-    if path.startswith(layout.blocks.rsplit(".", 1)[0] + "."):
+    if path.startswith(layout.tower + "."):
         # other vision-tower parts (patch embedding, ...) trained in full fine-tuning
         return "vision_unfrozen"
     return "language"

@@ -5,9 +5,9 @@ quantized and has gradient checkpointing on) hooks the input embeddings of every
 tower's patch embedding included. The patch embeddings then require grad, so autograd records every vision
 block and runs it backwards, even the frozen ones below the lowest trained block. LLaMA-Factory's gradient
 checkpointing skips blocks without trainable parameters, so those blocks also keep all their activations.
-At Qwen2.5-VL-7B shape with four 1024-pixel images that was ~30 GB and ~13% extra FLOPs in phase 1
-(bench/results/gpu.md), and it is why a 4-bit QLoRA run (where peft adds no such hook) was faster and
-40 GB lighter than bf16 LoRA.
+At Qwen2.5-VL-7B shape with four 1024-pixel images that was 34.3 GiB of saved activations and ~13% extra
+FLOPs in phase 1 (bench/gpu/vision_activations.py, bench/results/gpu.md), the likely reason a 4-bit QLoRA
+run (where peft adds no such hook) was faster and 40 GiB lighter than bf16 LoRA.
 
 The plugin removes those hooks from the vision tower when nothing before its lowest trained block trains
 and that block's gradients do not depend on them:
@@ -37,7 +37,7 @@ _LF_CHECKPOINT_WRAPPER = "custom_gradient_checkpointing_func"
 def lowest_trained_block(model: Any, layout: VisionLayout) -> int | None:
     """Index of the lowest vision block with a parameter that trains; -1 when something below the blocks
     (the patch embedding) trains; None when nothing in the tower outside the projector trains."""
-    tower = layout.blocks.rsplit(".", 1)[0] + "."
+    tower = layout.tower + "."
     block_prefix = layout.blocks + "."
     projectors = tuple(p + "." for p in layout.projectors)
     lowest: int | None = None
@@ -78,7 +78,7 @@ def trim_vision_backprop(model: Any) -> int:
     base = base_model(model)
     if lowest is not None and not input_grad_optional(base.get_submodule(layout.block(lowest))):
         return 0
-    tower = base.get_submodule(layout.blocks.rsplit(".", 1)[0])
+    tower = base.get_submodule(layout.tower)
     removed = 0
     for module in tower.modules():
         for hook_id, hook in list(module._forward_hooks.items()):
