@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from qwenvl_roi.converters.build_sft import build_sft
+from qwenvl_roi.converters.build_sft import build_sft, read_regions
 from qwenvl_roi.converters.config import ConvertError, load_data_config
 from qwenvl_roi.converters.convert import convert
 from qwenvl_roi.converters.meta import load_dataset_meta
@@ -212,3 +212,17 @@ def test_prompt_overrides_are_checked(tmp_path: Path, files, make_config) -> Non
     )
     rec = json.loads((tmp_path / "out" / "sft_image_train.json").read_text(encoding="utf-8"))
     assert {r["messages"][2]["content"] for r in rec} <= {"IMG: OK", "IMG: NG"}
+
+
+def test_bad_regions_lines_name_the_file_and_line(tmp_path: Path) -> None:
+    regions = tmp_path / "regions_train.jsonl"
+    regions.write_text('{"image": "a.jpg"}\n\n[1, 2]\n', encoding="utf-8")
+    lacks = r"regions_train\.jsonl:1: sample lacks height, regions, source, width"
+    with pytest.raises(ConvertError, match=lacks):
+        list(read_regions(regions))
+    regions.write_text("\n[1, 2]\n", encoding="utf-8")
+    with pytest.raises(ConvertError, match=r"regions_train\.jsonl:2: expected a JSON object, got list"):
+        list(read_regions(regions))
+    regions.write_text('{"image": \n', encoding="utf-8")
+    with pytest.raises(ConvertError, match=r"regions_train\.jsonl:1: invalid JSON \(.* at column \d+\)"):
+        list(read_regions(regions))
