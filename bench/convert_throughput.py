@@ -14,6 +14,7 @@ import os
 import platform
 import random
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +22,10 @@ from typing import Any
 
 from PIL import Image
 from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: shared helpers (host.py)
+
+from host import cpu_model  # noqa: E402
 
 LABELS = ["crack", "Crack", "渗漏", "spall", "ＳＰＡＬＬ"]
 
@@ -79,14 +84,7 @@ def best(runs: list[tuple[float, float, Any]]) -> tuple[float, float]:
 
 
 def machine() -> str:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     system = f"{platform.system()} {platform.release()}"
     return f"{cpu}; nproc {os.cpu_count()}; Python {platform.python_version()}; {system}"
 

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ -> `gpu` package
 
 from gpu.report import markdown_table, summarise  # noqa: E402
+from host import cpu_model  # noqa: E402
 
 # name -> (recipe, plugin on, extra overrides). The stock run is phase 1 with the plugin off and its roi_
 # keys removed, training the same parameters in stock terms (roi_train_projector = the merger as a peft
@@ -207,12 +208,7 @@ def run_one(
 
 def machine_info() -> dict[str, Any]:
     """Where the figures came from."""
-    cpu = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        lines = cpuinfo.read_text(errors="replace").splitlines()
-        cpu = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
-    info: dict[str, Any] = {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version()}
+    info: dict[str, Any] = {"nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version()}
     import importlib.metadata as md
 
     for pkg in ("torch", "transformers", "peft", "llamafactory", "accelerate", "bitsandbytes", "qwenvl-roi"):

@@ -23,6 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: shared helpers (host.py)
+
+from host import cpu_model  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -260,15 +264,7 @@ def _python_startup(plugin: bool, repeats: int = 15) -> float:
 
 
 def _machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"nproc {os.cpu_count()}, CPU {model}, Python {platform.python_version()}"
+    return f"nproc {os.cpu_count()}, CPU {cpu_model()}, Python {platform.python_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,24 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: shared helpers (host.py)
+
+from host import cpu_model  # noqa: E402
+
 LABELS = ["crack", "seepage", "spalling"]
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_dataset(root: Path, n_train: int, n_test: int, max_regions: int = 8, seed: int = 0) -> Path:
@@ -252,7 +245,7 @@ def main() -> int:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
         )
     )
-    machine = f"{os.cpu_count()} CPUs ({_cpu_model()})"
+    machine = f"{os.cpu_count()} CPUs ({cpu_model()})"
     line = (
         f"| {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} | {machine} | {setup} | {r['device']} "
         f"| {r['samples']} | {r['regions']} | {r['batch_size']} | {r['score_samples_per_s']:.2f} "
