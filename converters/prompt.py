@@ -88,13 +88,25 @@ def image_verdict(sample: Mapping[str, Any], meta: DatasetMeta, verdicts: Sequen
     return meta.abnormal_word if abnormal else meta.normal_word
 
 
-def answer_text(sample: Mapping[str, Any], meta: DatasetMeta, verdicts: Sequence[str] | None = None) -> str:
-    """The assistant turn: image line, then ``R<n>: <verdict>`` for every region in order."""
+def answer_text(
+    sample: Mapping[str, Any],
+    meta: DatasetMeta,
+    verdicts: Sequence[str] | None = None,
+    image_abnormal: bool | None = None,
+) -> str:
+    """The assistant turn: image line, then ``R<n>: <verdict>`` for every region in order.
+
+    ``image_abnormal=None`` derives the image line from the verdicts (training data); inference passes it
+    explicitly to write the answer the model itself would write.
+    """
     regions = sample["regions"]
     verdicts = gold_verdicts(sample, meta) if verdicts is None else list(verdicts)
     if len(verdicts) != len(regions):
         raise ValueError(f"{len(verdicts)} verdicts for {len(regions)} regions in {sample.get('sample_id')}")
-    lines = [f"{meta.image_key}: {image_verdict(sample, meta, verdicts)}"]
+    if image_abnormal is None:
+        lines = [f"{meta.image_key}: {image_verdict(sample, meta, verdicts)}"]
+    else:
+        lines = [image_line(meta, image_abnormal)]
     lines += [f"{r['id']}: {v}" for r, v in zip(regions, verdicts, strict=True)]
     return "\n".join(lines)
 

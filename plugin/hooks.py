@@ -11,7 +11,7 @@ import re
 from types import ModuleType
 from typing import Any
 
-from . import label_logits, optim, pixels, selection, settings, vision_backprop
+from . import dataset_match, label_logits, optim, selection, settings, vision_backprop
 
 # LLaMA-Factory options that build their own optimizer; the plugin's groups cannot be combined with them.
 _OWN_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
@@ -71,7 +71,7 @@ def patch_parser(module: ModuleType) -> None:
         roi = settings.get_active()
         if roi is not None:
             check_compatible(roi, model_args, finetuning_args)
-        pixels.check_from_args(model_args, data_args)
+        dataset_match.check_from_args(model_args, data_args)
         return parsed
 
     module._parse_args = _parse_args

@@ -1,10 +1,14 @@
-"""Token ids and image tensors built by LLaMA-Factory's own template and mm_plugin, plus verdict positions.
+"""Token ids from LLaMA-Factory's own template and image plugin, and where each answer line's verdict sits.
 
-The prompt text comes only from `converters.prompt.build_record`, and the ids from LLaMA-Factory's
-`qwen2_vl` template and its mm_plugin (image resize to image_max_pixels / image_min_pixels, then the
-processor), exactly as its SFT data processor does. So the prompt at inference equals the training prompt
-token for token by construction. Verdict positions are found from the answer text's character offsets,
-never by assuming where token boundaries fall.
+The prompt text comes only from `converters.prompt`, the ids from LLaMA-Factory's template and mm_plugin
+(image resize to image_max_pixels / image_min_pixels, then the processor), exactly as its SFT data processor
+builds them, so the prompt at inference equals the training prompt token for token.
+
+A verdict's token *path* is the line as it is tokenised in context, from the token after ``key:`` through
+the line's terminator (``\\n``, or the end-of-turn token on the last line): so the space before a word, a
+digit that Qwen's pre-tokenizer splits off, or punctuation merged with the newline are all part of it.
+Every path is checked against the tokenisation of the whole answer; a tokenizer that merges across the
+boundary after ``:`` is refused instead of scored wrongly.
 """
 
 from __future__ import annotations
@@ -14,10 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from qwenvl_roi.converters.meta import DatasetMeta
-from qwenvl_roi.converters.prompt import build_record, image_line
+from qwenvl_roi.converters.prompt import answer_text, build_record
 
 TEMPLATE_NAME = "qwen2_vl"  # LLaMA-Factory's template for both Qwen2-VL and Qwen2.5-VL
-LAST_LINE_TAIL = "<|im_end|>"  # what follows the last answer line in the qwen2_vl template
 
 
 class EncodingError(RuntimeError):
@@ -25,25 +28,20 @@ class EncodingError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class VerdictSlot:
-    """Where one verdict sits in the full token sequence."""
+class Answer:
+    """One assistant answer: its token ids and, per line, where the verdict path starts."""
 
-    key: str  # image key or region id
-    start: int  # index of the first verdict token in the full sequence
-    gap: str  # text between the previous token's end and the verdict (e.g. " ")
-    tail: str  # what ends the line ("\n" or the end-of-turn token)
-    token_ids: tuple[int, ...]  # the verdict tokens in the sequence, terminator included
+    ids: tuple[int, ...]
+    starts: tuple[int, ...]  # index (in ids) of each line's first path token, image line first
+    paths: tuple[tuple[int, ...], ...]  # each line's path tokens (through its terminator)
 
 
 @dataclass(frozen=True)
-class EncodedSample:
-    """One teacher-forced sample: the full ids, where the prompt ends, and the verdict slots."""
+class Prompt:
+    """System + user turn + assistant header of one sample, as LLaMA-Factory encodes it."""
 
-    input_ids: list[int]
-    prompt_len: int
-    images: list[str]
-    slots: list[VerdictSlot]  # image line first, then regions in order
-    answer: str = ""  # the teacher-forced assistant text
+    ids: tuple[int, ...]
+    images: tuple[str, ...]
 
 
 def load_tokenizer_and_processor(model_path: str, meta: DatasetMeta) -> tuple[Any, Any, Any]:
@@ -65,22 +63,25 @@ def load_tokenizer_and_processor(model_path: str, meta: DatasetMeta) -> tuple[An
     return tokenizer, processor, template
 
 
-def _overlapping(offsets: Sequence[tuple[int, int]], lo: int, hi: int) -> list[int]:
-    return [i for i, (s, e) in enumerate(offsets) if s < hi and e > lo]
-
-
 class PromptEncoder:
-    """Builds LLaMA-Factory-identical ids for regions samples and the token sequences of verdict words."""
+    """LLaMA-Factory-identical ids for regions samples, and the token paths of the allowed words."""
 
     def __init__(self, tokenizer: Any, processor: Any, template: Any, meta: DatasetMeta) -> None:
         self.tokenizer = tokenizer
         self.processor = processor
         self.template = template
         self.meta = meta
-        self._alt_cache: dict[tuple[str, str, str], tuple[int, ...]] = {}
+        self.end_of_turn: str = template.stop_words[0]
+        suffix = "".join(s for s in template.format_assistant.apply(content="\x00") if isinstance(s, str))
+        head, sep, self.assistant_suffix = suffix.partition("\x00")
+        if head or not sep or not self.assistant_suffix.startswith(self.end_of_turn):
+            raise EncodingError(f"template {TEMPLATE_NAME}: unexpected assistant format {suffix!r}")
+        self._checked_template = False
+        self._word_paths: dict[tuple[bool, bool], dict[str, tuple[int, ...]]] = {}
 
-    # --- ids -------------------------------------------------------------------------------------------
-    def _messages(self, record: Mapping[str, Any]) -> tuple[list[dict[str, str]], str | None]:
+    # --- prompts ------------------------------------------------------------------------------------------
+    def _encode_record(self, record: Mapping[str, Any]) -> tuple[list[int], list[int]]:
+        """(prompt ids, answer ids) as LLaMA-Factory's SFT processor builds them for a sharegpt record."""
         system = None
         messages = []
         for m in record["messages"]:
@@ -88,11 +89,6 @@ class PromptEncoder:
                 system = m["content"]
             else:
                 messages.append({"role": m["role"], "content": m["content"]})
-        return messages, system
-
-    def encode_record(self, record: Mapping[str, Any]) -> tuple[list[int], list[int], list[dict[str, str]]]:
-        """(prompt ids, answer ids, processed messages) as LLaMA-Factory's SFT processor builds them."""
-        messages, system = self._messages(record)
         images = list(record["images"])
         plugin = self.template.mm_plugin
         messages = plugin.process_messages(messages, images, [], [], self.processor)
@@ -102,94 +98,78 @@ class PromptEncoder:
         for source, target in pairs[:-1]:
             prompt_ids += source + target
         prompt_ids += pairs[-1][0]
-        return prompt_ids, list(pairs[-1][1]), messages
+        return prompt_ids, list(pairs[-1][1])
 
-    def prompt_ids(self, sample: Mapping[str, Any]) -> list[int]:
-        """Ids of system + user turn + assistant header (what generation starts from)."""
-        verdicts = [self.meta.normal_word] * len(sample["regions"])
-        return self.encode_record(build_record(sample, self.meta, verdicts))[0]
+    def prompt(self, sample: Mapping[str, Any]) -> Prompt:
+        """The sample's prompt ids (system + user turn with the image tokens + assistant header)."""
+        normal = [self.meta.normal_word] * len(sample["regions"])
+        record = build_record(sample, self.meta, normal)
+        prompt_ids, answer_ids = self._encode_record(record)
+        if not self._checked_template:
+            # once: the answer tokenised on its own equals the template's answer ids
+            alone = self._tokens(record["messages"][-1]["content"] + self.assistant_suffix)
+            if alone != answer_ids:
+                raise EncodingError(
+                    f"sample {sample.get('sample_id')}: the answer tokenised alone differs from the "
+                    f"template's ids ({TEMPLATE_NAME})"
+                )
+            self._checked_template = True
+        return Prompt(tuple(prompt_ids), tuple(record["images"]))
 
-    def encode(
-        self,
-        sample: Mapping[str, Any],
-        verdicts: Sequence[str] | None = None,
-        image_abnormal: bool | None = None,
-    ) -> EncodedSample:
-        """Teacher-forced sample with the given verdicts (default: all normal) and its verdict slots.
+    # --- answers ------------------------------------------------------------------------------------------
+    def _tokens(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-        `image_abnormal` overrides the image line that build_record derives from the verdicts (to replay
-        exactly what a model generated); the line itself still comes from converters.prompt.
-        """
-        if verdicts is None:
-            verdicts = [self.meta.normal_word] * len(sample["regions"])
-        record = build_record(sample, self.meta, verdicts)
-        if image_abnormal is not None:
-            body = record["messages"][-1]["content"].split("\n", 1)[1:]
-            new = "\n".join([image_line(self.meta, image_abnormal), *body])
-            record = {**record, "messages": [*record["messages"][:-1], {"role": "assistant", "content": new}]}
-        prompt_ids, answer_ids, messages = self.encode_record(record)
-        content = messages[-1]["content"]
-        answer = content + "<|im_end|>\n"  # the qwen2_vl assistant slot
-        enc = self.tokenizer(answer, add_special_tokens=False, return_offsets_mapping=True)
-        if list(enc["input_ids"]) != answer_ids:
-            raise EncodingError(
-                f"sample {sample.get('sample_id')}: the answer tokenised alone differs from the "
-                "template's ids"
-            )
+    def answer(self, sample: Mapping[str, Any], image_abnormal: bool, verdicts: Sequence[str]) -> Answer:
+        """The answer with these words, tokenised as a whole, and every line's path located in it."""
+        content = answer_text(sample, self.meta, verdicts, image_abnormal=image_abnormal)
+        text = content + self.assistant_suffix
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
         offsets = [tuple(o) for o in enc["offset_mapping"]]
         lines = content.split("\n")
         keys = [self.meta.image_key] + [r["id"] for r in sample["regions"]]
+        sid = sample.get("sample_id")
         if len(lines) != len(keys):
-            raise EncodingError(
-                f"sample {sample.get('sample_id')}: {len(lines)} answer lines for {len(keys)} keys"
-            )
-        slots = []
+            raise EncodingError(f"sample {sid}: {len(lines)} answer lines for {len(keys)} keys")
+        starts, paths = [], []
         pos = 0
-        for i, (line, key) in enumerate(zip(lines, keys, strict=True)):
-            head = f"{key}: "
+        for k, (line, key) in enumerate(zip(lines, keys, strict=True)):
+            head = f"{key}:"
             if not line.startswith(head):
                 raise EncodingError(
-                    f"sample {sample.get('sample_id')}: answer line {line!r} does not start {head!r}"
+                    f"sample {sample.get('sample_id')}: line {line!r} does not start {head!r}"
                 )
-            a, b = pos + len(head), pos + len(line)
-            tail = "\n" if i < len(lines) - 1 else LAST_LINE_TAIL
-            idx = _overlapping(offsets, a, b + len(tail))
-            if not idx or idx != list(range(idx[0], idx[-1] + 1)):
-                raise EncodingError(f"sample {sample.get('sample_id')}: cannot locate the verdict of {key}")
-            prev_end = offsets[idx[0] - 1][1] if idx[0] > 0 else 0
-            gap = answer[prev_end:a]
-            token_ids = tuple(answer_ids[j] for j in idx)
-            expected = self.alternative_ids(gap, answer[a:b], tail)
-            if token_ids != expected:
+            a = pos + len(head)
+            b = pos + len(line) + (1 if k < len(lines) - 1 else len(self.end_of_turn))
+            first = next((i for i, (s, _) in enumerate(offsets) if s >= a), None)
+            if first is None or offsets[first][0] != a or (first and offsets[first - 1][1] > a):
                 raise EncodingError(
-                    f"sample {sample.get('sample_id')}: verdict {answer[a:b]!r} of {key} tokenises "
-                    f"differently in context {token_ids} than alone {expected}"
+                    f"sample {sid}: the tokenizer merges {head!r} with the text after it, "
+                    "so the verdict of that line cannot be scored on its own"
                 )
-            slots.append(VerdictSlot(key, len(prompt_ids) + idx[0], gap, tail, token_ids))
+            last = next(i for i, (_, e) in enumerate(offsets) if e >= b)
+            starts.append(first)
+            paths.append(tuple(ids[first : last + 1]))
             pos += len(line) + 1
-        return EncodedSample(prompt_ids + answer_ids, len(prompt_ids), list(record["images"]), slots, content)
+        return Answer(tuple(ids), tuple(starts), tuple(paths))
 
-    def alternative_ids(self, gap: str, word: str, tail: str) -> tuple[int, ...]:
-        """Token ids of `word` (plus its line terminator) as they appear after `gap` in an answer."""
-        key = (gap, word, tail)
-        if key not in self._alt_cache:
-            text = gap + word + tail
-            enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            idx = _overlapping([tuple(o) for o in enc["offset_mapping"]], len(gap), len(text))
-            self._alt_cache[key] = tuple(enc["input_ids"][j] for j in idx)
-        return self._alt_cache[key]
-
-    def check_alternatives(self, sample: Mapping[str, Any]) -> None:
-        """Verify, on one sample, that every label tokenises in context as `alternative_ids` says."""
-        for label in self.meta.labels:
-            self.encode(sample, [label] * len(sample["regions"]))
-
-    # --- images ------------------------------------------------------------------------------------------
-    def mm_inputs(self, batch: Sequence[EncodedSample]) -> dict[str, Any]:
-        """pixel_values / image_grid_thw for a batch, from LLaMA-Factory's mm_plugin."""
-        images = [img for s in batch for img in s.images]
-        imglens = [len(s.images) for s in batch]
-        zeros = [0] * len(batch)
-        return self.template.mm_plugin.get_mm_inputs(
-            images, [], [], imglens, zeros, zeros, [s.input_ids for s in batch], self.processor
+    def word_paths(self, line: int, last: bool) -> dict[str, tuple[int, ...]]:
+        """Allowed words of a line (image line 0: normal/abnormal; regions: normal/labels) -> token paths."""
+        words = (
+            [self.meta.normal_word, self.meta.abnormal_word]
+            if line == 0
+            else [self.meta.normal_word, *self.meta.labels]
         )
+        end = self.end_of_turn if last else "\n"
+        key = (line == 0, last)
+        if key not in self._word_paths:
+            paths = {}
+            for word in words:
+                enc = self.tokenizer(f": {word}{end}", add_special_tokens=False, return_offsets_mapping=True)
+                idx = [i for i, (_, e) in enumerate(enc["offset_mapping"]) if e > 1]
+                if not idx or enc["offset_mapping"][idx[0]][0] != 1:
+                    raise EncodingError(f"the tokenizer merges ':' with {' ' + word!r}")
+                paths[word] = tuple(enc["input_ids"][i] for i in idx)
+            self._word_paths[key] = paths
+        return self._word_paths[key]

@@ -4,9 +4,11 @@
     predictor = RegionPredictor.load("path/to/merged-or-base", adapter="path/to/adapter")
     result = predictor.predict_image("part.png", [[10, 20, 80, 90], [100, 40, 160, 120]])
 
-Scoring mode (default) runs ONE teacher-forced forward pass per sample and reads the verdict-token
-probabilities of all its regions; generate mode decodes greedily and parses the answer, reporting what it
-cannot parse instead of guessing.
+Scoring mode (default) reads every answer line's probabilities as a greedy constrained decoder sees them
+(scoring.py): one teacher-forced pass per sample, plus a short continuation from the cached prefix for each
+line the model answers with something other than "normal". Generate mode decodes greedily and parses the
+answer, reporting what it cannot parse instead of guessing. Both feed the model what LLaMA-Factory's
+training collator feeds it (engine.py), M-RoPE positions included.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl_roi.converters.meta import DatasetMeta, load_dataset_meta
-from qwenvl_roi.converters.prompt import answer_text, parse_answer
+from qwenvl_roi.converters.prompt import parse_answer
 from qwenvl_roi.evaluation.files import InputError
 from qwenvl_roi.inference.config import (
     InferenceConfig,
     find_inference_config,
     load_inference_config,
 )
-from qwenvl_roi.inference.encode import EncodedSample, PromptEncoder, load_tokenizer_and_processor
+from qwenvl_roi.inference.encode import EncodingError, PromptEncoder, load_tokenizer_and_processor
+from qwenvl_roi.inference.engine import Engine
 from qwenvl_roi.inference.model import check_model_path, load_model, pick_device_and_dtype
-from qwenvl_roi.inference.scoring import SlotPlan, plan_slot, word_probabilities
+from qwenvl_roi.inference.scoring import LineTrees, SampleScore, prediction_record, score_sample
 
 META_FILE = "dataset_meta.json"
 
@@ -52,6 +55,10 @@ class RegionPredictor:
             raise InputError(
                 "dataset_meta.json lists no canonical labels: nothing to tell 'normal' apart from"
             )
+        self.trees = LineTrees(encoder)
+        tokens = self.trees.tokens()
+        self.columns = {t: j for j, t in enumerate(tokens)}
+        self.engine = Engine(model, encoder.tokenizer, encoder.processor, encoder.template, tokens)
 
     @classmethod
     def load(
@@ -98,146 +105,59 @@ class RegionPredictor:
         net = load_model(model, adapter, dev, dt)
         return cls(net, PromptEncoder(tokenizer, processor, template, meta), config, dev, dt)
 
-    # --- shared plumbing ---------------------------------------------------------------------------------
-    def _alternatives(self, slot_index: int, gap: str, tail: str) -> dict[str, tuple[int, ...]]:
-        words = (
-            [self.meta.normal_word, self.meta.abnormal_word]
-            if slot_index == 0
-            else [self.meta.normal_word, *self.meta.labels]
-        )
-        return {w: self.encoder.alternative_ids(gap, w, tail) for w in words}
-
-    def _tensors(
-        self, seqs: Sequence[Sequence[int]], images: Sequence[Sequence[str]], left_pad: bool
-    ) -> dict:
-        import torch
-
-        pad = self.encoder.tokenizer.pad_token_id
-        if pad is None:
-            pad = self.encoder.tokenizer.eos_token_id
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):
-            sl = slice(width - len(s), width) if left_pad else slice(0, len(s))
-            ids[i, sl] = torch.tensor(list(s), dtype=torch.long)
-            mask[i, sl] = 1
-        batch = [EncodedSample(list(s), 0, list(im), []) for s, im in zip(seqs, images, strict=True)]
-        mm = self.encoder.mm_inputs(batch)
-        inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
-        for k, v in mm.items():
-            if hasattr(v, "to"):
-                v = v.to(self.device)
-                if v.is_floating_point():
-                    v = v.to(self.dtype)
-            inputs[k] = v
-        return inputs
-
-    def _logits_at(
-        self, seqs: Sequence[Sequence[int]], images: Sequence[Sequence[str]], wanted: Sequence[Sequence[int]]
-    ) -> list[dict[int, Any]]:
-        """One forward pass over right-padded `seqs`; logits (float32, CPU) at the wanted positions."""
-        import torch
-
-        inputs = self._tensors(seqs, images, left_pad=False)
-        keep = sorted({p for ps in wanted for p in ps})
-        with torch.inference_mode():
-            out = self.model(**inputs, logits_to_keep=torch.tensor(keep, device=self.device), use_cache=False)
-        logits = out.logits.float().cpu()
-        col = {p: j for j, p in enumerate(keep)}
-        return [{p: logits[i, col[p]] for p in ps} for i, ps in enumerate(wanted)]
-
     # --- scoring mode ------------------------------------------------------------------------------------
-    def score_samples(
-        self,
-        samples: Sequence[Mapping[str, Any]],
-        batch_size: int = 4,
-        progress: bool = True,
-        verdicts: Sequence[Sequence[str] | None] | None = None,
-        image_abnormal: Sequence[bool | None] | None = None,
-    ) -> list[dict[str, Any]]:
-        """Teacher-forced scores, one forward pass per sample (batched).
+    def check_in_context(self, sample: Mapping[str, Any]) -> None:
+        """Verify on one sample that every allowed word tokenises inside a whole answer as on its own."""
+        n = len(sample["regions"])
+        trees = self.trees.for_sample(n + 1)
+        for abnormal, label in [(False, self.meta.normal_word), *((True, lab) for lab in self.meta.labels)]:
+            answer = self.encoder.answer(sample, abnormal, [label] * n)
+            image_word = self.meta.abnormal_word if abnormal else self.meta.normal_word
+            words = [image_word] + [label] * n
+            for k, (word, tree) in enumerate(zip(words, trees, strict=True)):
+                if answer.paths[k] != tree.paths[word]:
+                    raise EncodingError(
+                        f"{word!r} tokenises as {answer.paths[k]} inside an answer but {tree.paths[word]} "
+                        "on its own; scoring would read the wrong tokens"
+                    )
 
-        `verdicts` / `image_abnormal`: the answer to teacher-force per sample (default: all normal, the
-        image line derived from the verdicts); a slot's probabilities are conditioned on the lines before it.
+    def score_samples(
+        self, samples: Sequence[Mapping[str, Any]], batch_size: int = 4, progress: bool = True
+    ) -> list[dict[str, Any]]:
+        """Every line's probabilities as greedy constrained decoding sees them (scoring.py), batched.
+
+        A batch's first passes run together; so do the continuations its samples need afterwards.
         """
         from tqdm import tqdm
 
         if samples and not self._checked:
-            self.encoder.check_alternatives(samples[0])
+            self.check_in_context(samples[0])
             self._checked = True
         results: list[dict[str, Any]] = []
-        order = list(range(len(samples)))
         bar = tqdm(total=len(samples), desc="score", unit="sample", disable=not progress)
-        for chunk in _batches(order, batch_size):
-            encoded = [
-                self.encoder.encode(
-                    samples[i],
-                    None if verdicts is None else verdicts[i],
-                    None if image_abnormal is None else image_abnormal[i],
-                )
-                for i in chunk
+        for chunk in _batches(list(samples), batch_size):
+            prompts = [self.encoder.prompt(s) for s in chunk]
+            runs = [
+                score_sample(self.trees, s, p.ids, self.columns) for s, p in zip(chunk, prompts, strict=True)
             ]
-            plans = [
-                [
-                    plan_slot(slot.start, slot.token_ids, self._alternatives(k, slot.gap, slot.tail))
-                    for k, slot in enumerate(enc.slots)
-                ]
-                for enc in encoded
-            ]
-            wanted = [sorted({q.position for p in ps for q in p.queries if not q.prefix}) for ps in plans]
-            main = self._logits_at([e.input_ids for e in encoded], [e.images for e in encoded], wanted)
-            extra = self._extra_logits(encoded, plans)
-            for i, ps, got in zip(chunk, plans, main, strict=True):
-                table = {}
-                for p in ps:
-                    for q in p.queries:
-                        row = got[q.position] if not q.prefix else extra[(id(p), q.position, q.prefix)]
-                        table[(q.position, q.prefix)] = [float(row[c]) for c in q.children]
-                probs = [word_probabilities(p, table) for p in ps]
-                results.append(self._score_record(samples[i], probs))
+            pending = {i: next(run) for i, run in enumerate(runs)}
+            done: dict[int, SampleScore] = {}
+            while pending:
+                jobs = [(i, prompts[i].images, req) for i, reqs in pending.items() for req in reqs]
+                answers = iter(self.engine.run(jobs))
+                following = {}
+                for i, reqs in pending.items():
+                    try:
+                        following[i] = runs[i].send([next(answers) for _ in reqs])
+                    except StopIteration as finished:
+                        done[i] = finished.value
+                        self.engine.forget(i)
+                pending = following
+            for i, sample in enumerate(chunk):
+                results.append(prediction_record(sample, done[i], self.meta, self.config.threshold))
             bar.update(len(chunk))
         bar.close()
         return results
-
-    def _extra_logits(self, encoded: Sequence[EncodedSample], plans: Sequence[Sequence[SlotPlan]]) -> dict:
-        """Logits for branching points off the teacher-forced path (labels sharing a prefix)."""
-        jobs = []
-        for enc, ps in zip(encoded, plans, strict=True):
-            for p in ps:
-                for q in p.queries:
-                    if q.prefix:
-                        jobs.append((id(p), q, enc.input_ids[: p.start] + list(q.prefix), enc.images))
-        out: dict = {}
-        for chunk in _batches(jobs, max(1, len(encoded))):
-            seqs = [j[2] for j in chunk]
-            got = self._logits_at(seqs, [j[3] for j in chunk], [[len(s) - 1] for s in seqs])
-            for (pid, q, seq, _), g in zip(chunk, got, strict=True):
-                out[(pid, q.position, q.prefix)] = g[len(seq) - 1]
-        return out
-
-    def _score_record(
-        self, sample: Mapping[str, Any], probs: Sequence[Mapping[str, float]]
-    ) -> dict[str, Any]:
-        normal = self.meta.normal_word
-        regions = []
-        for region, p in zip(sample["regions"], probs[1:], strict=True):
-            score = min(1.0, max(0.0, 1.0 - p[normal]))
-            label = max(self.meta.labels, key=lambda lab, p=p: (p[lab], -self.meta.labels.index(lab)))
-            regions.append(
-                {
-                    "id": region["id"],
-                    "score": score,
-                    "label": label,
-                    "abnormal": score >= self.config.threshold,
-                    "greedy": normal if p[normal] >= p[label] else label,
-                }
-            )
-        out: dict[str, Any] = {"image": sample["image"], "regions": regions}
-        if "sample_id" in sample:
-            out = {"sample_id": sample["sample_id"], **out}
-        out["image_line_score"] = probs[0][self.meta.abnormal_word]
-        return out
 
     # --- generate mode -----------------------------------------------------------------------------------
     def generate_samples(
@@ -247,36 +167,25 @@ class RegionPredictor:
         progress: bool = True,
         max_new_tokens: int | None = None,
     ) -> list[dict[str, Any]]:
-        """Greedy generation + parse_answer; unparseable regions get score/label None and are listed."""
-        import torch
+        """Greedy generation (same inputs and positions as scoring) + parse_answer; unparseable regions
+        get score/label None and are listed."""
         from tqdm import tqdm
 
         tok = self.encoder.tokenizer
-        stop = self.encoder.template.get_stop_token_ids(tok)
+        stop = set(self.encoder.template.get_stop_token_ids(tok))
         longest = max(
             [self.meta.normal_word, *self.meta.labels], key=lambda w: len(tok.encode(" " + w + "\n"))
         )
         results: list[dict[str, Any]] = []
         bar = tqdm(total=len(samples), desc="generate", unit="sample", disable=not progress)
         for chunk in _batches(list(samples), batch_size):
-            prompts = [self.encoder.prompt_ids(s) for s in chunk]
+            prompts = [self.encoder.prompt(s) for s in chunk]
             budget = max_new_tokens or max(
-                len(tok.encode(answer_text(s, self.meta, [longest] * len(s["regions"])))) + 8 for s in chunk
+                len(self.encoder.answer(s, True, [longest] * len(s["regions"])).ids) + 8 for s in chunk
             )
-            inputs = self._tensors(prompts, [[s["image"]] for s in chunk], left_pad=True)
-            with torch.inference_mode():
-                out = self.model.generate(
-                    **inputs,
-                    max_new_tokens=budget,
-                    do_sample=False,
-                    num_beams=1,
-                    eos_token_id=stop,
-                    pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else stop[0],
-                )
-            width = inputs["input_ids"].shape[1]
-            for s, row in zip(chunk, out, strict=True):
-                text = tok.decode(row[width:].tolist(), skip_special_tokens=True)
-                results.append(self._generated_record(s, text))
+            outputs = self.engine.greedy([(p.images, p.ids) for p in prompts], budget, stop)
+            for s, ids in zip(chunk, outputs, strict=True):
+                results.append(self._generated_record(s, tok.decode(ids, skip_special_tokens=True)))
             bar.update(len(chunk))
         bar.close()
         return results

@@ -1,91 +1,241 @@
-"""Verdict probabilities from teacher-forced logits, over a prefix tree of the allowed verdict words.
+"""Verdict probabilities as a greedy constrained decoder sees them, line by line.
 
-Each allowed word (normal word, canonical labels; normal/abnormal for the image line) is a token
-sequence. At every branching point of the tree the model's probabilities are renormalised over the
-branches, so P(word) sums to 1 over the allowed words even when words span several tokens or share
-their first tokens. Every branching point on the teacher-forced (normal) path is read from the single
-forward pass; a branching point off that path (labels that share a prefix the normal word does not) needs
-the logits after that prefix, which `extra_queries` lists for one more batched pass.
+Line k's allowed words (image line: normal / abnormal word; region line: normal word / canonical labels)
+form a prefix tree of token paths (encode.py). A word's probability is the product, along its path, of the
+next-token probabilities renormalised over the branches at every token where allowed words branch. The
+earlier lines are the words the model itself writes: at each branch, the child with the highest logit
+(ties: the lowest token id, as argmax does), i.e. what greedy decoding writes when it stays in format.
+
+`score_sample` runs this as a generator that asks for model passes (`Request`) and receives their logits,
+so that `engine.Engine` can batch the requests of many samples. It is exact and cheap: one teacher-forced
+pass with every line "normal" serves every line up to the first one whose greedy word is not "normal";
+from there one continuation re-uses the cached prefix (image included) and runs only the answer tokens.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from qwenvl_roi.inference.encode import Answer, EncodingError, PromptEncoder
+
+Prefix = tuple[int, ...]
 
 
 @dataclass(frozen=True)
-class Query:
-    """Logits needed at `position` (predicting the next token) over `children` token ids.
+class Request:
+    """A model pass for one sample: keep its current sequence up to `cut`, feed `tokens` after it, and
+    return the logits (over the engine's allowed token columns) that predict the token after each index in
+    `keep` (absolute positions). `commit`: the fed tokens replace the rest of the sample's sequence."""
 
-    `prefix` is empty for positions inside the teacher-forced sequence; otherwise the tokens appended to
-    the sequence cut at the slot start (an extra pass).
-    """
+    cut: int
+    tokens: tuple[int, ...]
+    keep: tuple[int, ...]
+    commit: bool
 
-    position: int
-    prefix: tuple[int, ...]
-    children: tuple[int, ...]
+
+class WordTree:
+    """The allowed words of one kind of line as a prefix tree of token paths."""
+
+    def __init__(self, paths: Mapping[str, Sequence[int]]) -> None:
+        self.paths: dict[str, Prefix] = {w: tuple(p) for w, p in paths.items()}
+        seqs = list(self.paths.values())
+        for word, seq in self.paths.items():
+            clash = [w for w, s in self.paths.items() if w != word and s[: len(seq)] == seq]
+            if clash:
+                raise EncodingError(
+                    f"verdict words {word!r} and {clash[0]!r} tokenise so that one is a prefix of the other "
+                    "and cannot be told apart"
+                )
+        self.branches: dict[Prefix, tuple[int, ...]] = {}
+        for seq in seqs:
+            for d in range(len(seq)):
+                node = seq[:d]
+                kids = tuple(sorted({s[d] for s in seqs if len(s) > d and s[:d] == node}))
+                if len(kids) > 1:
+                    self.branches[node] = kids
+
+    def tokens(self) -> set[int]:
+        """Every token id on some path."""
+        return {t for p in self.paths.values() for t in p}
+
+    def _conditional(self, logits: Mapping[Prefix, Sequence[float]]) -> dict[Prefix, list[float]]:
+        out = {}
+        for node, kids in self.branches.items():
+            values = list(logits[node])
+            m = max(values)
+            exps = [math.exp(v - m) for v in values]
+            z = sum(exps)
+            out[node] = [e / z for e in exps]
+            assert len(values) == len(kids)
+        return out
+
+    def probabilities(self, logits: Mapping[Prefix, Sequence[float]]) -> dict[str, float]:
+        """P(word) for every word; `logits[node]` holds one logit per child of that branch node."""
+        cond = self._conditional(logits)
+        out = {}
+        for word, seq in self.paths.items():
+            p = 1.0
+            for d in range(len(seq)):
+                kids = self.branches.get(seq[:d])
+                if kids is not None:
+                    p *= cond[seq[:d]][kids.index(seq[d])]
+            out[word] = p
+        return out
+
+    def greedy(self, logits: Mapping[Prefix, Sequence[float]]) -> str:
+        """The word greedy decoding writes: at every branch the child with the highest logit."""
+        node: Prefix = ()
+        words = {seq: w for w, seq in self.paths.items()}
+        while node not in words:
+            kids = self.branches.get(node)
+            if kids is None:  # one way on
+                node = next(s[: len(node) + 1] for s in self.paths.values() if s[: len(node)] == node)
+                continue
+            values = list(logits[node])
+            node = (*node, kids[values.index(max(values))])
+        return words[node]
 
 
 @dataclass
-class SlotPlan:
-    """What to read for one verdict slot and how to combine it into word probabilities."""
+class LineScore:
+    """What scoring found for one answer line."""
 
-    start: int
-    path: tuple[int, ...]
-    alternatives: dict[str, tuple[int, ...]]
-    queries: list[Query] = field(default_factory=list)
+    probs: dict[str, float]
+    greedy: str
 
 
-def plan_slot(start: int, path: Sequence[int], alternatives: Mapping[str, Sequence[int]]) -> SlotPlan:
-    """List every branching point of the tree of `alternatives` (word -> token ids) that matters."""
-    path = tuple(path)
-    alts = {w: tuple(t) for w, t in alternatives.items()}
-    seqs = list(alts.values())
-    if len(set(seqs)) != len(seqs):
-        dup = [w for w, s in alts.items() if seqs.count(s) > 1]
-        raise ValueError(f"verdict words {dup} have identical token sequences and cannot be told apart")
-    if path not in seqs:
-        raise ValueError(f"the teacher-forced verdict tokens {path} are not one of the allowed words")
-    plan = SlotPlan(start, path, alts)
-    prefixes: set[tuple[int, ...]] = set()
-    for seq in seqs:
-        for d in range(len(seq)):
-            prefixes.add(seq[:d])
-    for prefix in sorted(prefixes, key=lambda p: (len(p), p)):
-        children = tuple(
-            sorted({s[len(prefix)] for s in seqs if len(s) > len(prefix) and s[: len(prefix)] == prefix})
-        )
-        if len(children) < 2:
-            continue  # a single branch has conditional probability 1 after renormalisation
-        d = len(prefix)
-        if path[:d] == prefix:
-            plan.queries.append(Query(start + d - 1, (), children))
+@dataclass
+class SampleScore:
+    """All lines of one sample, image line first; `passes` counts the model passes it needed."""
+
+    lines: list[LineScore] = field(default_factory=list)
+    passes: int = 0
+
+
+class LineTrees:
+    """The word trees of every kind of line (image or region line, last line or not), built once."""
+
+    def __init__(self, encoder: PromptEncoder) -> None:
+        self.encoder = encoder
+        self._trees: dict[tuple[bool, bool], WordTree] = {}
+
+    def for_sample(self, n_lines: int) -> list[WordTree]:
+        """Trees of lines 0..n_lines-1 (line 0 is the image line)."""
+        trees = []
+        for k in range(n_lines):
+            key = (k == 0, k == n_lines - 1)
+            if key not in self._trees:
+                self._trees[key] = WordTree(self.encoder.word_paths(k, last=k == n_lines - 1))
+            trees.append(self._trees[key])
+        return trees
+
+    def tokens(self) -> list[int]:
+        """Sorted ids of every token on any allowed path (the logit columns scoring reads)."""
+        kinds = [(True, False), (False, False), (False, True)]
+        for image, last in kinds:
+            if (image, last) not in self._trees:
+                self._trees[(image, last)] = WordTree(self.encoder.word_paths(0 if image else 1, last))
+        return sorted({t for tree in self._trees.values() for t in tree.tokens()})
+
+
+def _on_path_positions(answer: Answer, trees: Sequence[WordTree], prompt_len: int, first: int) -> list[int]:
+    """Positions (in the full sequence) whose logits give the on-path branches of lines >= first."""
+    keep = []
+    for k in range(first, len(trees)):
+        start, path = prompt_len + answer.starts[k], answer.paths[k]
+        for node in trees[k].branches:
+            if path[: len(node)] == node:
+                keep.append(start - 1 + len(node))
+    return keep
+
+
+def score_sample(
+    trees_of: LineTrees, sample: Mapping[str, Any], prompt_ids: Sequence[int], columns: Mapping[int, int]
+) -> Generator[list[Request], list[dict[int, Any]], SampleScore]:
+    """Score every line of `sample`; yields lists of Requests, receives one {position: logits row} per
+    request (rows indexed by `columns`: token id -> column), returns the SampleScore."""
+    encoder = trees_of.encoder
+    meta = encoder.meta
+    normal = meta.normal_word
+    n_regions = len(sample["regions"])
+    trees = trees_of.for_sample(n_regions + 1)
+    image_abnormal, verdicts = False, [normal] * n_regions
+    answer = encoder.answer(sample, image_abnormal, verdicts)
+    p0 = len(prompt_ids)
+    result = SampleScore()
+    keep = _on_path_positions(answer, trees, p0, 0)
+    (rows,) = yield [Request(0, (*prompt_ids, *answer.ids), tuple(keep), True)]
+    result.passes += 1
+    current = dict(rows)
+    for k, tree in enumerate(trees):
+        start, path = p0 + answer.starts[k], answer.paths[k]
+        if path != tree.paths[normal]:
+            raise EncodingError(
+                f"sample {sample.get('sample_id')}: line {k} tokenises as {path} in context but "
+                f"{tree.paths[normal]} alone"
+            )
+        logits: dict[Prefix, list[float]] = {}
+        missing = []
+        for node, kids in tree.branches.items():
+            if path[: len(node)] == node:
+                row = current[start - 1 + len(node)]
+                logits[node] = [float(row[columns[c]]) for c in kids]
+            else:
+                missing.append(node)
+        if missing:
+            got = yield [Request(start, node, (start - 1 + len(node),), False) for node in missing]
+            result.passes += len(missing)
+            for node, rows in zip(missing, got, strict=True):
+                row = rows[start - 1 + len(node)]
+                logits[node] = [float(row[columns[c]]) for c in tree.branches[node]]
+        line = LineScore(tree.probabilities(logits), tree.greedy(logits))
+        result.lines.append(line)
+        if line.greedy == normal or k == len(trees) - 1:
+            continue  # the pass so far stays exact for the lines after this one (if any)
+        if k == 0:
+            image_abnormal = True
         else:
-            plan.queries.append(Query(start - 1 + d, prefix, children))
-    return plan
+            verdicts[k - 1] = line.greedy
+        new = encoder.answer(sample, image_abnormal, verdicts)
+        cut = answer.starts[k]
+        if new.ids[:cut] != answer.ids[:cut] or new.paths[k] != tree.paths[line.greedy]:
+            raise EncodingError(
+                f"sample {sample.get('sample_id')}: writing {line.greedy!r} on line {k} changes how the "
+                "answer before it tokenises"
+            )
+        answer = new
+        keep = _on_path_positions(answer, trees, p0, k + 1)
+        (rows,) = yield [Request(start, answer.ids[cut:], tuple(keep), True)]
+        result.passes += 1
+        current.update(rows)
+    return result
 
 
-def word_probabilities(plan: SlotPlan, logits: Mapping[tuple[int, tuple[int, ...]], Sequence[float]]) -> dict:
-    """P(word) for every allowed word, given the logits (restricted to children) of every query.
-
-    `logits[(position, prefix)]` holds one logit per child of that query, in `children` order.
-    """
-    cond: dict[tuple[int, ...], dict[int, float]] = {}
-    for q in plan.queries:
-        values = list(logits[(q.position, q.prefix)])
-        m = max(values)
-        exps = [math.exp(v - m) for v in values]
-        z = sum(exps)
-        prefix = plan.path[: q.position - plan.start + 1] if not q.prefix else q.prefix
-        cond[prefix] = {c: e / z for c, e in zip(q.children, exps, strict=True)}
-    out = {}
-    for word, seq in plan.alternatives.items():
-        p = 1.0
-        for d in range(len(seq)):
-            node = cond.get(seq[:d])
-            if node is not None:
-                p *= node[seq[d]]
-        out[word] = p
+def prediction_record(
+    sample: Mapping[str, Any], score: SampleScore, meta: Any, threshold: float
+) -> dict[str, Any]:
+    """The predictions-file row of one sample (field names are an interface: see docs/evaluation.md)."""
+    normal = meta.normal_word
+    regions = []
+    for region, line in zip(sample["regions"], score.lines[1:], strict=True):
+        p = line.probs
+        value = min(1.0, max(0.0, 1.0 - p[normal]))
+        label = max(meta.labels, key=lambda lab, p=p: (p[lab], -meta.labels.index(lab)))
+        regions.append(
+            {
+                "id": region["id"],
+                "score": value,
+                "label": label,
+                "abnormal": value >= threshold,
+                "greedy": line.greedy,
+            }
+        )
+    out: dict[str, Any] = {"image": sample["image"], "regions": regions}
+    if "sample_id" in sample:
+        out = {"sample_id": sample["sample_id"], **out}
+    out["image_line_score"] = score.lines[0].probs[meta.abnormal_word]
+    out["image_verdict"] = score.lines[0].greedy
     return out

@@ -14,9 +14,10 @@ import pytest
 import yaml
 from PIL import Image
 
-# Labels that share their first bytes ("裂" is 3 bytes; the tiny tokenizer splits Chinese into bytes),
-# so scoring must tell labels apart beyond their first token.
-LABELS = ["渗水", "裂缝", "裂纹"]
+# Labels that share their first bytes ("裂" is 3 bytes; the tiny tokenizer splits Chinese into bytes), so
+# scoring must tell labels apart beyond their first token; one starts with a digit (Qwen's pre-tokenizer
+# keeps the space before a digit as a token of its own) and one with a Latin letter.
+LABELS = ["3D划痕", "crack", "渗水", "裂缝", "裂纹"]
 IMAGE_MAX_PIXELS = 112 * 112
 IMAGE_MIN_PIXELS = 1024
 
@@ -40,7 +41,7 @@ def _make_split(root: Path, split: str, n: int, rng: np.random.Generator) -> lis
                 {
                     "id": f"R{i + 1}",
                     "box": box,
-                    "label": LABELS[int(rng.integers(3))] if positive else None,
+                    "label": LABELS[int(rng.integers(len(LABELS)))] if positive else None,
                     "positive": positive,
                 }
             )

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 from qwenvl_roi.converters.meta import load_dataset_meta
-from qwenvl_roi.converters.prompt import build_record
 
-from qwenvl_roi.inference.encode import LAST_LINE_TAIL, PromptEncoder, load_tokenizer_and_processor
+from qwenvl_roi.inference.encode import PromptEncoder, load_tokenizer_and_processor
 
 from .conftest import IMAGE_MAX_PIXELS, IMAGE_MIN_PIXELS, make_dataset
+
+LAST_LINE_TAIL = "<|im_end|>"  # the qwen2_vl template's end of turn
 
 
 def _llamafactory_ids(model: Path, root: Path, out: Path) -> list[list[int]]:
@@ -57,20 +58,14 @@ def test_prompt_equals_llamafactory(
     samples = [json.loads(line) for line in (root / "regions_test.jsonl").read_text().splitlines()]
     assert len(lf_ids) == len(samples) == 10
     for sample, expected in zip(samples, lf_ids, strict=True):
-        prompt, answer, _ = encoder.encode_record(build_record(sample, meta))
-        assert prompt + answer == expected
-        # the teacher-forced (all-normal) sequence has the same prompt, token for token
-        enc = encoder.encode(sample)
-        assert enc.input_ids[: enc.prompt_len] == expected[: len(prompt)]
-        assert enc.prompt_len == len(prompt)
-        assert encoder.prompt_ids(sample) == prompt
-        # one slot per answer line; each slot's tokens are in the sequence where it says
-        assert [s.key for s in enc.slots] == [meta.image_key] + [r["id"] for r in sample["regions"]]
-        for slot in enc.slots:
-            assert tuple(enc.input_ids[slot.start : slot.start + len(slot.token_ids)]) == slot.token_ids
-        # the gold sequence's verdicts decode to the gold words at the same places
-        gold = encoder.encode(sample, [r["label"] or meta.normal_word for r in sample["regions"]])
-        assert gold.input_ids == expected
-        for slot, region in zip(gold.slots[1:], sample["regions"], strict=True):
-            text = encoder.tokenizer.decode(list(slot.token_ids)).replace(LAST_LINE_TAIL, "")
-            assert text.strip() == (region["label"] or meta.normal_word)
+        prompt = encoder.prompt(sample).ids
+        gold = [r["label"] or meta.normal_word for r in sample["regions"]]
+        answer = encoder.answer(sample, any(r["positive"] for r in sample["regions"]), gold)
+        assert list(prompt + answer.ids) == expected  # the gold answer: what LLaMA-Factory trains on
+        # every line's path sits where the answer says and decodes to " <word><terminator>"
+        words = [meta.abnormal_word if sample["positive_region_ids"] else meta.normal_word, *gold]
+        for k, (start, path, word) in enumerate(zip(answer.starts, answer.paths, words, strict=True)):
+            assert answer.ids[start : start + len(path)] == path
+            end = "\n" if k < len(words) - 1 else LAST_LINE_TAIL
+            assert encoder.tokenizer.decode(list(path)) == f" {word}{end}"
+            assert path == encoder.word_paths(k, last=k == len(words) - 1)[word]

@@ -66,33 +66,19 @@ def test_adapter_and_merged_give_same_scores(
 
 
 def test_scoring_and_generation_agree(merged_predictor: RegionPredictor, roi_dataset: Path) -> None:
+    """Wherever greedy generation writes a well-formed answer, scoring's greedy words are that answer."""
     meta = merged_predictor.meta
     samples = _samples(roi_dataset, "val") + _samples(roi_dataset, "test")
     generated = merged_predictor.generate_samples(samples, batch_size=4, progress=False)
-    # replay exactly what was generated (teacher-forced): where the text is a well-formed answer, every
-    # verdict the greedy decoder wrote must be the most likely allowed word at that place
-    replay = []
-    for s, g in zip(samples, generated, strict=True):
+    scored = merged_predictor.score_samples(samples, batch_size=4, progress=False)
+    parsed = 0
+    for g, s in zip(generated, scored, strict=True):
         if g["missing"] or g["unparsed"] or g["extra"] or g["image_verdict"] is None:
             continue
-        verdicts = [r["label"] or meta.normal_word for r in g["regions"]]
-        image_abnormal = g["image_verdict"] == meta.abnormal_word
-        if merged_predictor.encoder.encode(s, verdicts, image_abnormal).answer == g["text"]:
-            replay.append((s, verdicts, image_abnormal))
-    assert len(replay) >= len(samples) // 4, [g["text"] for g in generated]
-    scored = merged_predictor.score_samples(
-        [s for s, _, _ in replay],
-        progress=False,
-        verdicts=[v for _, v, _ in replay],
-        image_abnormal=[a for _, _, a in replay],
-    )
-    for (_, v, a), row in zip(replay, scored, strict=True):
-        assert [r["greedy"] for r in row["regions"]] == v
-        assert (row["image_line_score"] > 0.5) == a
-    # default scoring mode (all-normal context) agrees wherever generation wrote the all-normal answer
-    all_normal = [s for s, v, a in replay if not a and all(x == meta.normal_word for x in v)]
-    for row in merged_predictor.score_samples(all_normal, progress=False):
-        assert all(r["greedy"] == meta.normal_word for r in row["regions"])
+        parsed += 1
+        assert s["image_verdict"] == g["image_verdict"], g["text"]
+        assert [r["greedy"] for r in s["regions"]] == [r["label"] or meta.normal_word for r in g["regions"]]
+    assert parsed >= len(samples) // 2, [g["text"] for g in generated]
 
 
 def test_predict_generate_mode_and_eval(merged_model: Path, roi_dataset: Path, tmp_path: Path) -> None:

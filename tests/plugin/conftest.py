@@ -43,7 +43,9 @@ CPU_OVERRIDES: dict[str, object] = {
 }
 
 
-def write_dataset(root: Path, *, max_pixels: int = 1048576, min_pixels: int = 1024, n: int = 8) -> Path:
+def write_dataset(
+    root: Path, *, max_pixels: int = 1048576, min_pixels: int = 1024, n: int = 8, family: str = "qwen2_5_vl"
+) -> Path:
     """Images + sharegpt records + dataset_info.json with roi_meta per entry (the converters' contract)."""
     from PIL import Image
 
@@ -76,7 +78,7 @@ def write_dataset(root: Path, *, max_pixels: int = 1048576, min_pixels: int = 10
     meta = {
         "image_max_pixels": max_pixels,
         "image_min_pixels": min_pixels,
-        "model_family": "qwen2_5_vl",
+        "model_family": family,
         "meta_file": "dataset_meta.json",
     }
     entry = {"formatting": "sharegpt", "columns": {"messages": "messages", "images": "images"}}
@@ -97,8 +99,17 @@ def write_dataset(root: Path, *, max_pixels: int = 1048576, min_pixels: int = 10
 
 @pytest.fixture(scope="session")
 def roi_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """dataset_dir with roi_train / roi_val built for the recipes' pixel limits."""
+    """dataset_dir with roi_train / roi_val built for the recipes' pixel limits (Qwen2.5-VL frame)."""
     return write_dataset(tmp_path_factory.mktemp("roi-data"))
+
+
+@pytest.fixture(scope="session")
+def roi_datasets(roi_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{model family: dataset_dir converted for it}: training checks that the two match."""
+    return {
+        "qwen2_5_vl": roi_dataset,
+        "qwen2_vl": write_dataset(tmp_path_factory.mktemp("roi-data-qwen2_vl"), family="qwen2_vl"),
+    }
 
 
 def lf_env(tmp_root: Path, **extra: str) -> dict[str, str]:

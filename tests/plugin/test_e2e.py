@@ -77,7 +77,7 @@ def test_phase_runs(family: str, phase: int, request, lf, roi_dataset: Path, tmp
 
 
 def test_web_ui_saved_yaml_with_extra_arguments(
-    lf, tiny_qwen2_vl: Path, roi_dataset: Path, tmp_path: Path
+    lf, tiny_qwen2_vl: Path, roi_datasets: dict[str, Path], tmp_path: Path
 ) -> None:
     """Qwen2-VL phase 3 launched the web UI's way: its extra-arguments JSON merged, saved by save_cmd."""
     import yaml
@@ -86,7 +86,7 @@ def test_web_ui_saved_yaml_with_extra_arguments(
     args = yaml.safe_load((lf.RECIPES / "phase3.yaml").read_text())
     args = {k: v for k, v in args.items() if not k.startswith("roi_")}
     args.update(lf.CPU_OVERRIDES)
-    args.update({"model_name_or_path": str(tiny_qwen2_vl), "dataset_dir": str(roi_dataset)})
+    args.update({"model_name_or_path": str(tiny_qwen2_vl), "dataset_dir": str(roi_datasets["qwen2_vl"])})
     args["output_dir"] = str(tmp_path / "out")
     extra_args = json.dumps(
         {"roi_train_projector": True, "roi_lr_projector": 2e-4, **PHASE3, "roi_lr_vision_lora": 5e-5}

@@ -95,9 +95,10 @@ RECIPE_LRS = {"language": 1e-4, "projector": 2e-4, "vision_lora": 5e-5, "vision_
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
 def test_exact_trainable_sets_and_group_lrs(
-    family: str, request, lf, roi_dataset: Path, tmp_path: Path
+    family: str, request, lf, roi_datasets: dict[str, Path], tmp_path: Path
 ) -> None:
     model = request.getfixturevalue(f"tiny_{family}")
+    roi_dataset = roi_datasets[family]
     exp = Expected(model)
     cases, expected = [], []
     for phase, overrides in PHASE_OVERRIDES.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from qwenvl_roi.plugin import settings
-from qwenvl_roi.plugin.pixels import PixelLimitError, check_pixel_limits
+from qwenvl_roi.plugin.dataset_match import DatasetMismatchError, check_pixel_limits
 
 
 def test_extract_from_recipe_dict() -> None:
@@ -84,14 +84,14 @@ def test_pixel_check(tmp_path) -> None:
     check_pixel_limits(str(tmp_path), ["roi_train", "plain"], 1048576, 1024)
     check_pixel_limits(str(tmp_path), ["plain"], 1, 1)  # entries without roi_meta are stock datasets
     check_pixel_limits(str(tmp_path / "missing"), ["roi_train"], 1, 1)  # no dataset_info.json: not ours
-    with pytest.raises(PixelLimitError) as info:
+    with pytest.raises(DatasetMismatchError) as info:
         check_pixel_limits(str(tmp_path), ["roi_train"], 589824, 1024)
     message = str(info.value)
     assert str(tmp_path / "dataset_info.json") in message
     assert "'roi_train'" in message and "image_max_pixels=1048576" in message and "589824" in message
     _info(tmp_path, {**meta, "image_min_pixels": "1024"})
-    with pytest.raises(PixelLimitError, match="roi_meta.image_min_pixels must be an integer"):
+    with pytest.raises(DatasetMismatchError, match="roi_meta.image_min_pixels must be an integer"):
         check_pixel_limits(str(tmp_path), ["roi_train"], 1048576, 1024)
     (tmp_path / "dataset_info.json").write_text('{\n  "roi_train": \n}')
-    with pytest.raises(PixelLimitError, match=r"dataset_info.json:3: not valid JSON"):
+    with pytest.raises(DatasetMismatchError, match=r"dataset_info.json:3: not valid JSON"):
         check_pixel_limits(str(tmp_path), ["roi_train"], 1048576, 1024)

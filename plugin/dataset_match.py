@@ -1,0 +1,149 @@
+"""Stop before the first step when a dataset was built for another recipe or another model than this run's.
+
+The converters record, in each dataset_info.json entry, how the dataset was built (``roi_meta``:
+docs/architecture.md). Two mismatches train the wrong thing without any error from LLaMA-Factory:
+
+- pixel limits: Qwen2.5-VL prompts carry box coordinates in pixels of the image after LLaMA-Factory's
+  resize, so a dataset converted for ``image_max_pixels`` A but trained with B teaches wrong coordinates;
+- model family: Qwen2.5-VL data carries absolute pixels, Qwen2-VL data coordinates normalised to 0-1000;
+  training one family on the other's data teaches a frame the model was never pretrained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+DATA_CONFIG = "dataset_info.json"
+
+# HF model_type -> the converters' model_family (the coordinate frame its prompts must use).
+MODEL_TYPE_FAMILY = {"qwen2_5_vl": "qwen2_5_vl", "qwen2_vl": "qwen2_vl"}
+FRAME_WORDS = {
+    "qwen2_5_vl": "absolute pixels of the resized image",
+    "qwen2_vl": "coordinates normalised to 0-1000",
+}
+
+
+class DatasetMismatchError(ValueError):
+    """Dataset built for other pixel limits or another model family than the run trains."""
+
+
+def _names(value: Any) -> list[str]:
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v).strip() for v in value]
+
+
+def roi_entries(dataset_dir: str, datasets: list[str]) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """(dataset_info.json path, {dataset name: roi_meta}) for the named datasets that carry roi_meta.
+
+    Entries without roi_meta (stock datasets) and online dataset dirs are left out.
+    """
+    path = Path(dataset_dir) / DATA_CONFIG
+    if not datasets or dataset_dir.startswith("REMOTE:") or not path.is_file():
+        return path, {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DatasetMismatchError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
+    found = {}
+    for name in datasets:
+        entry = info.get(name)
+        if not isinstance(entry, dict) or "roi_meta" not in entry:
+            continue
+        meta = entry["roi_meta"]
+        if not isinstance(meta, dict):
+            raise DatasetMismatchError(f"{path}: dataset {name!r}: roi_meta must be an object, got {meta!r}")
+        found[name] = meta
+    return path, found
+
+
+def run_datasets(data_args: Any) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """roi_entries of the run's train and eval datasets."""
+    names = _names(getattr(data_args, "dataset", None)) + _names(getattr(data_args, "eval_dataset", None))
+    return roi_entries(str(getattr(data_args, "dataset_dir", "data")), names)
+
+
+def check_pixel_limits(
+    dataset_dir: str, datasets: list[str], image_max_pixels: int, image_min_pixels: int
+) -> None:
+    """Raise DatasetMismatchError naming the file, dataset and both values if any roi_meta disagrees."""
+    path, entries = roi_entries(dataset_dir, datasets)
+    problems: list[str] = []
+    for name, meta in entries.items():
+        for key, recipe_value in (
+            ("image_max_pixels", image_max_pixels),
+            ("image_min_pixels", image_min_pixels),
+        ):
+            if key not in meta:
+                raise DatasetMismatchError(f"{path}: dataset {name!r}: roi_meta has no {key!r}")
+            built = meta[key]
+            if not isinstance(built, int) or isinstance(built, bool):
+                raise DatasetMismatchError(
+                    f"{path}: dataset {name!r}: roi_meta.{key} must be an integer, got {built!r}"
+                )
+            if built != recipe_value:
+                problems.append(
+                    f"dataset {name!r} was built with {key}={built} but the recipe trains with {recipe_value}"
+                )
+    if problems:
+        raise DatasetMismatchError(
+            f"{os.fspath(path)}: "
+            + "; ".join(problems)
+            + ". Box coordinates in the prompts depend on these limits: set image_max_pixels and "
+            "image_min_pixels in the recipe to the dataset's values, or rebuild the dataset "
+            "(qwenvl-roi convert) with the recipe's."
+        )
+
+
+def check_model_family(dataset_dir: str, datasets: list[str], model: str, model_type: str) -> None:
+    """Raise DatasetMismatchError when a dataset's roi_meta.model_family is not the model's family."""
+    path, entries = roi_entries(dataset_dir, datasets)
+    family = MODEL_TYPE_FAMILY.get(model_type)
+    for name, meta in entries.items():
+        built = meta.get("model_family")
+        if built is None or built == family:
+            continue
+        if family is None:
+            raise DatasetMismatchError(
+                f"{path}: dataset {name!r} was converted with model_family={built} but the model {model} "
+                f"is of model_type {model_type!r}, which qwenvl-roi has no coordinate frame for "
+                f"(supported: {', '.join(sorted(MODEL_TYPE_FAMILY))})"
+            )
+        raise DatasetMismatchError(
+            f"{path}: dataset {name!r} was converted with model_family={built} "
+            f"({FRAME_WORDS.get(built, built)}) but the model {model} is {family} "
+            f"(model_type {model_type!r}, expects {FRAME_WORDS[family]}). Set model_family: {family} in "
+            f"the converters' config (configs/data.yaml) and re-run `qwenvl-roi convert`, or train a "
+            f"{built} model on this dataset."
+        )
+
+
+def _model_type(model_args: Any) -> str | None:
+    """The model's config model_type, or None when its config cannot be read here (LLaMA-Factory will say)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            trust_remote_code=bool(getattr(model_args, "trust_remote_code", False)),
+            cache_dir=getattr(model_args, "cache_dir", None),
+        )
+    except (OSError, ValueError):
+        return None
+    return getattr(config, "model_type", None)
+
+
+def check_from_args(model_args: Any, data_args: Any) -> None:
+    """Both checks for LLaMA-Factory's parsed arguments (train and eval datasets)."""
+    names = _names(getattr(data_args, "dataset", None)) + _names(getattr(data_args, "eval_dataset", None))
+    dataset_dir = str(getattr(data_args, "dataset_dir", "data"))
+    check_pixel_limits(dataset_dir, names, int(model_args.image_max_pixels), int(model_args.image_min_pixels))
+    if roi_entries(dataset_dir, names)[1]:
+        model_type = _model_type(model_args)
+        if model_type is not None:
+            check_model_family(dataset_dir, names, str(model_args.model_name_or_path), model_type)
