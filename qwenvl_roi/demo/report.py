@@ -142,16 +142,18 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "## Blind test split (never trained on; threshold chosen on val)",
         "",
-        "| model | image AUROC | image P / R / F1 | ROI P / R / F1 | ROI AUROC | threshold | curves |",
-        "|---|---|---|---|---|---|---|",
+        "| model | image AUROC | image P / R / F1 | ROI P / R / F1 | ROI AUROC | ROI AUROC within abnormal "
+        "images | threshold | curves |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for tag, m in report["metrics"].items():
         img, roi = m["image"], m["roi"]
+        within = m.get("roi_within_abnormal", {})
         ev = _rel(m["eval_dir"], out)
         lines.append(
             f"| {tag} | {_fmt(img.get('auroc'))} | {_fmt(img['precision'])} / {_fmt(img['recall'])} / "
             f"{_fmt(img['f1'])} | {_fmt(roi['precision'])} / {_fmt(roi['recall'])} / {_fmt(roi['f1'])} | "
-            f"{_fmt(roi.get('auroc'))} | {_fmt(m.get('threshold'))} | "
+            f"{_fmt(roi.get('auroc'))} | {_fmt(within.get('auroc'))} | {_fmt(m.get('threshold'))} | "
             f"[ROC]({ev}/roc.png) [PR]({ev}/pr.png) [report]({ev}/report.md) |"
         )
     t = report["timings_s"]

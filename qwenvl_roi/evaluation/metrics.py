@@ -214,6 +214,13 @@ def compute_metrics(
     if unlabeled:
         warnings.append(f"{unlabeled} positive region(s) have no gold label and can never be labelled right")
 
+    # localisation alone: positive vs negative regions inside images that have a defect
+    abnormal_images = {r.image for r in regions if r.positive}
+    inside = [r for r in regions if r.image in abnormal_images]
+    roi_within = ranking_scores(
+        [r.positive for r in inside], [ranking_score(r) for r in inside], "roi_within_abnormal", warnings
+    )
+
     rows = image_rows(regions, threshold)
     y_img = [g for _, g, _, _ in rows]
     s_img = [s for _, _, s, _ in rows]
@@ -236,6 +243,7 @@ def compute_metrics(
         },
         "roi": roi,
         "roi_labeled": roi_labeled,
+        "roi_within_abnormal": roi_within,
         "per_label": per_label(regions, threshold, labels, warnings),
         "image": image,
         "warnings": warnings,

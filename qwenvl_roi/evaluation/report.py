@@ -102,6 +102,12 @@ def render_markdown(metrics: dict, curves: Sequence[str]) -> str:
             f"{fmt(m.get('auroc'))} | {fmt(m.get('average_precision'))} | "
             f"{m['tp']} | {m['fp']} | {m['fn']} |"
         )
+    if "roi_within_abnormal" in metrics:
+        m = metrics["roi_within_abnormal"]
+        lines.append(
+            f"| roi within abnormal images (localisation) | | | | {fmt(m['auroc'])} | "
+            f"{fmt(m['average_precision'])} | | | |"
+        )
     if "image_line" in metrics:
         m = metrics["image_line"]
         lines.append(

@@ -145,6 +145,11 @@ def test_against_sklearn(seed: int) -> None:
     si = [max(r.score for r in regions if r.image == im) for im in images]
     assert m["image"]["auroc"] == pytest.approx(roc_auc_score(yi, si))
     assert m["image"]["f1"] == pytest.approx(f1_score(yi, np.array(si) >= t))
+    # localisation: regions of images that have a positive region only
+    inside = [r for r in regions if any(q.positive for q in regions if q.image == r.image)]
+    yw, sw = [r.positive for r in inside], [r.score for r in inside]
+    assert m["roi_within_abnormal"]["auroc"] == pytest.approx(roc_auc_score(yw, sw))
+    assert m["roi_within_abnormal"]["average_precision"] == pytest.approx(average_precision_score(yw, sw))
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
