@@ -13,6 +13,7 @@ boundary after ``:`` is refused instead of scored wrongly.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -63,13 +64,47 @@ def load_tokenizer_and_processor(model_path: str, meta: DatasetMeta) -> tuple[An
     return tokenizer, processor, template
 
 
+class _OncePerImage:
+    """The image plugin's preprocessing (load, resize, the processor), run once per image while held.
+
+    LLaMA-Factory preprocesses an image twice for one sample: to count its tokens for the prompt and
+    again in the collator. Wrapped around a copy of the template's image plugin, each image is processed
+    on its own and the results are concatenated, as the processor does for a list; `clear` drops them
+    (the predictor holds one batch).
+    """
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, images: list[Any], videos: list[Any], audios: list[Any], processor: Any) -> dict:
+        import torch
+
+        if videos or audios or not images or not all(isinstance(i, str) for i in images):
+            return self.original(images, videos, audios, processor)
+        parts = []
+        for path in images:
+            if path not in self.results:
+                self.results[path] = dict(self.original([path], [], [], processor))
+            parts.append(self.results[path])
+        return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+    def clear(self) -> None:
+        self.results.clear()
+
+
 class PromptEncoder:
     """LLaMA-Factory-identical ids for regions samples, and the token paths of the allowed words."""
 
     def __init__(self, tokenizer: Any, processor: Any, template: Any, meta: DatasetMeta) -> None:
         self.tokenizer = tokenizer
         self.processor = processor
-        self.template = template
+        # a copy of the template whose image plugin processes each image once (LLaMA-Factory's registry
+        # object stays untouched)
+        self.template = copy.copy(template)
+        self.template.mm_plugin = copy.copy(template.mm_plugin)
+        self.images = _OncePerImage(template.mm_plugin._get_mm_inputs)
+        self.template.mm_plugin._get_mm_inputs = self.images
         self.meta = meta
         self.end_of_turn: str = template.stop_words[0]
         suffix = "".join(s for s in template.format_assistant.apply(content="\x00") if isinstance(s, str))

@@ -29,6 +29,7 @@ from qwenvl_roi.inference.encode import EncodingError, PromptEncoder, load_token
 from qwenvl_roi.inference.engine import Engine
 from qwenvl_roi.inference.model import check_model_path, load_model, pick_device_and_dtype
 from qwenvl_roi.inference.scoring import LineTrees, SampleScore, prediction_record, score_sample
+from qwenvl_roi.plugin.dataset_match import MODEL_TYPE_FAMILY
 
 META_FILE = "dataset_meta.json"
 
@@ -103,6 +104,14 @@ class RegionPredictor:
         dev, dt = pick_device_and_dtype(device, dtype)
         tokenizer, processor, template = load_tokenizer_and_processor(str(model), meta)
         net = load_model(model, adapter, dev, dt)
+        model_type = getattr(net.config, "model_type", "")
+        family = MODEL_TYPE_FAMILY.get(model_type)
+        if family != meta.model_family:
+            raise InputError(
+                f"dataset_meta.json says model_family={meta.model_family} but {model} is "
+                f"{family or model_type!r}: its prompts would carry coordinates in another frame; use the "
+                f"model the data was converted for, or re-convert with model_family: {family or model_type}"
+            )
         return cls(net, PromptEncoder(tokenizer, processor, template, meta), config, dev, dt)
 
     # --- scoring mode ------------------------------------------------------------------------------------
@@ -153,6 +162,7 @@ class RegionPredictor:
                         done[i] = finished.value
                         self.engine.forget(i)
                 pending = following
+            self.encoder.images.clear()
             for i, sample in enumerate(chunk):
                 results.append(prediction_record(sample, done[i], self.meta, self.config.threshold))
             bar.update(len(chunk))
@@ -184,6 +194,7 @@ class RegionPredictor:
                 len(self.encoder.answer(s, True, [longest] * len(s["regions"])).ids) + 8 for s in chunk
             )
             outputs = self.engine.greedy([(p.images, p.ids) for p in prompts], budget, stop)
+            self.encoder.images.clear()
             for s, ids in zip(chunk, outputs, strict=True):
                 results.append(self._generated_record(s, tok.decode(ids, skip_special_tokens=True)))
             bar.update(len(chunk))

@@ -69,3 +69,39 @@ def test_prompt_equals_llamafactory(
             end = "\n" if k < len(words) - 1 else LAST_LINE_TAIL
             assert encoder.tokenizer.decode(list(path)) == f" {word}{end}"
             assert path == encoder.word_paths(k, last=k == len(words) - 1)[word]
+
+
+def test_each_image_is_preprocessed_once_and_batches_are_unchanged(
+    tiny_qwen2_5_vl: Path, roi_dataset: Path
+) -> None:
+    """The encoder's template processes every image once per batch (prompt + collator), and the batch the
+    training collator builds from it equals the one from LLaMA-Factory's untouched template."""
+    import torch
+    from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
+    from transformers import AutoModelForImageTextToText
+
+    meta = load_dataset_meta(roi_dataset)
+    tokenizer, processor, template = load_tokenizer_and_processor(str(tiny_qwen2_5_vl), meta)
+    encoder = PromptEncoder(tokenizer, processor, template, meta)
+    calls: list[str] = []
+    original = encoder.images.original
+    encoder.images.original = lambda images, *rest: calls.extend(images) or original(images, *rest)
+    samples = [json.loads(line) for line in (roi_dataset / "regions_val.jsonl").read_text().splitlines()][:3]
+    prompts = [encoder.prompt(s) for s in samples]
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny_qwen2_5_vl))
+    features = [
+        {"input_ids": list(p.ids), "attention_mask": [1] * len(p.ids), "labels": [-100] * len(p.ids),
+         "images": list(p.images), "videos": [], "audios": []}
+        for p in prompts
+    ]  # fmt: skip
+    ours, stock = (
+        SFTDataCollatorWith4DAttentionMask(
+            template=t, model=model, tokenizer=tokenizer, processor=processor, label_pad_token_id=-100
+        )([dict(f) for f in features])
+        for t in (encoder.template, template)
+    )
+    assert sorted(calls) == sorted(s["image"] for s in samples)  # once each, prompt and batch together
+    assert ours.keys() == stock.keys() and {"pixel_values", "position_ids"} <= set(ours)
+    for key, value in stock.items():
+        assert torch.equal(ours[key], value), key
+    assert template.mm_plugin._get_mm_inputs != encoder.template.mm_plugin._get_mm_inputs

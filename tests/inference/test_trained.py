@@ -222,3 +222,13 @@ def test_predict_names_a_wrong_model_folder(
     assert rc == 2 and "missing: not a folder" in capsys.readouterr().err
     rc = main(["predict", "--model", str(roi_dataset), "--regions", regions, "--out", str(tmp_path / "p")])
     assert rc == 2 and "no config.json" in capsys.readouterr().err
+
+
+def test_predict_refuses_a_model_of_another_family(
+    tiny_qwen2_vl: Path, roi_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    regions = str(roi_dataset / "regions_test.jsonl")  # converted for Qwen2.5-VL (absolute pixels)
+    rc = main(["predict", "--model", str(tiny_qwen2_vl), "--regions", regions, "--out", str(tmp_path / "p")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "model_family=qwen2_5_vl" in err and "'qwen2_vl'" in err
+    assert not (tmp_path / "p").exists()
