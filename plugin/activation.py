@@ -29,6 +29,7 @@ PATCHES: dict[str, str] = {
     "llamafactory.model.model_utils.visual": "qwenvl_roi.plugin.hooks:patch_visual",
     "llamafactory.train.trainer_utils": "qwenvl_roi.plugin.hooks:patch_trainer_utils",
     "llamafactory.webui.common": "qwenvl_roi.plugin.webui:patch_webui_common",
+    "llamafactory.webui.interface": "qwenvl_roi.plugin.webui:patch_webui_interface",
 }
 
 ENV_SWITCH = "QWENVL_ROI_PLUGIN"

@@ -1,4 +1,13 @@
-"""Web UI integration: `llamafactory-cli webui` started inside a qwenvl-roi project opens on its datasets.
+"""Web UI integration: the web UI listens on loopback by default and opens on the project's datasets.
+
+Loopback: LLaMA-Factory 0.9.5's ``run_web_ui`` / ``run_web_demo`` (``llamafactory-cli webui`` /
+``webchat``, ``llamafactory.webui.interface``) bind ``0.0.0.0`` (``[::]`` with ``GRADIO_IPV6``) unless
+``GRADIO_SERVER_NAME`` is set, which exposes a page that starts training processes and writes files to
+everyone on the network. :func:`patch_webui_interface` wraps both so that an unset
+``GRADIO_SERVER_NAME`` means ``127.0.0.1`` (``[::1]`` with ``GRADIO_IPV6``); an explicit value still
+wins, with a warning when it is not a loopback address.
+
+Data dir: started inside a qwenvl-roi project, the web UI opens on its datasets.
 
 Why: the stock web UI's "Data dir" box starts at ``data`` (``llamafactory.webui.common.DEFAULT_DATA_DIR``),
 so a user who launches it from the project root sees no ROI datasets until they retype the folder. When
@@ -15,12 +24,25 @@ the YAML the web UI launches, and the plugin reads ``roi_`` keys from there like
 
 from __future__ import annotations
 
+import functools
+import ipaddress
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 #: the module whose import triggers the patch
 TARGET_MODULE = "llamafactory.webui.common"
+#: the module with run_web_ui / run_web_demo
+INTERFACE_MODULE = "llamafactory.webui.interface"
+#: gradio's environment variable for the listening address (LLaMA-Factory reads it too)
+ENV_SERVER_NAME = "GRADIO_SERVER_NAME"
+EXPOSED_WARNING = (
+    "{var}={value} exposes a page that can start processes on your machine (and write files on it) to "
+    "the network: only do that behind your own access control"
+)
+logger = logging.getLogger(__name__)
 #: environment variable that names the data dir explicitly (wins over the project detection)
 ENV_DATA_DIR = "QWENVL_ROI_DATA_DIR"
 #: the project's LLaMA-Factory dataset folder, relative to the project root
@@ -44,3 +66,48 @@ def patch_webui_common(module: ModuleType) -> None:
     data_dir = project_data_dir()
     if data_dir is not None and hasattr(module, "DEFAULT_DATA_DIR"):
         module.DEFAULT_DATA_DIR = data_dir
+
+
+def _env_enabled(name: str) -> bool:
+    """LLaMA-Factory's is_env_enabled: "true", "y" or "1" (any case)."""
+    return os.environ.get(name, "0").lower() in ("true", "y", "1")
+
+
+def is_loopback(server_name: str) -> bool:
+    """True for 127.0.0.0/8, ::1 (with or without brackets) and ``localhost``."""
+    host = server_name.strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def default_server_name() -> str:
+    """Set GRADIO_SERVER_NAME to loopback when it is unset or blank; warn when it is set to an exposed
+    address. Returns the value the web UI will bind to."""
+    value = os.environ.get(ENV_SERVER_NAME, "").strip()
+    if not value:
+        value = "[::1]" if _env_enabled("GRADIO_IPV6") else "127.0.0.1"
+        os.environ[ENV_SERVER_NAME] = value
+    elif not is_loopback(value):
+        logger.warning(EXPOSED_WARNING.format(var=ENV_SERVER_NAME, value=value))
+    return value
+
+
+def _loopback_by_default(run: Callable[[], None]) -> Callable[[], None]:
+    @functools.wraps(run)
+    def wrapper() -> None:
+        default_server_name()
+        run()
+
+    return wrapper
+
+
+def patch_webui_interface(module: ModuleType) -> None:
+    """Make ``run_web_ui`` and ``run_web_demo`` listen on loopback unless GRADIO_SERVER_NAME says else."""
+    for name in ("run_web_ui", "run_web_demo"):
+        run = getattr(module, name, None)
+        if callable(run):
+            setattr(module, name, _loopback_by_default(run))

@@ -143,7 +143,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Blind test split (never trained on; threshold chosen on val)",
         "",
         "| model | image AUROC | image P / R / F1 | ROI P / R / F1 | ROI AUROC | ROI AUROC within abnormal "
-        "images | threshold | curves |",
+        "images | threshold | pictures |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for tag, m in report["metrics"].items():
@@ -154,7 +154,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"| {tag} | {_fmt(img.get('auroc'))} | {_fmt(img['precision'])} / {_fmt(img['recall'])} / "
             f"{_fmt(img['f1'])} | {_fmt(roi['precision'])} / {_fmt(roi['recall'])} / {_fmt(roi['f1'])} | "
             f"{_fmt(roi.get('auroc'))} | {_fmt(within.get('auroc'))} | {_fmt(m.get('threshold'))} | "
-            f"[ROC]({ev}/roc.png) [PR]({ev}/pr.png) [report]({ev}/report.md) |"
+            f"[ROC]({ev}/roc.png) [PR]({ev}/pr.png) [confusion]({ev}/confusion.png)"
+            + (f" [gallery]({ev}/{m['gallery']['index']})" if m.get("gallery") else "")
+            + f" [report]({ev}/report.md) |"
         )
     t = report["timings_s"]
     lines += [

@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from qwenvl_roi.evaluation.gallery import GalleryOptions
 
 METRICS_JSON = "metrics.json"
 
@@ -34,7 +38,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "settings by default",
     )
     parser.add_argument(
-        "--out", required=True, help="output folder (metrics.json, report.md, roc.png, pr.png)"
+        "--out",
+        required=True,
+        help="output folder (metrics.json, report.md, roc.png, pr.png, confusion.png, gallery/index.html)",
+    )
+    parser.add_argument(
+        "--gallery-limit",
+        type=int,
+        default=1000,
+        help="pictures in gallery/ (false negatives, false positives, label confusions first); 0: none",
+    )
+    parser.add_argument("--gallery-page-size", type=int, default=200, help="pictures per gallery page")
+    parser.add_argument(
+        "--gallery-max-side", type=int, default=512, help="thumbnail size bound (pixels, longer side)"
+    )
+    parser.add_argument(
+        "--gallery-format", choices=["jpeg", "png"], default="jpeg", help="thumbnail file format"
     )
 
 
@@ -57,9 +76,12 @@ def evaluate(
     val_predictions: str | None = None,
     val_gold: str | None = None,
     model_dirs: list[str] | None = None,
+    gallery: GalleryOptions | None = None,
 ) -> dict:
-    """Compute metrics, write metrics.json, the report, curves and the inference config; return metrics."""
+    """Compute metrics, write metrics.json, the gallery, the report, curves and the inference config;
+    return metrics. ``gallery`` None: default gallery options; ``limit=0``: no gallery."""
     from qwenvl_roi.evaluation.files import InputError, write_json_atomic, write_text_atomic
+    from qwenvl_roi.evaluation.gallery import GalleryOptions, write_gallery
     from qwenvl_roi.evaluation.metrics import compute_metrics, sweep_threshold
     from qwenvl_roi.evaluation.records import join
     from qwenvl_roi.evaluation.report import write_report
@@ -97,6 +119,10 @@ def evaluate(
         metrics["inputs"].update({"val_predictions": str(val_predictions), "val_gold": str(val_gold)})
 
     out = Path(out_dir)
+    gallery = gallery or GalleryOptions()
+    if gallery.limit > 0:
+        metrics["gallery"] = write_gallery(metrics, regions, gold, out, gallery)
+        metrics["warnings"] += [f"gallery: {w}" for w in metrics["gallery"]["warnings"]]
     write_json_atomic(out / METRICS_JSON, metrics)
     write_report(metrics, regions, out)
     config = InferenceConfig(
@@ -115,9 +141,24 @@ def evaluate(
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `qwenvl-roi eval`; bad input -> one clear line on stderr and exit code 2."""
+    from pydantic import ValidationError
+
     from qwenvl_roi.evaluation.files import InputError
+    from qwenvl_roi.evaluation.gallery import GalleryOptions
     from qwenvl_roi.evaluation.metrics import MetricsError
 
+    try:
+        options = GalleryOptions(
+            limit=args.gallery_limit,
+            page_size=args.gallery_page_size,
+            max_side=args.gallery_max_side,
+            image_format=args.gallery_format,
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        flag = "--gallery-" + str(err["loc"][0]).replace("_", "-").replace("image-", "")
+        print(f"qwenvl-roi eval: error: {flag}: {err['msg']}", file=sys.stderr)
+        return 2
     try:
         metrics = evaluate(
             args.predictions,
@@ -127,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             val_predictions=args.val_predictions,
             val_gold=args.val_gold,
             model_dirs=args.model_dir,
+            gallery=options,
         )
     except (InputError, MetricsError) as exc:
         print(f"qwenvl-roi eval: error: {exc}", file=sys.stderr)
@@ -139,6 +181,9 @@ def run(args: argparse.Namespace) -> int:
         f"image P/R/F1 {image['precision']:.4f}/{image['recall']:.4f}/{image['f1']:.4f}, AUROC {auroc}; "
         f"-> {Path(args.out) / METRICS_JSON}"
     )
+    if "gallery" in metrics:
+        g = metrics["gallery"]
+        print(f"gallery: {g['shown']} of {g['pictures']} pictures -> {Path(args.out) / g['index']}")
     for w in metrics["warnings"]:
         print(f"warning: {w}", file=sys.stderr)
     return 0

@@ -139,6 +139,42 @@ def per_label(
     return out
 
 
+NORMAL_CLASS = "normal"
+NO_LABEL_CLASS = "(no label)"
+
+
+def gold_class(r: JoinedRegion) -> str:
+    """A region's gold class for the confusion matrix: its label, ``normal``, or ``(no label)``."""
+    if not r.positive:
+        return NORMAL_CLASS
+    return r.gold_label if r.gold_label is not None else NO_LABEL_CLASS
+
+
+def predicted_class(r: JoinedRegion, threshold: float) -> str:
+    """A region's predicted class: ``normal`` below the threshold (or unparsed), else its predicted label."""
+    if not _is_pred_abnormal(r, threshold):
+        return NORMAL_CLASS
+    return r.pred_label if r.pred_label is not None else NO_LABEL_CLASS
+
+
+def confusion(regions: Sequence[JoinedRegion], threshold: float, labels: Sequence[str]) -> dict[str, list]:
+    """Region-level confusion counts: rows gold class, columns predicted class, both including normal.
+
+    Classes: ``normal``, the canonical labels in their order, then any other label seen (sorted), then
+    ``(no label)`` when a positive region has no gold label or a flagged one no predicted label.
+    """
+    gold = [gold_class(r) for r in regions]
+    pred = [predicted_class(r, threshold) for r in regions]
+    known = [NORMAL_CLASS, *dict.fromkeys(labels)]
+    extra = sorted((set(gold) | set(pred)) - set(known) - {NO_LABEL_CLASS})
+    classes = known + extra + ([NO_LABEL_CLASS] if NO_LABEL_CLASS in set(gold) | set(pred) else [])
+    index = {c: i for i, c in enumerate(classes)}
+    counts = [[0] * len(classes) for _ in classes]
+    for g, p in zip(gold, pred, strict=True):
+        counts[index[g]][index[p]] += 1
+    return {"labels": classes, "counts": counts}
+
+
 def image_rows(regions: Sequence[JoinedRegion], threshold: float) -> list[tuple[str, bool, float, bool]]:
     """(image, gold abnormal, image score, predicted abnormal), grouped over all samples of an image.
 
@@ -245,6 +281,7 @@ def compute_metrics(
         "roi_labeled": roi_labeled,
         "roi_within_abnormal": roi_within,
         "per_label": per_label(regions, threshold, labels, warnings),
+        "confusion": confusion(regions, threshold, labels),
         "image": image,
         "warnings": warnings,
     }

@@ -22,6 +22,7 @@ class GoldRegion(BaseModel):
     id: str
     label: str | None = None
     positive: bool
+    box: tuple[float, float, float, float] | None = None  # original pixels of the picture, xyxy
 
 
 class GoldSample(BaseModel):
@@ -32,6 +33,8 @@ class GoldSample(BaseModel):
     sample_id: str
     image: str
     regions: list[GoldRegion]
+    width: int | None = None
+    height: int | None = None
 
 
 class PredRegion(BaseModel):
@@ -67,6 +70,8 @@ class JoinedRegion:
     score: float | None
     pred_label: str | None
     image_line_score: float | None = None  # P(abnormal word) on the answer's image line, when predicted
+    box: tuple[float, float, float, float] | None = None  # gold box, original pixels xyxy
+    image_size: tuple[int, int] | None = None  # (width, height) the gold file records for the picture
 
 
 def _short(exc: ValidationError) -> str:
@@ -178,6 +183,8 @@ def join(pred_path: str | Path, gold_path: str | Path) -> list[JoinedRegion]:
                     score=pr.score,
                     pred_label=pr.label,
                     image_line_score=p.image_line_score,
+                    box=r.box,
+                    image_size=None if g.width is None or g.height is None else (g.width, g.height),
                 )
             )
     return joined

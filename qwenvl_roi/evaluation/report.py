@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from qwenvl_roi.atomic import write_figure_png
 from qwenvl_roi.evaluation.files import write_text_atomic
@@ -15,6 +16,7 @@ from qwenvl_roi.evaluation.metrics import image_rows, ranking_score
 from qwenvl_roi.evaluation.records import JoinedRegion
 
 ROC_PNG = "roc.png"
+CONFUSION_PNG = "confusion.png"
 PR_PNG = "pr.png"
 REPORT_MD = "report.md"
 
@@ -27,41 +29,108 @@ def _levels(regions: Sequence[JoinedRegion], threshold: float) -> dict[str, tupl
     }
 
 
-def write_curves(regions: Sequence[JoinedRegion], threshold: float, out_dir: str | Path) -> list[str]:
-    """Write roc.png and pr.png; return the names of the curves drawn ("ROI", "image")."""
+def _legend(name: str, what: str, value: float | None) -> str:
+    return f"{name} ({what} {value:.4f})" if value is not None else name
+
+
+def curve_figures(metrics: dict, regions: Sequence[JoinedRegion]) -> tuple[Any, Any, list[str]]:
+    """(ROC figure, PR figure, levels drawn); legends carry metrics.json's AUROC / average precision."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    out_dir = Path(out_dir)
+    threshold = float(metrics["threshold"])
     drawable = {k: v for k, v in _levels(regions, threshold).items() if any(v[0]) and not all(v[0])}
+    keys = {"ROI": "roi", "image": "image"}
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    roc, ax = plt.subplots(figsize=(5, 5))
     for name, (y, s) in drawable.items():
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=name)
+        ax.plot(fpr, tpr, label=_legend(name, "AUC", metrics[keys[name]].get("auroc")))
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=0.8, label="chance")
     ax.set(
         xlabel="false positive rate", ylabel="true positive rate", title="ROC", xlim=(0, 1), ylim=(0, 1.02)
     )
     ax.legend(loc="lower right")
-    fig.tight_layout()
-    write_figure_png(fig, out_dir / ROC_PNG)
-    plt.close(fig)
+    roc.tight_layout()
 
-    fig, ax = plt.subplots(figsize=(5, 5))
+    pr, ax = plt.subplots(figsize=(5, 5))
     for name, (y, s) in drawable.items():
         precision, recall, _ = precision_recall_curve(y, s)
-        ax.plot(recall, precision, label=name)
+        ax.plot(recall, precision, label=_legend(name, "AP", metrics[keys[name]].get("average_precision")))
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall", xlim=(0, 1), ylim=(0, 1.02))
     if drawable:
         ax.legend(loc="lower left")
+    pr.tight_layout()
+    return roc, pr, list(drawable)
+
+
+def write_curves(metrics: dict, regions: Sequence[JoinedRegion], out_dir: str | Path) -> list[str]:
+    """Write roc.png and pr.png; return the names of the curves drawn ("ROI", "image")."""
+    import matplotlib.pyplot as plt
+
+    roc, pr, drawn = curve_figures(metrics, regions)
+    write_figure_png(roc, Path(out_dir) / ROC_PNG)
+    write_figure_png(pr, Path(out_dir) / PR_PNG)
+    plt.close(roc)
+    plt.close(pr)
+    return drawn
+
+
+def confusion_figure(confusion: dict, names: dict[str, str]) -> Any:
+    """Two panels, gold class by row and predicted class by column: counts and row-normalised shares.
+
+    ``names`` maps each class to the text drawn for it (``#k`` for one the font cannot draw).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib import font_manager
+
+    from qwenvl_roi.fonts import find_label_font
+
+    classes = confusion["labels"]
+    counts = np.asarray(confusion["counts"], dtype=float)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
+    n = len(classes)
+    label_font = font_manager.FontProperties(fname=find_label_font().path)
+    ticks = [names.get(c, c) for c in classes]
+    side = max(3.5, 0.55 * n + 1.8)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * side + 1, side))
+    panels = (("counts", counts, "{:.0f}"), ("row-normalised (share of each gold class)", shares, "{:.2f}"))
+    for ax, (title, values, pattern) in zip(axes, panels, strict=True):
+        ax.imshow(values, cmap="Blues", vmin=0)
+        ax.set_xticks(range(n), ticks, rotation=45, ha="right", fontproperties=label_font)
+        ax.set_yticks(range(n), ticks, fontproperties=label_font)
+        ax.set(xlabel="predicted", ylabel="gold", title=title)
+        if n > 30:  # too many cells to annotate legibly; the colours and report.md's table remain
+            continue
+        top = values.max()
+        for i in range(n):
+            for j in range(n):
+                text = "-" if values is shares and totals[i, 0] == 0 else pattern.format(values[i, j])
+                dark = top > 0 and values[i, j] > 0.6 * top
+                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="white" if dark else "black")
     fig.tight_layout()
-    write_figure_png(fig, out_dir / PR_PNG)
+    return fig
+
+
+def write_confusion(metrics: dict, out_dir: str | Path) -> dict[str, str]:
+    """Write confusion.png from metrics.json's ``confusion``; return the ``#k`` legend it needed."""
+    import matplotlib.pyplot as plt
+
+    from qwenvl_roi.fonts import display_names, find_label_font
+
+    names, legend = display_names(metrics["confusion"]["labels"], find_label_font())
+    fig = confusion_figure(metrics["confusion"], names)
+    write_figure_png(fig, Path(out_dir) / CONFUSION_PNG)
     plt.close(fig)
-    return list(drawable)
+    return legend
 
 
 def fmt(x: object, digits: int = 4) -> str:
@@ -73,8 +142,46 @@ def fmt(x: object, digits: int = 4) -> str:
     return str(x)
 
 
-def render_markdown(metrics: dict, curves: Sequence[str]) -> str:
-    """The Markdown report: threshold, ROI / image tables, per-label table, pictures, warnings."""
+def _gallery_line(gallery: dict) -> str:
+    c, shown = gallery["by_category"], gallery["shown"]
+    return (
+        f"**[Gallery]({gallery['index']})**: {shown} of {gallery['pictures']} pictures as the model sees "
+        "them, candidates coloured by outcome. First the pictures with a false negative "
+        f"({c['FN']}), then those with a false positive ({c['FP']}), then those with a wrong label only "
+        f"({c['LABEL']})."
+    )
+
+
+def _cell(text: str) -> str:
+    """A label as a Markdown table cell (a ``|`` in a label must not split the row)."""
+    return text.replace("|", "\\|")
+
+
+def _confusion_lines(confusion: dict, legend: dict[str, str]) -> list[str]:
+    classes, counts = confusion["labels"], confusion["counts"]
+    lines = [
+        "## Confusion matrix (regions)",
+        "",
+        "Rows: gold class; columns: predicted class (normal below the threshold).",
+        "",
+        "| gold \\ predicted | " + " | ".join(_cell(c) for c in classes) + " |",
+        "|---" * (len(classes) + 1) + "|",
+    ]
+    lines += [
+        f"| {_cell(c)} | " + " | ".join(str(v) for v in row) + " |"
+        for c, row in zip(classes, counts, strict=True)
+    ]
+    lines += ["", f"![Confusion matrix]({CONFUSION_PNG})", ""]
+    if legend:
+        lines += ["In the picture: " + ", ".join(f"{k} = {v}" for k, v in legend.items()) + ".", ""]
+    return lines
+
+
+def render_markdown(
+    metrics: dict, curves: Sequence[str], confusion_legend: dict[str, str] | None = None
+) -> str:
+    """The Markdown report: threshold, gallery link, ROI / image tables, per-label table, confusion
+    matrix, pictures, warnings."""
     lines = ["# Evaluation report", ""]
     src = metrics.get("threshold_source", "given")
     lines.append(
@@ -87,6 +194,8 @@ def render_markdown(metrics: dict, curves: Sequence[str]) -> str:
             f"F1 {fmt(v['f1'])}."
         )
     c = metrics["counts"]
+    if metrics.get("gallery"):
+        lines += ["", _gallery_line(metrics["gallery"])]
     lines += [
         "",
         f"{c['samples']} samples, {c['regions']} regions ({c['positive_regions']} positive), "
@@ -121,6 +230,8 @@ def render_markdown(metrics: dict, curves: Sequence[str]) -> str:
                 f"| {label} | {fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['f1'])} | {m['support']} |"
             )
     lines.append("")
+    if "confusion" in metrics:
+        lines += _confusion_lines(metrics["confusion"], confusion_legend or {})
     if curves:
         lines += [f"![ROC]({ROC_PNG})", "", f"![Precision-recall]({PR_PNG})", ""]
     missing = [k for k in ("ROI", "image") if k not in curves]
@@ -133,6 +244,7 @@ def render_markdown(metrics: dict, curves: Sequence[str]) -> str:
 
 
 def write_report(metrics: dict, regions: Sequence[JoinedRegion], out_dir: str | Path) -> None:
-    """Write roc.png, pr.png and report.md into out_dir."""
-    curves = write_curves(regions, float(metrics["threshold"]), out_dir)
-    write_text_atomic(Path(out_dir) / REPORT_MD, render_markdown(metrics, curves))
+    """Write roc.png, pr.png, confusion.png and report.md into out_dir."""
+    curves = write_curves(metrics, regions, out_dir)
+    legend = write_confusion(metrics, out_dir)
+    write_text_atomic(Path(out_dir) / REPORT_MD, render_markdown(metrics, curves, legend))

@@ -260,7 +260,15 @@ def test_eval_cli_val_threshold_config_and_determinism(tmp_path: Path, hand_case
     # val F1 by threshold: 0.8 -> 2/3, 0.7 -> 0.5, 0.35 -> 0.8 => 0.35 chosen, applied unchanged to test
     assert m["threshold"] == 0.35 and m["threshold_source"] == "val" and m["val"]["f1"] == pytest.approx(0.8)
     assert m["roi"]["tp"] == 1 and m["roi"]["fp"] == 2 and m["roi"]["fn"] == 1
-    for name in ("metrics.json", "report.md", "roc.png", "pr.png", CONFIG_FILE_NAME):
+    for name in (
+        "metrics.json",
+        "report.md",
+        "roc.png",
+        "pr.png",
+        "confusion.png",
+        "gallery/index.html",
+        CONFIG_FILE_NAME,
+    ):
         b1 = (tmp_path / "o1" / name).read_bytes()
         assert b1 == (tmp_path / "o2" / name).read_bytes(), name
     assert (tmp_path / "o1" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
