@@ -24,6 +24,7 @@ from typing import Any
 # {module LLaMA-Factory imports: "qwenvl_roi module:function(module)"}; the function patches the module.
 PATCHES: dict[str, str] = {
     "llamafactory.hparams.parser": "qwenvl_roi.plugin.hooks:patch_parser",
+    "llamafactory.model.patcher": "qwenvl_roi.plugin.hooks:patch_patcher",
     "llamafactory.model.model_utils.quantization": "qwenvl_roi.plugin.hooks:patch_quantization",
     "llamafactory.model.model_utils.visual": "qwenvl_roi.plugin.hooks:patch_visual",
     "llamafactory.train.trainer_utils": "qwenvl_roi.plugin.hooks:patch_trainer_utils",

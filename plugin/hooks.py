@@ -11,7 +11,7 @@ import re
 from types import ModuleType
 from typing import Any
 
-from . import label_logits, optim, pixels, selection, settings, vision_backprop
+from . import family_check, label_logits, optim, pixels, selection, settings, vision_backprop
 
 # LLaMA-Factory options that build their own optimizer; the plugin's groups cannot be combined with them.
 _OWN_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
@@ -62,6 +62,7 @@ def patch_parser(module: ModuleType) -> None:
         args = module.read_args(args)
         args, roi = settings.extract(args)
         settings.set_active(roi)
+        family_check.reset()
         return original_parse(parser, args, allow_extra_keys)
 
     @functools.wraps(original_train)
@@ -72,10 +73,26 @@ def patch_parser(module: ModuleType) -> None:
         if roi is not None:
             check_compatible(roi, model_args, finetuning_args)
         pixels.check_from_args(model_args, data_args)
+        family_check.check_template(model_args, data_args, settings._recipe_name())
         return parsed
 
     module._parse_args = _parse_args
     module._parse_train_args = _parse_train_args
+
+
+def patch_patcher(module: ModuleType) -> None:
+    """Refuse a model of another family than the ROI datasets were built for, as soon as its config loads
+    (``patch_config`` runs in every model load: training, export, chat), before any weight is read."""
+    original = module.patch_config
+
+    @functools.wraps(original)
+    def patch_config(
+        config: Any, tokenizer: Any, model_args: Any, init_kwargs: dict, is_trainable: bool
+    ) -> Any:
+        family_check.check_model(config, model_args)
+        return original(config, tokenizer, model_args, init_kwargs, is_trainable)
+
+    module.patch_config = patch_config
 
 
 def patch_visual(module: ModuleType) -> None:
@@ -119,7 +136,10 @@ def patch_trainer_utils(module: ModuleType) -> None:
 
 
 def patch_quantization(module: ModuleType) -> None:
-    """QLoRA with roi_train_projector: keep the projector out of 4/8-bit so it can train in full."""
+    """QLoRA with roi_train_projector: keep the projector out of 4/8-bit so it can train in full.
+
+    The projector keys are the family's (qwenvl_roi/families.py): the merger, and for Qwen3-VL also the
+    deepstack mergers, which LLaMA-Factory's own projector keys leave out."""
     original = module.configure_quantization
 
     @functools.wraps(original)

@@ -27,21 +27,18 @@ def _names(value: Any) -> list[str]:
     return [str(v).strip() for v in value]
 
 
-def check_pixel_limits(
-    dataset_dir: str, datasets: list[str], image_max_pixels: int, image_min_pixels: int
-) -> None:
-    """Raise PixelLimitError naming the file, dataset and both values if any roi_meta disagrees.
+def roi_metas(dataset_dir: str, datasets: list[str]) -> tuple[Path, dict[str, dict[str, Any]]]:
+    """(dataset_info.json path, {dataset name: its roi_meta}) for the named datasets that have one.
 
-    Entries without roi_meta (stock datasets) and online dataset dirs are not checked.
-    """
+    Entries without roi_meta (stock datasets) and online dataset dirs give nothing."""
     path = Path(dataset_dir) / DATA_CONFIG
     if not datasets or dataset_dir.startswith("REMOTE:") or not path.is_file():
-        return
+        return path, {}
     try:
         info = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise PixelLimitError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
-    problems: list[str] = []
+    metas: dict[str, dict[str, Any]] = {}
     for name in datasets:
         entry = info.get(name)
         if not isinstance(entry, dict) or "roi_meta" not in entry:
@@ -49,6 +46,20 @@ def check_pixel_limits(
         meta = entry["roi_meta"]
         if not isinstance(meta, dict):
             raise PixelLimitError(f"{path}: dataset {name!r}: roi_meta must be an object, got {meta!r}")
+        metas[name] = meta
+    return path, metas
+
+
+def check_pixel_limits(
+    dataset_dir: str, datasets: list[str], image_max_pixels: int, image_min_pixels: int
+) -> None:
+    """Raise PixelLimitError naming the file, dataset and both values if any roi_meta disagrees.
+
+    Entries without roi_meta (stock datasets) and online dataset dirs are not checked.
+    """
+    path, metas = roi_metas(dataset_dir, datasets)
+    problems: list[str] = []
+    for name, meta in metas.items():
         for key, recipe_value in (
             ("image_max_pixels", image_max_pixels),
             ("image_min_pixels", image_min_pixels),
@@ -74,9 +85,14 @@ def check_pixel_limits(
         )
 
 
+def dataset_names(data_args: Any) -> list[str]:
+    """The train and eval dataset names of LLaMA-Factory's parsed data arguments."""
+    return _names(getattr(data_args, "dataset", None)) + _names(getattr(data_args, "eval_dataset", None))
+
+
 def check_from_args(model_args: Any, data_args: Any) -> None:
     """check_pixel_limits for LLaMA-Factory's parsed arguments (train and eval datasets)."""
-    datasets = _names(getattr(data_args, "dataset", None)) + _names(getattr(data_args, "eval_dataset", None))
+    datasets = dataset_names(data_args)
     check_pixel_limits(
         str(getattr(data_args, "dataset_dir", "data")),
         datasets,
