@@ -1,16 +1,20 @@
-"""GPU benchmark of the three training phases at Qwen2.5-VL-7B shape: memory, samples/s, tokens/s, MFU.
+"""GPU benchmark of the three training phases at Qwen2.5-VL-7B / Qwen3-VL-8B shape: memory, samples/s, MFU.
 
 Why: users choose a fine-tuning setup by memory and speed on their card. This script builds a random-weight
-model with the published Qwen2.5-VL-7B-Instruct (or 3B) configuration, synthetic 1024-short-side images with
-8 candidate regions (prompts by the converters' own builder), and runs the real recipes (recipes/phase*.yaml
-with key=value overrides) through LLaMA-Factory's train entry for a fixed number of steps after warm-up:
-stock phase-1 LoRA (plugin off, roi_ keys removed) as the baseline, then phase-1 LoRA, phase-1 QLoRA 4-bit,
+model with the published Qwen2.5-VL-7B-Instruct (or 3B) or Qwen3-VL-8B-Instruct configuration, synthetic
+1024-short-side images with 8 candidate regions (prompts by the converters' own builder, in the shape's model
+family), and runs the family's real recipes (recipes/phase*.yaml, recipes/qwen3_vl/phase*.yaml, with
+key=value overrides) through LLaMA-Factory's train entry for a fixed number of steps after warm-up: stock
+phase-1 LoRA (plugin off, roi_ keys removed) as the baseline, then phase-1 LoRA, phase-1 QLoRA 4-bit,
 phase 2 and phase 3 with the plugin. Results: results.json and results.md in --out.
 
-`--quick` checks the whole path on CPU with a tiny shape in about a minute.
+`--quick` checks the whole path on CPU with a tiny shape in about a minute (`--shape qwen3_vl_quick`: the
+Qwen3-VL path).
 Examples:
   python bench/gpu_phases.py --quick --out runs/bench-quick
+  python bench/gpu_phases.py --quick --shape qwen3_vl_quick --runs p1_qlora,p3 --out runs/bench-quick-q3
   python bench/gpu_phases.py --shape 7b --out runs/bench-7b --steps 5 --warmup 2
+  python bench/gpu_phases.py --shape qwen3_vl_8b --out runs/bench-q3-8b
   python bench/gpu_phases.py --shape 7b --runs p1_lora --extra "p1_b4:p1_lora:per_device_train_batch_size=4"
 """
 
@@ -33,11 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ -> `gpu` package
 
 from gpu.report import markdown_table, summarise  # noqa: E402
+from gpu.shapes import ALL_SHAPES, QWEN3_VL_SHAPES, shape_family  # noqa: E402
 from host import cpu_model  # noqa: E402
 
-# name -> (recipe, plugin on, extra overrides). The stock run is phase 1 with the plugin off and its roi_
-# keys removed, training the same parameters in stock terms (roi_train_projector = the merger as a peft
-# modules_to_save via additional_target), so its cost is the baseline of the plugin's phase 1.
+# name -> (recipe, plugin on, extra overrides); recipes are the Qwen2.5-VL ones, swapped for the shape's
+# family's (recipe_for). The stock run is phase 1 with the plugin off and its roi_ keys removed, training the
+# same parameters in stock terms (roi_train_projector = the projector modules as peft modules_to_save via
+# additional_target, see stock_projector), so its cost is the baseline of the plugin's phase 1.
 RUNS: dict[str, tuple[str, bool, dict[str, Any]]] = {
     "stock_p1_lora": ("recipes/phase1.yaml", False, {"additional_target": "model.visual.merger"}),
     "p1_lora": ("recipes/phase1.yaml", True, {}),
@@ -45,6 +51,24 @@ RUNS: dict[str, tuple[str, bool, dict[str, Any]]] = {
     "p2": ("recipes/phase2.yaml", True, {}),
     "p3": ("recipes/phase3.yaml", True, {}),
 }
+
+
+def recipe_for(recipe_rel: str, shape: str) -> str:
+    """The shape's family's version of a recipes/phase*.yaml path (recipes/qwen3_vl/... for Qwen3-VL)."""
+    folder = shape_family(shape).recipes_dir
+    return recipe_rel if folder == "recipes" else f"{folder}/{Path(recipe_rel).name}"
+
+
+def stock_projector(shape: str) -> str:
+    """additional_target that trains the shape's projector in stock terms: the merger, and for Qwen3-VL
+    every deepstack merger (one per deepstack_visual_indexes entry of the shape's config)."""
+    names = ["model.visual.merger"]
+    if shape in QWEN3_VL_SHAPES:
+        count = len(QWEN3_VL_SHAPES[shape]["vision_config"]["deepstack_visual_indexes"])
+        names += [f"model.visual.deepstack_merger_list.{i}" for i in range(count)]
+    return ",".join(names)
+
+
 DEFAULT_RUNS = list(RUNS)
 
 # Dense bf16 peak (no sparsity) by device name, TFLOP/s, from the vendors' datasheets (SXM parts).
@@ -74,6 +98,13 @@ def parse_extra(spec: str) -> tuple[str, str, dict[str, Any]]:
         key, value = item.split("=", 1)
         overrides[key.strip()] = yaml.safe_load(value)
     return parts[0], parts[1], overrides
+
+
+def _family_extra(extra: dict[str, Any], shape: str) -> dict[str, Any]:
+    """A run's overrides with the stock projector target made the shape family's."""
+    if extra.get("additional_target") == "model.visual.merger":
+        return {**extra, "additional_target": stock_projector(shape)}
+    return extra
 
 
 def bench_overrides(ns: argparse.Namespace, model_dir: Path, data_dir: Path, run_dir: Path) -> dict[str, Any]:
@@ -134,6 +165,7 @@ def build_inputs(ns: argparse.Namespace, work: Path) -> tuple[Path, Path, dict[s
     t0 = time.perf_counter()
     summary = write_dataset(
         data_dir,
+        model_family=shape_family(ns.shape).name,
         n_samples=n_samples,
         short_side=ns.short_side,
         n_regions=ns.regions,
@@ -233,9 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--quick", action="store_true", help="CPU check with the tiny shape (sets the small defaults)"
     )
-    p.add_argument(
-        "--shape", choices=["7b", "3b", "quick"], help="model shape (default 7b; quick with --quick)"
-    )
+    p.add_argument("--shape", choices=list(ALL_SHAPES), help="model shape (default 7b; quick with --quick)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-gpu"), help="results and work folder")
     p.add_argument("--runs", default=",".join(DEFAULT_RUNS), help=f"comma list of {list(RUNS)}")
     p.add_argument(
@@ -290,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = [(n, *RUNS[n]) for n in names] + [
         (n, RUNS[b][0], RUNS[b][1], {**RUNS[b][2], **o}) for n, b, o in ns.extra
+    ]
+    plan = [
+        (n, recipe_for(recipe, ns.shape), plugin, _family_extra(extra, ns.shape))
+        for n, recipe, plugin, extra in plan
     ]
     results = []
     for name, recipe_rel, plugin, extra in plan:

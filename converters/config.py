@@ -14,6 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from qwenvl_roi.families import FAMILIES, ModelFamily
+
 
 class ConvertError(Exception):
     """A user-facing error: bad configuration or input that stops a command (message says where)."""
@@ -79,9 +81,10 @@ class DataConfig(BaseModel):
     label_map: dict[str, str] = Field(default_factory=dict)
 
     # model frame and prompts
-    model_family: Literal["qwen2_5_vl", "qwen2_vl"] = "qwen2_5_vl"
+    model_family: ModelFamily = "qwen2_5_vl"
     image_max_pixels: int = Field(1048576, gt=0)
     image_min_pixels: int = Field(1024, gt=0)
+    # unset: the family's released processor (qwenvl_roi/families.py), filled in by _family_defaults
     processor_min_pixels: int = Field(3136, gt=0)
     processor_max_pixels: int = Field(12845056, gt=0)
     prompt_language: Literal["zh", "en"] = "zh"
@@ -120,6 +123,22 @@ class DataConfig(BaseModel):
     @classmethod
     def _holdout_none(cls, v: object) -> object:
         return [] if v is None else v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: object) -> object:
+        """Unset (or null) processor pixel limits default to the model family's released processor."""
+        if not isinstance(data, dict):
+            return data
+        name = data.get("model_family", "qwen2_5_vl")
+        fam = FAMILIES.get(name) if isinstance(name, str) else None
+        if fam is None:  # the field's own validation names the allowed families
+            return data
+        data = dict(data)
+        for key in ("processor_min_pixels", "processor_max_pixels"):
+            if data.get(key) is None:
+                data[key] = getattr(fam, key)
+        return data
 
     @model_validator(mode="after")
     def _check_relations(self) -> DataConfig:

@@ -1,8 +1,10 @@
 """Coordinate frames: the image size the model actually sees, and boxes written in that frame.
 
+Which frame a family reads is in the family table (qwenvl_roi/families.py ``coord_frame``):
 Qwen2.5-VL reads box coordinates as absolute pixels of the image after LLaMA-Factory's resize
-(llamafactory/data/mm_plugin.py: ``BasePlugin._preprocess_image`` then ``Qwen2VLPlugin``'s override)
-and the processor's ``smart_resize`` to multiples of 28; Qwen2-VL reads them normalised to [0, 1000).
+(llamafactory/data/mm_plugin.py: ``BasePlugin._preprocess_image`` then ``Qwen2VLPlugin``'s override, which
+Qwen3-VL's plugin inherits) and the processor's ``smart_resize`` to multiples of the family's grid factor;
+Qwen2-VL reads them normalised to [0, 1000); Qwen3-VL and Qwen3.5 read relative integers on 0..1000.
 LLaMA-Factory never rescales coordinates written as text, so the converters must.
 """
 
@@ -11,10 +13,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Literal
 
-FACTOR = 28  # patch_size 14 * merge_size 2 for both Qwen2-VL and Qwen2.5-VL
-ModelFamily = Literal["qwen2_5_vl", "qwen2_vl"]
+from qwenvl_roi.families import ModelFamily
+from qwenvl_roi.families import family as _family
+
+FACTOR = _family("qwen2_5_vl").grid_factor  # 28: Qwen2-VL / Qwen2.5-VL (Qwen3-VL / Qwen3.5: 32)
 
 
 def llamafactory_resize(
@@ -67,10 +70,13 @@ def model_frame_size(
     image_min_pixels: int = 1024,
     processor_min_pixels: int = 3136,
     processor_max_pixels: int = 12845056,
+    factor: int = FACTOR,
 ) -> tuple[int, int]:
-    """(W, H) of the pixel grid the vision tower sees for an original ``width`` x ``height`` image."""
+    """(W, H) of the pixel grid the vision tower sees for an original ``width`` x ``height`` image.
+
+    ``factor`` is the family's grid factor (``families.family(name).grid_factor``)."""
     w, h = llamafactory_resize(width, height, image_max_pixels, image_min_pixels)
-    hh, ww = smart_resize(h, w, processor_min_pixels, processor_max_pixels)
+    hh, ww = smart_resize(h, w, processor_min_pixels, processor_max_pixels, factor)
     return ww, hh
 
 
@@ -83,10 +89,24 @@ def boxes_to_frame(
 ) -> list[list[int]]:
     """Original-pixel xyxy boxes of one image in the model's coordinate frame (integers).
 
-    qwen2_5_vl: absolute pixels of the resized image (``frame_size`` = model_frame_size(...), required),
-    rounded half up and clamped to the frame; qwen2_vl: ``int(v * 1000 / side)`` clamped to [0, 999].
+    By the family's ``coord_frame``: ``resized_pixels`` (qwen2_5_vl): absolute pixels of the resized image
+    (``frame_size`` = model_frame_size(...), required), rounded half up and clamped to the frame;
+    ``norm1000`` (qwen2_vl): ``int(v * 1000 / side)`` clamped to [0, 999]; ``rel1000`` (qwen3_vl, qwen3_5):
+    ``round(v / side * 1000)`` (Python's round, as Qwen3-VL's process_bbox tool and ms-swift's norm1000)
+    clamped to [0, 1000]. Relative coordinates do not change under the resize, so they need no frame size.
     """
-    if family == "qwen2_vl":
+    frame = _family(family).coord_frame
+    if frame == "rel1000":
+        return [
+            [
+                min(1000, max(0, round(x1 / width * 1000))),
+                min(1000, max(0, round(y1 / height * 1000))),
+                min(1000, max(0, round(x2 / width * 1000))),
+                min(1000, max(0, round(y2 / height * 1000))),
+            ]
+            for x1, y1, x2, y2 in boxes
+        ]
+    if frame == "norm1000":
         return [
             [
                 min(999, max(0, int(x1 * 1000 / width))),
@@ -96,10 +116,8 @@ def boxes_to_frame(
             ]
             for x1, y1, x2, y2 in boxes
         ]
-    if family != "qwen2_5_vl":
-        raise ValueError(f"unknown model family {family!r}")
     if frame_size is None:
-        raise ValueError("qwen2_5_vl boxes need frame_size = model_frame_size(...)")
+        raise ValueError(f"{family} boxes need frame_size = model_frame_size(...)")
     fw, fh = frame_size
     sx, sy = fw / width, fh / height
     out = []

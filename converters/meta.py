@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from qwenvl_roi.families import FAMILIES, ModelFamily, family
 from qwenvl_roi.jsonio import load_json_model
 
 from .config import ConvertError, DataConfig
@@ -21,6 +22,7 @@ META_FILE = "dataset_meta.json"
 META_VERSION = 1
 
 # Default texts per language. Templates are filled by prompt.py (str.format with named fields).
+# The wording of the coordinate frame ({coord_desc}) is the family's (qwenvl_roi/families.py coord_desc).
 DEFAULT_TEXTS: dict[str, dict[str, str]] = {
     "zh": {
         "system": "你是工业表面缺陷检测助手。只依据图像像素作出判断。",
@@ -37,8 +39,6 @@ DEFAULT_TEXTS: dict[str, dict[str, str]] = {
         "abnormal_word": "异常",
         "image_key": "图像",
         "label_sep": "、",
-        "coord_desc_qwen2_5_vl": "缩放后图像的像素坐标",
-        "coord_desc_qwen2_vl": "归一化到 0-1000 的坐标",
     },
     "en": {
         "system": "You are an industrial surface defect inspector. Judge only from the image pixels.",
@@ -56,8 +56,6 @@ DEFAULT_TEXTS: dict[str, dict[str, str]] = {
         "abnormal_word": "abnormal",
         "image_key": "image",
         "label_sep": ", ",
-        "coord_desc_qwen2_5_vl": "pixels of the resized image",
-        "coord_desc_qwen2_vl": "normalised to 0-1000",
     },
 }
 
@@ -68,7 +66,7 @@ class DatasetMeta(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: int = META_VERSION
-    model_family: Literal["qwen2_5_vl", "qwen2_vl"] = "qwen2_5_vl"
+    model_family: ModelFamily = "qwen2_5_vl"
     image_max_pixels: int = 1048576
     image_min_pixels: int = 1024
     processor_min_pixels: int = 3136
@@ -86,8 +84,20 @@ class DatasetMeta(BaseModel):
     labels: list[str] = Field(default_factory=list)
     dataset_prefix: str = "roi"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: object) -> object:
+        """Processor pixel limits missing from a file default to its family's released processor."""
+        if not isinstance(data, dict):
+            return data
+        name = data.get("model_family", "qwen2_5_vl")
+        fam = FAMILIES.get(name) if isinstance(name, str) else None
+        if fam is None:
+            return data
+        return {**{k: getattr(fam, k) for k in ("processor_min_pixels", "processor_max_pixels")}, **data}
+
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
-        """(W, H) the model sees for an original image of this size."""
+        """(W, H) the model sees for an original image of this size (the family's grid factor)."""
         return model_frame_size(
             width,
             height,
@@ -95,11 +105,16 @@ class DatasetMeta(BaseModel):
             self.image_min_pixels,
             self.processor_min_pixels,
             self.processor_max_pixels,
+            family(self.model_family).grid_factor,
         )
+
+    def frame_size_for_coords(self, width: int, height: int) -> tuple[int, int] | None:
+        """The frame size when the family's coordinates depend on it (resized pixels), else None."""
+        return self.frame_size(width, height) if family(self.model_family).frame_needs_size else None
 
     def box_in_frame(self, box: Sequence[float], width: int, height: int) -> list[int]:
         """An original-pixel xyxy box written in the model's coordinate frame."""
-        size = self.frame_size(width, height) if self.model_family == "qwen2_5_vl" else None
+        size = self.frame_size_for_coords(width, height)
         return box_to_frame(box, width, height, self.model_family, size)
 
 
@@ -119,7 +134,9 @@ def build_meta(config: DataConfig, labels: Sequence[str]) -> DatasetMeta:
         if p.region_instruction is not None
         else d["region_instruction"],
         image_instruction=p.image_instruction if p.image_instruction is not None else d["image_instruction"],
-        coord_desc=p.coord_desc if p.coord_desc is not None else d[f"coord_desc_{config.model_family}"],
+        coord_desc=p.coord_desc
+        if p.coord_desc is not None
+        else family(config.model_family).coord_desc[config.prompt_language],
         normal_word=p.normal_word if p.normal_word is not None else d["normal_word"],
         abnormal_word=p.abnormal_word if p.abnormal_word is not None else d["abnormal_word"],
         image_key=p.image_key if p.image_key is not None else d["image_key"],

@@ -50,9 +50,10 @@ def system_text(meta: DatasetMeta) -> str:
 def regions_block(sample: Mapping[str, Any], meta: DatasetMeta) -> str:
     """``<regions>`` block with every candidate's box in the model's coordinate frame."""
     w, h = int(sample["width"]), int(sample["height"])
-    size = meta.frame_size(w, h) if meta.model_family == "qwen2_5_vl" else None
     regions = sample["regions"]
-    framed = boxes_to_frame([r["box"] for r in regions], w, h, meta.model_family, size)
+    framed = boxes_to_frame(
+        [r["box"] for r in regions], w, h, meta.model_family, meta.frame_size_for_coords(w, h)
+    )
     lines = ["<regions>"]
     lines += [f"{r['id']}: [{b[0]}, {b[1]}, {b[2]}, {b[3]}]" for r, b in zip(regions, framed, strict=True)]
     lines.append("</regions>")

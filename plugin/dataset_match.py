@@ -1,12 +1,17 @@
 """Stop before the first step when a dataset was built for another recipe or another model than this run's.
 
 The converters record, in each dataset_info.json entry, how the dataset was built (``roi_meta``:
-docs/architecture.md). Two mismatches train the wrong thing without any error from LLaMA-Factory:
+docs/architecture.md). Three mismatches train the wrong thing without any error from LLaMA-Factory:
 
 - pixel limits: Qwen2.5-VL prompts carry box coordinates in pixels of the image after LLaMA-Factory's
   resize, so a dataset converted for ``image_max_pixels`` A but trained with B teaches wrong coordinates;
-- model family: Qwen2.5-VL data carries absolute pixels, Qwen2-VL data coordinates normalised to 0-1000;
-  training one family on the other's data teaches a frame the model was never pretrained on.
+- model family: each family reads coordinates in its own frame (qwenvl_roi/families.py: absolute pixels,
+  0-1000 normalised, relative 0..1000); training one family on another's data teaches a frame the model was
+  never pretrained on;
+- thinking: a reasoning template with thinking on (LLaMA-Factory's default, the web UI's "Enable thinking")
+  puts an empty think block at the start of every trained answer, which the verdict scoring does not expect.
+
+Datasets without ``roi_meta`` (stock datasets) are never checked.
 """
 
 from __future__ import annotations
@@ -16,13 +21,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from qwenvl_roi.families import FAMILIES, find_family
+
 DATA_CONFIG = "dataset_info.json"
 
-# HF model_type -> the converters' model_family (the coordinate frame its prompts must use).
-MODEL_TYPE_FAMILY = {"qwen2_5_vl": "qwen2_5_vl", "qwen2_vl": "qwen2_vl"}
 FRAME_WORDS = {
-    "qwen2_5_vl": "absolute pixels of the resized image",
-    "qwen2_vl": "coordinates normalised to 0-1000",
+    "resized_pixels": "absolute pixels of the resized image",
+    "norm1000": "coordinates normalised to 0-1000",
+    "rel1000": "relative coordinates on 0..1000",
 }
 
 
@@ -100,26 +106,51 @@ def check_pixel_limits(
         )
 
 
+def _frame(name: str) -> str:
+    fam = FAMILIES.get(name)
+    return FRAME_WORDS[fam.coord_frame] if fam else "an unknown frame"
+
+
 def check_model_family(dataset_dir: str, datasets: list[str], model: str, model_type: str) -> None:
     """Raise DatasetMismatchError when a dataset's roi_meta.model_family is not the model's family."""
     path, entries = roi_entries(dataset_dir, datasets)
-    family = MODEL_TYPE_FAMILY.get(model_type)
+    fam = find_family(model_type)
     for name, meta in entries.items():
         built = meta.get("model_family")
-        if built is None or built == family:
+        if built is None or (fam is not None and built == fam.name):
             continue
-        if family is None:
+        if built not in FAMILIES:
+            raise DatasetMismatchError(
+                f"{path}: dataset {name!r}: roi_meta.model_family must be one of {', '.join(FAMILIES)}, "
+                f"got {built!r}"
+            )
+        if fam is None:
+            known = ", ".join(f"{f.name}: {'/'.join(f.model_types)}" for f in FAMILIES.values())
             raise DatasetMismatchError(
                 f"{path}: dataset {name!r} was converted with model_family={built} but the model {model} "
-                f"is of model_type {model_type!r}, which qwenvl-roi has no coordinate frame for "
-                f"(supported: {', '.join(sorted(MODEL_TYPE_FAMILY))})"
+                f"is of model_type {model_type!r}, which no qwenvl-roi family covers ({known})"
             )
         raise DatasetMismatchError(
-            f"{path}: dataset {name!r} was converted with model_family={built} "
-            f"({FRAME_WORDS.get(built, built)}) but the model {model} is {family} "
-            f"(model_type {model_type!r}, expects {FRAME_WORDS[family]}). Set model_family: {family} in "
-            f"the converters' config (configs/data.yaml) and re-run `qwenvl-roi convert`, or train a "
-            f"{built} model on this dataset."
+            f"{path}: dataset {name!r} was converted with model_family={built} ({_frame(built)}) but the "
+            f"model {model} is {fam.name} (model_type {model_type!r}, expects {_frame(fam.name)}). Set "
+            f"model_family: {fam.name} in the converters' config (configs/data.yaml) and re-run "
+            f"`qwenvl-roi convert`, or train a {built} model on this dataset (recipes: "
+            f"{FAMILIES[built].recipes_dir}/)."
+        )
+
+
+def check_template(dataset_dir: str, datasets: list[str], data_args: Any, recipe: str) -> None:
+    """Refuse a reasoning template with thinking on for ROI datasets (it trains a think block)."""
+    from llamafactory.data.template import TEMPLATES, ReasoningTemplate
+
+    entries = roi_entries(dataset_dir, datasets)[1]
+    template = TEMPLATES.get(getattr(data_args, "template", None) or "")
+    if entries and isinstance(template, ReasoningTemplate) and getattr(data_args, "enable_thinking", True):
+        raise DatasetMismatchError(
+            f"{recipe}: template {data_args.template!r} with enable_thinking: true puts an empty think block "
+            f"into every trained answer of {', '.join(sorted(entries))}; set enable_thinking: false (web UI: "
+            "untick 'Enable thinking'), which puts it into the prompt as the model's non-thinking chat does, "
+            "or use the family's recipes (recipes/<family>/)"
         )
 
 
@@ -138,12 +169,13 @@ def _model_type(model_args: Any) -> str | None:
     return getattr(config, "model_type", None)
 
 
-def check_from_args(model_args: Any, data_args: Any) -> None:
-    """Both checks for LLaMA-Factory's parsed arguments (train and eval datasets)."""
+def check_from_args(model_args: Any, data_args: Any, recipe: str = "the training arguments") -> None:
+    """Every check for LLaMA-Factory's parsed arguments (train and eval datasets)."""
     names = _names(getattr(data_args, "dataset", None)) + _names(getattr(data_args, "eval_dataset", None))
     dataset_dir = str(getattr(data_args, "dataset_dir", "data"))
     check_pixel_limits(dataset_dir, names, int(model_args.image_max_pixels), int(model_args.image_min_pixels))
     if roi_entries(dataset_dir, names)[1]:
+        check_template(dataset_dir, names, data_args, recipe)
         model_type = _model_type(model_args)
         if model_type is not None:
             check_model_family(dataset_dir, names, str(model_args.model_name_or_path), model_type)

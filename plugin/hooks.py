@@ -71,7 +71,7 @@ def patch_parser(module: ModuleType) -> None:
         roi = settings.get_active()
         if roi is not None:
             check_compatible(roi, model_args, finetuning_args)
-        dataset_match.check_from_args(model_args, data_args)
+        dataset_match.check_from_args(model_args, data_args, settings._recipe_name())
         return parsed
 
     module._parse_args = _parse_args
@@ -119,7 +119,10 @@ def patch_trainer_utils(module: ModuleType) -> None:
 
 
 def patch_quantization(module: ModuleType) -> None:
-    """QLoRA with roi_train_projector: keep the projector out of 4/8-bit so it can train in full."""
+    """QLoRA with roi_train_projector: keep the projector out of 4/8-bit so it can train in full.
+
+    The projector keys are the family's (qwenvl_roi/families.py): the merger, and for Qwen3-VL also the
+    deepstack mergers, which LLaMA-Factory's own projector keys leave out."""
     original = module.configure_quantization
 
     @functools.wraps(original)

@@ -1,14 +1,14 @@
 """Compute the language-model head only at the positions the loss scores.
 
 An SFT sample here is scored on its answer only (a few dozen tokens of ~1,650 with a 1024-pixel image), but
-transformers' Qwen2-VL / Qwen2.5-VL forward computes logits at every position over the whole vocabulary
-(152k), upcasts them to fp32 for the loss and keeps their gradient: at 7B shape 1 GB of fp32 logits per sample
-(plus their bf16 copy and the gradients) and ~9% of a phase-1 step's FLOPs. During training the plugin passes
-the model ``logits_to_keep`` = the positions whose next token is a target, with the labels laid out so that
-transformers' own shifted cross-entropy sees the same (logit, target) pairs: the loss and the gradients are
-those of the full computation up to float rounding (tests/plugin/test_label_logits.py). Evaluation and
-inference are untouched (the hook acts only in training mode), and so are runs whose loss needs every logit
-(LLaMA-Factory's DFT/EAFT/ASFT losses) or whose forward is not transformers' own (Liger kernels).
+transformers' Qwen-VL forwards (every family here) compute logits at every position over the whole vocabulary
+(152k; Qwen3.5 248k), upcast them to fp32 for the loss and keep their gradient: at 7B shape 1 GB of fp32
+logits per sample (plus their bf16 copy and the gradients) and ~9% of a phase-1 step's FLOPs. During training
+the plugin passes the model ``logits_to_keep`` = the positions whose next token is a target, with the labels
+laid out so that transformers' own shifted cross-entropy sees the same (logit, target) pairs: the loss and the
+gradients are those of the full computation up to float rounding (tests/plugin/test_label_logits.py).
+Evaluation and inference are untouched (the hook acts only in training mode), and so are runs whose loss needs
+every logit (LLaMA-Factory's DFT/EAFT/ASFT losses) or whose forward is not transformers' own (Liger kernels).
 ``roi_label_logits_only: false`` turns it off.
 """
 

@@ -3,7 +3,10 @@
 LLaMA-Factory's ``lora_target`` matches plain substrings and the vision MLP names (gate_proj/up_proj/
 down_proj) collide with the language model's, so the plugin hands peft an explicit list of full module
 names instead. Block indices come from the model's own vision depth, so "top 2" means the last two blocks
-of whichever size of Qwen2-VL / Qwen2.5-VL (or other composite model) is loaded.
+of whichever size of the loaded family is loaded. The vision tower, its blocks and the projector modules of
+a supported family come from the family table (qwenvl_roi/families.py): for Qwen3-VL the projector is the
+merger plus every deepstack merger (``visual.deepstack_merger_list.{i}``, which LLaMA-Factory files under the
+vision tower). Other composite models LLaMA-Factory knows fall back to its COMPOSITE_MODELS keys.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Any
+
+from qwenvl_roi.families import Family, find_family
 
 # Names peft and LLaMA-Factory put into parameter names of wrapped modules; removed to get the model's path.
 _WRAPPER_SEGMENT = re.compile(
@@ -28,7 +33,7 @@ class VisionLayout:
     model_type: str
     blocks: str  # e.g. "model.visual.blocks"
     depth: int
-    projectors: tuple[str, ...]  # e.g. ("model.visual.merger",)
+    projectors: tuple[str, ...]  # e.g. ("model.visual.merger", "model.visual.deepstack_merger_list.0", ...)
 
     @property
     def tower(self) -> str:
@@ -60,8 +65,53 @@ def _composite_info(model_type: str) -> Any:
 
 
 def projector_keys(model_type: str) -> list[str]:
-    """LLaMA-Factory's projector module keys for a composite model type (e.g. ["visual.merger"])."""
+    """Projector module keys of a model type: the family's (merger and deepstack mergers) or, for another
+    composite model, LLaMA-Factory's (e.g. ["visual.merger"]). Used to keep them out of quantization."""
+    fam = find_family(model_type)
+    if fam is not None:
+        return list(fam.projector_patterns)
     return list(_composite_info(model_type).projector_keys)
+
+
+def _on_boundary(name: str, key: str) -> bool:
+    """Whether the full module name ``name`` is ``key`` or ends with ``.key``."""
+    return name == key or name.endswith("." + key)
+
+
+def _family_layout(model: Any, fam: Family, model_type: str) -> VisionLayout:
+    """The layout from the family table's module names, checked against the loaded model."""
+    import torch
+
+    modules = dict(model.named_modules())
+    blocks = [
+        n
+        for n, m in modules.items()
+        if _on_boundary(n, fam.vision_blocks) and isinstance(m, torch.nn.ModuleList)
+    ]
+    if len(blocks) != 1:
+        raise ValueError(
+            f"{model_type}: expected one vision block list named *.{fam.vision_blocks} (family {fam.name}), "
+            f"found {blocks or 'none'}"
+        )
+    projectors = [n for n in modules for key in fam.projectors if _on_boundary(n, key)]
+    for key in fam.projector_lists:
+        for name, module in modules.items():
+            if _on_boundary(name, key):
+                projectors.extend(f"{name}.{child}" for child, _ in module.named_children())
+    length = len(modules[blocks[0]])
+    depth = _config_depth(model.config, length)
+    if depth != length:
+        raise ValueError(f"{model_type}: vision config depth {depth} but {blocks[0]} has {length} blocks")
+    return VisionLayout(
+        model_type=model_type, blocks=blocks[0], depth=int(depth), projectors=tuple(projectors)
+    )
+
+
+def _config_depth(config: Any, default: int) -> int:
+    vision_config = getattr(config, "vision_config", None)
+    return int(
+        getattr(vision_config, "depth", None) or getattr(vision_config, "num_hidden_layers", None) or default
+    )
 
 
 def find_layout(model: Any) -> VisionLayout:
@@ -70,6 +120,9 @@ def find_layout(model: Any) -> VisionLayout:
 
     config = model.config
     model_type = getattr(config, "model_type", "")
+    fam = find_family(model_type)
+    if fam is not None:
+        return _family_layout(model, fam, model_type)
     info = _composite_info(model_type)
     modules = dict(model.named_modules())
     blocks_name: str | None = None
@@ -86,10 +139,7 @@ def find_layout(model: Any) -> VisionLayout:
     if blocks_name is None:
         raise ValueError(f"no vision block list found under {info.vision_model_keys} in {model_type}")
     length = len(modules[blocks_name])
-    vision_config = getattr(config, "vision_config", None)
-    depth = (
-        getattr(vision_config, "depth", None) or getattr(vision_config, "num_hidden_layers", None) or length
-    )
+    depth = _config_depth(config, length)
     if depth != length:
         raise ValueError(f"{model_type}: vision config depth {depth} but {blocks_name} has {length} blocks")
     projectors = tuple(
@@ -108,7 +158,8 @@ def layout_or_none(model: Any) -> VisionLayout | None:
     from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
 
     base = base_model(model)
-    if getattr(base.config, "model_type", None) not in COMPOSITE_MODELS:
+    model_type = getattr(base.config, "model_type", None)
+    if find_family(model_type) is None and model_type not in COMPOSITE_MODELS:
         return None
     return find_layout(base)
 

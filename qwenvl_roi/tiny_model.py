@@ -1,9 +1,11 @@
-"""`qwenvl-roi tiny-model`: a tiny random-weight Qwen2.5-VL / Qwen2-VL built offline in seconds.
+"""`qwenvl-roi tiny-model`: a tiny random-weight model of any supported family, built offline in seconds.
 
 Tests and the CPU demo need a real model folder (config, weights, tokenizer, processor with image and video
 processors, chat template) that LLaMA-Factory loads exactly like a hub checkpoint, without any network.
-The tokenizer is a small byte-level BPE trained locally with the Qwen pre-tokenizer, wrapped as the Qwen2
+The tokenizer is a small byte-level BPE trained locally with the Qwen pre-tokenizer, wrapped as the family's
 tokenizer class (the Qwen-VL processors check the class) and carrying the Qwen special tokens.
+Architectures (``--arch``, HF model_types) and their family-specific keys come from the family table
+(qwenvl_roi/families.py): qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe, qwen3_5, qwen3_5_moe.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl_roi.atomic import atomic_dir
+from qwenvl_roi.families import TINY_ARCHES, Family, TinyArch, tiny_arch
 
-ARCHES = ("qwen2_5_vl", "qwen2_vl")
+ARCHES = TINY_ARCHES
 
 # Qwen special tokens, in the order the real vocabulary has them (ids differ: ours are small).
 SPECIAL_TOKENS: tuple[str, ...] = (
@@ -43,11 +46,9 @@ PRETOKENIZE_REGEX = (
     r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
 
-# The Qwen2-VL chat template (as shipped with Qwen2-VL-*-Instruct), so processor.apply_chat_template works.
-CHAT_TEMPLATE = (
-    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
-    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+# The Qwen2-VL chat template (as shipped with Qwen2-VL-*-Instruct), so processor.apply_chat_template works;
+# families without a default system prompt (Qwen3-VL, Qwen3.5) get it without the default system turn.
+_CHAT_TEMPLATE_TURNS = (
     "<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}{{ message['content'] }}"
     "<|im_end|>\n{% else %}{% for content in message['content'] %}"
     "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
@@ -61,6 +62,21 @@ CHAT_TEMPLATE = (
     "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+
+def chat_template(default_system: str | None) -> str:
+    """The Qwen-VL chat template with the family's default system prompt (None: no default system turn)."""
+    head = "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    head += "{% for message in messages %}"
+    if default_system is not None:
+        head += (
+            "{% if loop.first and message['role'] != 'system' %}"
+            f"<|im_start|>system\n{default_system}<|im_end|>\n{{% endif %}}"
+        )
+    return head + _CHAT_TEMPLATE_TURNS
+
+
+CHAT_TEMPLATE = chat_template("You are a helpful assistant.")
 
 # A small English corpus so ordinary prompt text tokenises into few pieces (the vocabulary stays small).
 BASE_CORPUS: tuple[str, ...] = (
@@ -132,13 +148,16 @@ def _train_bpe(texts: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]
     return dict(model["vocab"]), merges
 
 
-def _build_tokenizer(texts: list[str]) -> Any:
-    """Qwen2Tokenizer over a locally trained vocabulary, special tokens registered as Qwen has them."""
+def _build_tokenizer(texts: list[str], fam: Family, arch: TinyArch) -> Any:
+    """The family's tokenizer class over a locally trained vocabulary, special tokens as Qwen has them.
+
+    The released Qwen3-VL / Qwen3.5 tokenizers also carry ``<think>`` / ``</think>`` as added (not special)
+    tokens; the family's ``added_tokens`` are added the same way, after the trained vocabulary."""
+    import transformers
     from tokenizers import AddedToken
-    from transformers import Qwen2Tokenizer
 
     vocab, merges = _train_bpe(texts)
-    tokenizer = Qwen2Tokenizer(
+    tokenizer = getattr(transformers, arch.tokenizer_class)(
         vocab=vocab,
         merges=merges,
         unk_token=None,
@@ -152,7 +171,9 @@ def _build_tokenizer(texts: list[str]) -> Any:
     )
     extra = [AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS[1:]]
     tokenizer.add_special_tokens({"additional_special_tokens": extra})
-    tokenizer.chat_template = CHAT_TEMPLATE
+    if fam.added_tokens:
+        tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in fam.added_tokens])
+    tokenizer.chat_template = chat_template(fam.default_system)
     for token in SPECIAL_TOKENS:
         if tokenizer.convert_tokens_to_ids(token) != vocab[token]:
             raise RuntimeError(f"special token {token} did not keep its trained id {vocab[token]}")
@@ -188,29 +209,90 @@ def _mrope_section(head_dim: int) -> list[int]:
     return [t, h, half - t - h]
 
 
-def _model_config(arch: str, dims: dict[str, int], vocab_size: int, ids: dict[str, int]) -> Any:
+def _layer_types(layers: int) -> list[str]:
+    """Qwen3.5's hybrid layout: every 4th layer full attention, the rest GatedDeltaNet linear attention; the
+    last layer is always full so that even a 2-layer tiny model has both kinds."""
+    return [
+        "full_attention" if (i + 1) % 4 == 0 or i == layers - 1 else "linear_attention" for i in range(layers)
+    ]
+
+
+def _vision_config(fam: Family, arch: TinyArch, dims: dict[str, int]) -> dict[str, Any]:
+    """The vision config keys of the family's generation (transformers names them differently)."""
+    depth = dims["vision_depth"]
+    if fam.vision_schema == "qwen2_vl":
+        return {
+            "depth": depth,
+            "embed_dim": dims["vision_hidden"],
+            "hidden_size": dims["text_hidden"],
+            "mlp_ratio": max(dims["vision_intermediate"] // dims["vision_hidden"], 1),
+            "num_heads": dims["vision_heads"],
+            **arch.vision,
+        }
+    vision: dict[str, Any] = {
+        "depth": depth,
+        "hidden_size": dims["vision_hidden"],
+        "intermediate_size": dims["vision_intermediate"],
+        "num_heads": dims["vision_heads"],
+        "out_hidden_size": dims["text_hidden"],
+        "patch_size": fam.patch_size,
+        "spatial_merge_size": fam.merge_size,
+    }
+    if fam.vision_schema == "qwen2_5_vl":
+        vision.update(
+            {
+                "window_size": 112,
+                # like the real model: every other block windowed, the last block of each half full attention
+                "fullatt_block_indexes": sorted({depth // 2 - 1, depth - 1} - {-1}),
+                "tokens_per_second": 2,
+            }
+        )
+    if arch.deepstack:
+        # like the real model's (8, 16, 24) of 27 blocks: spread over the depth, the last one near the top
+        vision["deepstack_visual_indexes"] = sorted({max(depth * k // 3 - 1, 0) for k in (1, 2, 3)})
+    vision.update(arch.vision)
+    return vision
+
+
+def _model_config(
+    fam: Family, arch: TinyArch, dims: dict[str, int], vocab_size: int, ids: dict[str, int]
+) -> Any:
     """The transformers config of the tiny model; token ids point into the local tokenizer."""
-    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+    import transformers
 
     head_dim = dims["text_hidden"] // dims["text_heads"]
-    text = {
+    layers = max(dims["text_layers"], arch.min_text_layers)
+    rope: dict[str, Any] = {
+        "rope_type": "default",
+        "rope_theta": 1000000.0,
+        "mrope_section": _mrope_section(int(head_dim * arch.partial_rotary_factor)),
+    }
+    if arch.mrope_interleaved:
+        rope["mrope_interleaved"] = True
+    if arch.partial_rotary_factor != 1.0:
+        rope["partial_rotary_factor"] = arch.partial_rotary_factor
+    text: dict[str, Any] = {
         "vocab_size": vocab_size,
         "hidden_size": dims["text_hidden"],
         "intermediate_size": dims["text_intermediate"],
-        "num_hidden_layers": dims["text_layers"],
+        "num_hidden_layers": layers,
         "num_attention_heads": dims["text_heads"],
         "num_key_value_heads": dims["text_kv_heads"],
         "max_position_embeddings": 32768,
-        "max_window_layers": dims["text_layers"],
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 1000000.0,
-            "mrope_section": _mrope_section(head_dim),
-        },
+        "rope_parameters": rope,
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],
     }
+    if fam.vision_schema == "qwen3":
+        text["head_dim"] = head_dim  # the classes default to the real models' 128 / 256
+    else:
+        text["max_window_layers"] = layers
+    if arch.hybrid_attention:
+        text["layer_types"] = _layer_types(layers)
+    if "shared_expert_intermediate_size" in arch.text:
+        del text["intermediate_size"]  # Qwen3.5-MoE: every layer is MoE, no dense MLP size
+    text.update(arch.text)
     common = {
         "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"],
@@ -218,47 +300,34 @@ def _model_config(arch: str, dims: dict[str, int], vocab_size: int, ids: dict[st
         "vision_end_token_id": ids["<|vision_end|>"],
         "tie_word_embeddings": False,
     }
-    depth = dims["vision_depth"]
-    if arch == "qwen2_5_vl":
-        vision = {
-            "depth": depth,
-            "hidden_size": dims["vision_hidden"],
-            "intermediate_size": dims["vision_intermediate"],
-            "num_heads": dims["vision_heads"],
-            "out_hidden_size": dims["text_hidden"],
-            "window_size": 112,
-            # like the real model: every other block windowed, the last block of each half full attention
-            "fullatt_block_indexes": sorted({depth // 2 - 1, depth - 1} - {-1}),
-            "tokens_per_second": 2,
-        }
-        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
-    vision = {
-        "depth": depth,
-        "embed_dim": dims["vision_hidden"],
-        "hidden_size": dims["text_hidden"],
-        "mlp_ratio": max(dims["vision_intermediate"] // dims["vision_hidden"], 1),
-        "num_heads": dims["vision_heads"],
+    config_class = getattr(transformers, arch.config_class)
+    return config_class(text_config=text, vision_config=_vision_config(fam, arch, dims), **common)
+
+
+def _processor(fam: Family, arch: TinyArch, tokenizer: Any) -> Any:
+    """Image + video processor + tokenizer + chat template, the classes LLaMA-Factory's mm plugin expects.
+
+    The image processor carries the released processors' pixel limits, patch and merge size (the installed
+    class defaults are Qwen2-VL's: patch 14 and a 1003520-pixel cap), the same the converters record as
+    processor_min_pixels / processor_max_pixels; Qwen3 families also use mean/std 0.5 as released."""
+    import transformers
+    from transformers import Qwen2VLImageProcessor
+
+    image_kwargs: dict[str, Any] = {
+        "min_pixels": fam.processor_min_pixels,
+        "max_pixels": fam.processor_max_pixels,
+        "patch_size": fam.patch_size,
+        "merge_size": fam.merge_size,
     }
-    return Qwen2VLConfig(text_config=text, vision_config=vision, **common)
-
-
-def _processor(arch: str, tokenizer: Any) -> Any:
-    """Image + video processor + tokenizer + chat template, the class LLaMA-Factory's mm plugin expects."""
-    from transformers import (
-        Qwen2_5_VLProcessor,
-        Qwen2VLImageProcessor,
-        Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
-    cls = Qwen2_5_VLProcessor if arch == "qwen2_5_vl" else Qwen2VLProcessor
-    return cls(
-        # The released Qwen2-VL / Qwen2.5-VL processors' pixel limits (the class default caps at 1003520),
-        # the same the converters record as processor_min_pixels / processor_max_pixels.
-        image_processor=Qwen2VLImageProcessor(min_pixels=3136, max_pixels=12845056),
+    if fam.vision_schema == "qwen3":
+        image_kwargs.update({"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]})
+    processor_class = getattr(transformers, arch.processor_class)
+    video_class = getattr(transformers, arch.video_processor_class)
+    return processor_class(
+        image_processor=Qwen2VLImageProcessor(**image_kwargs),
         tokenizer=tokenizer,
-        video_processor=Qwen2VLVideoProcessor(),
-        chat_template=CHAT_TEMPLATE,
+        video_processor=video_class(),
+        chat_template=chat_template(fam.default_system),
     )
 
 
@@ -277,10 +346,9 @@ def build_tiny_model(
     The folder is written to a temporary sibling and moved into place, so a half-built model never exists.
     """
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+    import transformers
 
-    if arch not in ARCHES:
-        raise ValueError(f"arch must be one of {ARCHES}, got {arch!r}")
+    fam, spec = tiny_arch(arch)
     dims = _resolve_dims(size)
     out = Path(out_dir).resolve()
     texts = list(BASE_CORPUS)
@@ -289,24 +357,28 @@ def build_tiny_model(
         texts.append(text)
         texts.append(" ".join(words))  # the words after a space as well as at the start of a line
         texts.extend(words)
-    tokenizer = _build_tokenizer(texts)
+    tokenizer = _build_tokenizer(texts, fam, spec)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = _model_config(arch, dims, len(tokenizer), ids)
+    config = _model_config(fam, spec, dims, len(tokenizer), ids)
     torch.manual_seed(seed)
-    cls = Qwen2_5_VLForConditionalGeneration if arch == "qwen2_5_vl" else Qwen2VLForConditionalGeneration
-    model = cls(config).to(torch.float32).eval()
+    model = getattr(transformers, spec.model_class)(config).to(torch.float32).eval()
     model.generation_config.bos_token_id = ids["<|endoftext|>"]
     model.generation_config.eos_token_id = [ids["<|im_end|>"], ids["<|endoftext|>"]]
     model.generation_config.pad_token_id = ids["<|endoftext|>"]
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
-        _processor(arch, tokenizer).save_pretrained(tmp)
+        _processor(fam, spec, tokenizer).save_pretrained(tmp)
     return out
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """CLI flags of `qwenvl-roi tiny-model`."""
-    parser.add_argument("--arch", choices=ARCHES, default="qwen2_5_vl", help="model family")
+    parser.add_argument(
+        "--arch",
+        choices=ARCHES,
+        default="qwen2_5_vl",
+        help="architecture (HF model_type; families in qwenvl_roi/families.py), default qwen2_5_vl",
+    )
     parser.add_argument("--out", required=True, help="output folder (replaced if it exists)")
     parser.add_argument("--size", choices=sorted(SIZES), default="test", help="size preset (default test)")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")

@@ -29,3 +29,19 @@ def tiny_qwen2_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from qwenvl_roi.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-models") / "qwen2_vl", "qwen2_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Qwen3-VL folder (deepstack mergers; built once per session; read-only)."""
+    from qwenvl_roi.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-models") / "qwen3_vl", "qwen3_vl")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_5(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Qwen3.5 folder (linear and full attention layers; once per session; read-only)."""
+    from qwenvl_roi.tiny_model import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-models") / "qwen3_5", "qwen3_5")

@@ -55,6 +55,7 @@ def write_dataset(
     n_images: int | None = None,
     prompt_language: str = "zh",
     seed: int = 0,
+    model_family: str = "qwen2_5_vl",
 ) -> dict[str, Any]:
     """Write images, `sft_train.json`, `dataset_meta.json` and `dataset_info.json` (dataset `bench_train`).
 
@@ -70,6 +71,7 @@ def write_dataset(
 
     meta = build_meta(
         DataConfig(
+            model_family=model_family,
             image_max_pixels=image_max_pixels,
             image_min_pixels=image_min_pixels,
             prompt_language=prompt_language,
@@ -120,7 +122,7 @@ def write_dataset(
     roi_meta = {
         "image_max_pixels": image_max_pixels,
         "image_min_pixels": image_min_pixels,
-        "model_family": "qwen2_5_vl",
+        "model_family": model_family,
         "meta_file": "dataset_meta.json",
     }
     info = {"bench_train": dataset_info_entry("sft_train.json", roi_meta)}
@@ -130,6 +132,7 @@ def write_dataset(
         "n_images": n_images,
         "image_size": [width, height],
         "model_view_size": list(meta.frame_size(width, height)),
+        "model_family": model_family,
         "n_regions": n_regions,
         "prompt_language": prompt_language,
         "texts": texts,

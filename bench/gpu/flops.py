@@ -1,4 +1,4 @@
-"""Model FLOPs of one training micro-batch of a Qwen2.5-VL model, from what is actually trainable.
+"""Model FLOPs of one training micro-batch of a Qwen2.5-VL or Qwen3-VL model, from what is actually trainable.
 
 Why: MFU must count the work the configuration needs, not the work the kernels happen to do. The count
 walks the live model once (after LLaMA-Factory has applied LoRA / freezing / quantisation), so LoRA,
@@ -9,8 +9,11 @@ frozen towers and unfrozen vision blocks are all counted the same way:
   forward order (an earlier block, a trainable norm of its own block, or an earlier-registered module of
   its own block: exact for the recipes' layouts, at most one block's input gradients off otherwise);
 - attention cores: causal 2*S^2*d per text layer; vision 4*P*W*d (window W patches, or all P in the
-  full-attention blocks); backward twice the forward where an input gradient is needed;
-- the Conv3d patch embedding as a linear map of 3*2*14*14 inputs per patch;
+  full-attention blocks; Qwen3-VL has no windows: every block is full); backward twice the forward where an
+  input gradient is needed;
+- the Conv3d patch embedding as a linear map of 3*2*p*p inputs per patch (p = 14, Qwen3-VL 16);
+- Qwen3-VL's deepstack mergers on the merged tokens; merger i reads the output of vision block
+  deepstack_visual_indexes[i], so it needs its input gradient only when that block or one below trains;
 - the language-model head only at the positions the loss scores, when their count is given (the plugin
   computes no other logits in training; the rest of a stock run's head is work nobody needs).
 Recomputation by gradient checkpointing is NOT counted (MFU, not hardware FLOPs utilisation); norms,
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 _VIS_BLOCK = re.compile(r"(?:^|\.)visual\.blocks\.(\d+)\.")
+_DEEPSTACK = re.compile(r"(?:^|\.)visual\.deepstack_merger_list\.(\d+)(?:\.|$)")
 _TXT_LAYER = re.compile(r"(?:^|\.)language_model\.layers\.(\d+)\.")
 
 
@@ -85,30 +89,42 @@ def build_plan(model: Any) -> FlopPlan:
         if p.requires_grad:
             trainable_stage[_stage(name, depth, layers)] = True
 
+    heads = int(tcfg.num_attention_heads)
+    head_dim = getattr(tcfg, "head_dim", None) or int(tcfg.hidden_size) // heads
+    window = getattr(vcfg, "window_size", None)  # Qwen3-VL: none, every block attends to all patches
     plan = FlopPlan(
         text_layers=layers,
-        text_attn_dim=int(tcfg.num_attention_heads)
-        * (int(tcfg.hidden_size) // int(tcfg.num_attention_heads)),
+        text_attn_dim=heads * int(head_dim),
         vis_attn_dim=int(vcfg.hidden_size),
-        vis_window_patches=(int(vcfg.window_size) // int(vcfg.patch_size)) ** 2,
-        vis_full_blocks=list(getattr(vcfg, "fullatt_block_indexes", []) or []),
+        vis_window_patches=(int(window) // int(vcfg.patch_size)) ** 2 if window else 0,
+        vis_full_blocks=list(getattr(vcfg, "fullatt_block_indexes", []) or [])
+        if window
+        else list(range(depth)),
         spatial_merge=int(vcfg.spatial_merge_size),
     )
+    deepstack = [int(i) for i in getattr(vcfg, "deepstack_visual_indexes", []) or []]
     # A trainable norm runs before the first matmul of its block (pre-norm blocks), so it makes every input
     # of that block need gradients.
     norm_stage = [False] * n_stages
     for name, p in model.named_parameters():
         if p.requires_grad and "norm" in name.rsplit(".", 2)[-2]:
             norm_stage[_stage(name, depth, layers)] = True
-    current_stage, seen_in_stage, before = -1, False, False
+    current_stage: int | tuple[str, int] = -1
+    seen_in_stage, before = False, False
     for name, mod in model.named_modules():
         if ".original_module." in name or name.endswith(".original_module"):
             continue  # PEFT keeps an inactive copy of modules_to_save
         stage = _stage(name, depth, layers)
-        if stage != current_stage:
-            # anything trainable in an earlier stage needs this stage's input gradients
-            before = any(trainable_stage[:stage]) or norm_stage[stage]
-            current_stage, seen_in_stage = stage, False
+        ds = _DEEPSTACK.search(name)
+        key = ("deepstack", int(ds.group(1))) if ds else stage
+        if key != current_stage:
+            # anything trainable in an earlier stage needs this stage's input gradients; a deepstack merger's
+            # input is the output of vision block deepstack_visual_indexes[i] (stage 1 + that index)
+            if ds:
+                before = any(trainable_stage[: 2 + deepstack[int(ds.group(1))]])
+            else:
+                before = any(trainable_stage[:stage]) or norm_stage[stage]
+            current_stage, seen_in_stage = key, False
         w_grad = any(p.requires_grad for p in mod.parameters(recurse=False))
         if isinstance(mod, torch.nn.Linear):
             in_f, out_f = mod.in_features, mod.out_features

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qwenvl_roi.families import family
+
 GIB = 1024**3
 
 
@@ -63,7 +65,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     """The human-readable result: machine, settings, one row per run, and the definitions."""
     m, st, inp = report["machine"], report["settings"], report["inputs"]
     lines = [
-        f"# GPU phases benchmark: Qwen2.5-VL {st['shape']} shape (random weights)",
+        f"# GPU phases benchmark: {family(inp['model'].get('family', 'qwen2_5_vl')).display_name} "
+        f"{st['shape']} shape (random weights)",
         "",
         f"- device: {m['device']}; dense bf16 peak used for MFU: "
         f"{_fmt(m['peak_bf16_tflops'], '.1f')} TFLOP/s",
@@ -121,7 +124,7 @@ def markdown_table(report: dict[str, Any]) -> str:
         "Definitions: rates are over the timed steps only (CUDA-synchronised wall clock between the end "
         "of the last warm-up step and the end of the last step). Text tokens = real (unpadded) tokens minus "
         "image placeholder tokens; vision tokens = image tokens the language model sees (after the 2x2 "
-        "merge). "
+        "merge of 14-pixel patches for Qwen2.5-VL, 16-pixel for Qwen3-VL). "
         "Model FLOPs count the forward pass plus the gradients the configuration needs (weight gradients of "
         "trainable weights, input gradients above the lowest trainable module), not the recomputation of "
         "gradient checkpointing (bench/gpu/flops.py). Peak memory: torch.cuda.max_memory_allocated / "

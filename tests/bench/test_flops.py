@@ -1,4 +1,5 @@
-"""bench/gpu/flops.py against PyTorch's own FLOP counter on a real (tiny) Qwen2.5-VL forward + backward.
+"""bench/gpu/flops.py against PyTorch's own FLOP counter on real (tiny) Qwen2.5-VL and Qwen3-VL forwards +
+backwards.
 
 Why: MFU is only as right as its FLOP count. The analytic count of the matmuls (linear layers, the patch
 embedding, forward and the gradients that autograd actually computes) must equal what
@@ -22,14 +23,22 @@ from gpu.shapes import build_tokenizer, model_config  # noqa: E402
 MATMUL_OPS = {"mm", "addmm", "convolution", "convolution_backward"}
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+# shape -> (config class, model class) of the benchmark's tiny CPU shapes
+SHAPES = {
+    "quick": ("Qwen2_5_VLConfig", "Qwen2_5_VLForConditionalGeneration"),
+    "qwen3_vl_quick": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"),
+}
 
+
+@pytest.fixture(scope="module", params=list(SHAPES))
+def tiny(request):
+    import transformers
+
+    config_class, model_class = (getattr(transformers, n) for n in SHAPES[request.param])
     tok = build_tokenizer(["R1: [10, 20, 30, 40] normal crack image abnormal"] * 4, vocab_size=300)
-    cfg = Qwen2_5_VLConfig(**model_config("quick", tok))
+    cfg = config_class(**model_config(request.param, tok))
     torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).float()
+    model = model_class(cfg).float()
     return model, cfg
 
 
@@ -40,10 +49,12 @@ def _batch(cfg, seq_text: int, grid: tuple[int, int, int]):
     ids[0, 3] = cfg.vision_start_token_id
     ids[0, 4 : 4 + n_img] = cfg.image_token_id
     ids[0, 4 + n_img] = cfg.vision_end_token_id
-    pixel_values = torch.randn(t * h * w, 3 * 2 * 14 * 14)
+    patch = cfg.vision_config.patch_size
+    pixel_values = torch.randn(t * h * w, 3 * 2 * patch * patch)
     return {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),
+        "mm_token_type_ids": (ids == cfg.image_token_id).long(),  # Qwen3-VL needs them for its positions
         "pixel_values": pixel_values,
         "image_grid_thw": torch.tensor([grid]),
         "labels": ids.clone(),
@@ -74,13 +85,20 @@ def _set_trainable(model, pred) -> None:
 
 @pytest.mark.parametrize(
     "layout",
-    ["full", "phase1_projector_and_text", "phase3_top_vision_blocks", "text_only"],
+    [
+        "full",
+        "phase1_projector_and_text",
+        "phase3_top_vision_blocks",
+        "text_only",
+        "middle_block_frozen_projector",
+    ],
 )
 def test_analytic_matmul_flops_equal_torch_counter(tiny, layout):
     model, cfg = tiny
     depth = cfg.vision_config.depth
     preds = {
         "full": lambda n: True,
+        # "merger" also matches Qwen3-VL's deepstack mergers: they are projector here
         "phase1_projector_and_text": lambda n: (
             "merger" in n or "language_model.layers" in n or "lm_head" in n
         ),
@@ -90,6 +108,9 @@ def test_analytic_matmul_flops_equal_torch_counter(tiny, layout):
             or "language_model.layers" in n
         ),
         "text_only": lambda n: "language_model.layers" in n,
+        # a trained block between the deepstack taps (Qwen3-VL quick: 2, 5, 8) and frozen mergers: only the
+        # mergers reading blocks at or above it need input gradients
+        "middle_block_frozen_projector": lambda n: "visual.blocks.4." in n or "language_model.layers" in n,
     }
     _set_trainable(model, preds[layout])
     model.zero_grad(set_to_none=True)

@@ -80,3 +80,37 @@ def test_report_files(quick):
         cfg = (out / "runs" / name / "config.yaml").read_text()
         assert ("roi_" in cfg) is (name != "stock_p1_lora")
     assert res["machine"]["nproc"] >= 1 and res["inputs"]["n_regions"] == 8
+
+
+QWEN3_RUNS = ["stock_p1_lora", "p1_qlora", "p3"]
+
+
+@pytest.fixture(scope="module")
+def quick_qwen3_vl(tmp_path_factory):
+    """The Qwen3-VL path (the Qwen3-VL-8B shape's family) at the tiny CPU shape: one timed step per run."""
+    out = tmp_path_factory.mktemp("bench-quick-qwen3")
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_phases.py"), "--quick", "--shape", "qwen3_vl_quick"]
+    cmd += ["--out", str(out), "--runs", ",".join(QWEN3_RUNS), "--steps", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    return out, json.loads((out / "results.json").read_text()), (out / "results.md").read_text()
+
+
+def test_qwen3_vl_shape_runs_its_family_recipes_on_the_32_grid(quick_qwen3_vl):
+    out, res, md = quick_qwen3_vl
+    assert res["inputs"]["model"]["family"] == "qwen3_vl" and "Qwen3-VL qwen3_vl_quick shape" in md
+    runs = {r["run"]: r for r in res["runs"]}
+    view_w, view_h = res["inputs"]["model_view_size"]
+    assert view_w % 32 == 0 and view_h % 32 == 0
+    for name in QWEN3_RUNS:
+        r = runs[name]
+        assert r["status"] == "ok", (name, r.get("log_tail"))
+        recipe = {"stock_p1_lora": "phase1", "p1_qlora": "phase1_qlora", "p3": "phase3"}[name]
+        assert r["recipe"] == f"recipes/qwen3_vl/{recipe}.yaml"
+        assert r["vision_tokens"] == (view_w // 32) * (view_h // 32) * r["samples"]
+        assert r["patches"] == 4 * r["vision_tokens"]
+    # the stock baseline trains the same set as phase 1: merger and the 3 deepstack mergers as modules_to_save
+    stock_cfg = (out / "runs" / "stock_p1_lora" / "config.yaml").read_text()
+    assert "model.visual.deepstack_merger_list.2" in stock_cfg
+    assert runs["stock_p1_lora"]["params_trainable"] == runs["p1_qlora"]["params_trainable"]
+    assert runs["p3"]["params_trainable"] > runs["p1_qlora"]["params_trainable"]

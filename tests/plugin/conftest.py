@@ -7,12 +7,16 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = REPO / "recipes"
@@ -44,7 +48,12 @@ CPU_OVERRIDES: dict[str, object] = {
 
 
 def write_dataset(
-    root: Path, *, max_pixels: int = 1048576, min_pixels: int = 1024, n: int = 8, family: str = "qwen2_5_vl"
+    root: Path,
+    *,
+    max_pixels: int = 1048576,
+    min_pixels: int = 1024,
+    n: int = 8,
+    model_family: str = "qwen2_5_vl",
 ) -> Path:
     """Images + sharegpt records + dataset_info.json with roi_meta per entry (the converters' contract)."""
     from PIL import Image
@@ -78,7 +87,7 @@ def write_dataset(
     meta = {
         "image_max_pixels": max_pixels,
         "image_min_pixels": min_pixels,
-        "model_family": family,
+        "model_family": model_family,
         "meta_file": "dataset_meta.json",
     }
     entry = {"formatting": "sharegpt", "columns": {"messages": "messages", "images": "images"}}
@@ -104,12 +113,16 @@ def roi_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def roi_datasets(roi_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """{model family: dataset_dir converted for it}: training checks that the two match."""
-    return {
-        "qwen2_5_vl": roi_dataset,
-        "qwen2_vl": write_dataset(tmp_path_factory.mktemp("roi-data-qwen2_vl"), family="qwen2_vl"),
-    }
+def family_dataset(roi_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """family name -> a dataset_dir like roi_dataset whose roi_meta names that family (built once each)."""
+    made = {"qwen2_5_vl": roi_dataset}
+
+    def get(family: str) -> Path:
+        if family not in made:
+            made[family] = write_dataset(tmp_path_factory.mktemp(f"roi-data-{family}"), model_family=family)
+        return made[family]
+
+    return get
 
 
 def lf_env(tmp_root: Path, **extra: str) -> dict[str, str]:
@@ -218,10 +231,76 @@ def run_probe(script: Path, payload: object, tmp: Path, env: dict[str, str] | No
     return json.loads(dst.read_text())
 
 
+def training_batch(recipe: Path, model: Path, data: Path, tmp: Path, dataset: str = "roi_val") -> dict:
+    """A batch of ``dataset`` exactly as `llamafactory-cli train <recipe>` feeds the model: LLaMA-Factory's
+    own dataset pipeline with the recipe's template and pixel limits, then its SFT collator, which adds the
+    positions (get_rope_index with mm_token_type_ids) that forwards with images need in the Qwen3 families.
+
+    Runs in this process without the recipe's roi_ keys (they change no data)."""
+    import torch
+    from llamafactory.data import (
+        SFTDataCollatorWith4DAttentionMask,
+        get_dataset,
+        get_template_and_fix_tokenizer,
+    )
+    from llamafactory.hparams import get_train_args
+    from llamafactory.model import load_tokenizer
+    from transformers import AutoModelForImageTextToText
+
+    keys = ("template", "enable_thinking", "image_max_pixels", "image_min_pixels", "cutoff_len")
+    config = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    args = {k: config[k] for k in keys if k in config}
+    args.update(
+        {
+            "model_name_or_path": str(model),
+            "stage": "sft",
+            "do_train": True,
+            "finetuning_type": "lora",
+            "dataset": dataset,
+            "dataset_dir": str(data),
+            "output_dir": str(tmp / "batch-out"),
+            "overwrite_cache": True,
+            "report_to": "none",
+            "use_cpu": True,
+            "preprocessing_num_workers": 1,
+        }
+    )
+    model_args, data_args, training_args, _, _ = get_train_args(args)
+    module = load_tokenizer(model_args)
+    template = get_template_and_fix_tokenizer(module["tokenizer"], data_args)
+    rows = list(
+        get_dataset(template, model_args, data_args, training_args, stage="sft", **module)["train_dataset"]
+    )
+    rope_model = AutoModelForImageTextToText.from_pretrained(model, dtype=torch.float32)  # get_rope_index
+    collator = SFTDataCollatorWith4DAttentionMask(
+        template=template, model=rope_model, pad_to_multiple_of=8, label_pad_token_id=-100, **module
+    )
+    return collator([{k: v for k, v in row.items()} for row in rows])
+
+
+def forward_logits(model: Any, batch: dict) -> torch.Tensor:
+    """Logits of a no-grad forward on a collated batch (labels left out: only the logits are compared)."""
+    import torch
+
+    with torch.no_grad():
+        return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+
+
 @pytest.fixture(scope="session")
 def lf() -> SimpleNamespace:
     """The helpers above for test modules (pytest's importlib mode gives tests no package to import from)."""
-    helpers = (run, cli_args, run_cli, train_overrides, train, recipe_case, run_probe, write_dataset)
+    helpers = (
+        run,
+        cli_args,
+        run_cli,
+        train_overrides,
+        train,
+        recipe_case,
+        run_probe,
+        write_dataset,
+        training_batch,
+        forward_logits,
+    )
     return SimpleNamespace(
         RECIPES=RECIPES,
         CLI=CLI,

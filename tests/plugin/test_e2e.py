@@ -77,7 +77,7 @@ def test_phase_runs(family: str, phase: int, request, lf, roi_dataset: Path, tmp
 
 
 def test_web_ui_saved_yaml_with_extra_arguments(
-    lf, tiny_qwen2_vl: Path, roi_datasets: dict[str, Path], tmp_path: Path
+    lf, tiny_qwen2_vl: Path, family_dataset, tmp_path: Path
 ) -> None:
     """Qwen2-VL phase 3 launched the web UI's way: its extra-arguments JSON merged, saved by save_cmd."""
     import yaml
@@ -86,7 +86,7 @@ def test_web_ui_saved_yaml_with_extra_arguments(
     args = yaml.safe_load((lf.RECIPES / "phase3.yaml").read_text())
     args = {k: v for k, v in args.items() if not k.startswith("roi_")}
     args.update(lf.CPU_OVERRIDES)
-    args.update({"model_name_or_path": str(tiny_qwen2_vl), "dataset_dir": str(roi_datasets["qwen2_vl"])})
+    args.update({"model_name_or_path": str(tiny_qwen2_vl), "dataset_dir": str(family_dataset("qwen2_vl"))})
     args["output_dir"] = str(tmp_path / "out")
     extra_args = json.dumps(
         {"roi_train_projector": True, "roi_lr_projector": 2e-4, **PHASE3, "roi_lr_vision_lora": 5e-5}
@@ -160,23 +160,36 @@ def test_resume_after_kill(lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_pat
     assert first_logged == checkpoints[-1] + 1
 
 
-@pytest.mark.parametrize("config", ["ds_z2.json", "ds_z3.json"])
+# ZeRO-2 on Qwen2.5-VL; ZeRO-3 on Qwen3-VL, whose projector (merger and deepstack mergers) is the
+# family-specific part ZeRO-3 has to gather and save whole.
+@pytest.mark.parametrize(("config", "family"), [("ds_z2.json", "qwen2_5_vl"), ("ds_z3.json", "qwen3_vl")])
 def test_deepspeed_two_cpu_ranks(
-    config: str, lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path
+    config: str, family: str, request, lf, family_dataset, tmp_path: Path
 ) -> None:
+    model = request.getfixturevalue(f"tiny_{family}")
+    recipe = "phase3.yaml" if family == "qwen2_5_vl" else f"{family}/phase3.yaml"
     env = lf.env(tmp_path, FORCE_TORCHRUN="1", NPROC_PER_NODE="2")
     ds = str(lf.RECIPES / "deepspeed" / config)
-    proc = lf.train("phase3.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path, env=env, deepspeed=ds, **PHASE3)
+    proc = lf.train(recipe, model, family_dataset(family), tmp_path, env=env, deepspeed=ds, **PHASE3)
     _ok(proc)
     assert "world size: 2" in proc.stdout + proc.stderr
     groups = _groups(tmp_path / "out")
     assert groups["vision_unfrozen"]["params"] > 0 and groups["vision_lora"]["lr"] == 5e-5
     from safetensors.torch import load_file
 
-    qkv = load_file(tmp_path / "out" / "adapter_model.safetensors")[
-        "base_model.model.model.visual.blocks.3.attn.qkv.weight"
-    ]
-    assert qkv.shape == (192, 64)  # full tensors saved, not ZeRO-3 shards
+    saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    base = load_file(model / "model.safetensors")
+    whole = ["model.visual.blocks.3.attn.qkv.weight", "model.visual.merger.linear_fc1.weight"]
+    if family == "qwen3_vl":
+        whole += [f"model.visual.deepstack_merger_list.{i}.linear_fc1.weight" for i in range(3)]
+    else:
+        whole[1] = "model.visual.merger.mlp.0.weight"
+    for (
+        key
+    ) in whole:  # full tensors saved, not ZeRO-3 shards (Qwen2.5-VL files keep the legacy "visual." names)
+        base_key = key if key in base else key.removeprefix("model.")
+        assert saved[f"base_model.model.{key}"].shape == base[base_key].shape, key
+    assert saved["base_model.model.model.visual.blocks.3.attn.qkv.weight"].shape == (192, 64)
 
 
 def test_qlora_phase1_and_merge_into_full_precision_base(

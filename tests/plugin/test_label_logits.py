@@ -48,3 +48,16 @@ def test_losses_that_need_every_logit_keep_them(
 ) -> None:
     r = _run(lf, tiny_qwen2_5_vl, roi_dataset, tmp_path, use_dft_loss=True)
     assert r["rows_after"] == r["seq_len"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["qwen3_vl", "qwen3_5"])
+def test_scored_logits_in_the_qwen3_families(
+    family: str, request: pytest.FixtureRequest, lf, family_dataset, tmp_path: Path
+) -> None:
+    """The hook engages on the Qwen3-VL and Qwen3.5 forwards too (deepstack mergers, linear-attention
+    layers): fewer logit rows, the same loss and gradients."""
+    model = request.getfixturevalue(f"tiny_{family}")
+    r = _run(lf, model, family_dataset(family), tmp_path, f"{family}/phase1.yaml")
+    assert r["rows_after"] == r["scored_positions"] + 1 < r["seq_len"] == r["rows_before"]
+    _assert_same_loss_and_gradients(r)

@@ -1,4 +1,4 @@
-"""Exact trainable sets and optimizer-group learning rates, for both model families and every phase.
+"""Exact trainable sets and optimizer-group learning rates, for every model family and every phase.
 
 The recipes in recipes/ are parsed by LLaMA-Factory's own get_train_args in a fresh interpreter (so the
 .pth hook patches it), the model is loaded by LLaMA-Factory's load_model, and the optimizer comes from
@@ -37,6 +37,10 @@ class Expected:
         self.depth = model.config.vision_config.depth
         self.params = {n: p.ndim for n, p in model.named_parameters()}
         self.linears = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        # the projector: the merger, and Qwen3-VL's deepstack mergers (one per deepstack_visual_indexes entry)
+        deepstack = getattr(model.model.visual, "deepstack_merger_list", [])
+        self.projectors = ["model.visual.merger."]
+        self.projectors += [f"model.visual.deepstack_merger_list.{i}." for i in range(len(deepstack))]
 
     def lora(self, prefix: str) -> set[str]:
         return {
@@ -69,8 +73,9 @@ def _expected_groups(
         out[name] = (lrs["language"], WEIGHT_DECAY)
     for name, nd in extra_language.items():
         out[name] = (lrs["language"], 0.0 if _no_decay(name, nd) else WEIGHT_DECAY)
-    for name, nd in exp.saved("model.visual.merger.").items():
-        out[name] = (lrs["projector"], 0.0 if _no_decay(name, nd) else WEIGHT_DECAY)
+    for projector in exp.projectors:
+        for name, nd in exp.saved(projector).items():
+            out[name] = (lrs["projector"], 0.0 if _no_decay(name, nd) else WEIGHT_DECAY)
     top = exp.depth - 1
     if phase == 2:
         for i in (top - 1, top):
@@ -93,23 +98,32 @@ PHASE_OVERRIDES = {
 RECIPE_LRS = {"language": 1e-4, "projector": 2e-4, "vision_lora": 5e-5, "vision_unfrozen": 1e-5}
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
-def test_exact_trainable_sets_and_group_lrs(
-    family: str, request, lf, roi_datasets: dict[str, Path], tmp_path: Path
-) -> None:
+# family -> its recipes folder (recipes/phase*.yaml are the Qwen2.5-VL-7B ones, also run on Qwen2-VL)
+RECIPE_DIRS = {"qwen2_5_vl": "", "qwen2_vl": "", "qwen3_vl": "qwen3_vl/", "qwen3_5": "qwen3_5/"}
+
+
+@pytest.mark.parametrize("family", list(RECIPE_DIRS))
+def test_exact_trainable_sets_and_group_lrs(family: str, request, lf, family_dataset, tmp_path: Path) -> None:
     model = request.getfixturevalue(f"tiny_{family}")
-    roi_dataset = roi_datasets[family]
+    roi_dataset = family_dataset(family)  # roi_meta names the model's family
+    recipes = RECIPE_DIRS[family]
     exp = Expected(model)
+    if family == "qwen3_vl":
+        assert len(exp.projectors) == 4  # merger + 3 deepstack mergers in the tiny model
     cases, expected = [], []
     for phase, overrides in PHASE_OVERRIDES.items():
         cases.append(
-            _recipe(lf, f"phase{phase}.yaml", model, roi_dataset, tmp_path / f"p{phase}", **overrides)
+            _recipe(
+                lf, f"{recipes}phase{phase}.yaml", model, roi_dataset, tmp_path / f"p{phase}", **overrides
+            )
         )
         expected.append(_expected_groups(exp, phase, RECIPE_LRS, {}))
     # lm_head as an extra saved module (the demo trains it) lands in the language group
     lm_head = {"base_model.model.lm_head.modules_to_save.default.weight": 2}
     cases.append(
-        _recipe(lf, "phase1.yaml", model, roi_dataset, tmp_path / "p1h", additional_target="lm_head")
+        _recipe(
+            lf, f"{recipes}phase1.yaml", model, roi_dataset, tmp_path / "p1h", additional_target="lm_head"
+        )
     )
     expected.append(_expected_groups(exp, 1, RECIPE_LRS, lm_head))
     # unset roi_lr_* default to learning_rate
@@ -120,7 +134,7 @@ def test_exact_trainable_sets_and_group_lrs(
     cases.append(
         _recipe(
             lf,
-            "phase3.yaml",
+            f"{recipes}phase3.yaml",
             model,
             roi_dataset,
             tmp_path / "p3d",

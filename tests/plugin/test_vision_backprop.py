@@ -79,3 +79,21 @@ def test_reentrant_transformers_checkpointing_keeps_the_hooks(
     assert result["recorded_blocks_after"] == ALL_BLOCKS
     assert result["vision_grad_abs_sum"] > 0
     _assert_same_gradients(result)
+
+
+@pytest.mark.slow
+def test_qwen3_vl_deepstack_mergers_train_without_the_tower_backward(
+    tiny_qwen3_vl: Path, lf, family_dataset, tmp_path: Path
+) -> None:
+    """Phase 1 of Qwen3-VL: the deepstack mergers read intermediate blocks, yet train (projector group) while
+    no vision block is run backwards, and the plugin's hook changes none of their gradients.
+
+    Unlike Qwen2.5-VL's, transformers 5.6's Qwen3-VL vision model names no input-embedding layer, so
+    enable_input_require_grads() hooks nothing in its tower: its backward already stops at the lowest trained
+    block without the plugin (this test notices if that changes)."""
+    result = _run(lf, tiny_qwen3_vl, family_dataset("qwen3_vl"), tmp_path, "qwen3_vl/phase1.yaml")
+    assert result["hooks_before"] == 0 and result["recorded_blocks_before"] == []
+    assert result["hooks_after"] == 0 and result["recorded_blocks_after"] == []
+    assert result["deepstack_trained_tensors"] > 0
+    assert result["deepstack_grads_nonzero"] == result["deepstack_trained_tensors"]
+    _assert_same_gradients(result)

@@ -60,6 +60,7 @@ def main() -> int:
     trainer_utils.create_custom_optimizer(model, training_args, finetuning_args)
     after, hooks_after, recorded_after = grads(), hooks_left(), dict(recorded)
     vision = [n for n in after if ".visual.blocks." in n]
+    deepstack = [n for n in after if ".visual.deepstack_merger_list." in n]
     out = {
         "hooks_before": hooks_before,
         "hooks_after": hooks_after,
@@ -69,6 +70,8 @@ def main() -> int:
         "trainable_tensors": len(before),
         "vision_trained_tensors": len(vision),
         "vision_grad_abs_sum": sum(after[n].abs().sum().item() for n in vision),
+        "deepstack_trained_tensors": len(deepstack),
+        "deepstack_grads_nonzero": sum(bool(after[n].abs().sum().item() > 0) for n in deepstack),
     }
     with open(sys.argv[2], "w", encoding="utf-8") as fh:
         json.dump(out, fh)
