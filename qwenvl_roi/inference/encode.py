@@ -1,6 +1,7 @@
 """Token ids from LLaMA-Factory's own template and image plugin, and where each answer line's verdict sits.
 
-The prompt text comes only from `converters.prompt`, the ids from LLaMA-Factory's template and mm_plugin
+The prompt text comes only from `converters.prompt`, the ids from LLaMA-Factory's template (the model
+family's, with its thinking setting: qwenvl_roi/families.py) and mm_plugin
 (image resize to image_max_pixels / image_min_pixels, then the processor), exactly as its SFT data processor
 builds them, so the prompt at inference equals the training prompt token for token.
 
@@ -20,9 +21,7 @@ from typing import Any
 
 from qwenvl_roi.converters.meta import DatasetMeta
 from qwenvl_roi.converters.prompt import answer_text, build_record
-
-TEMPLATE_NAME = "qwen2_vl"  # LLaMA-Factory's template for both Qwen2-VL and Qwen2.5-VL
-
+from qwenvl_roi.families import family
 
 class EncodingError(RuntimeError):
     """The tokenised answer does not line up with its text (tokenizer and template disagree)."""
@@ -60,7 +59,9 @@ def load_tokenizer_and_processor(model_path: str, meta: DatasetMeta) -> tuple[An
     tokenizer, processor = module["tokenizer"], module["processor"]
     if processor is None:
         raise EncodingError(f"{model_path}: no multimodal processor found (a Qwen-VL model folder is needed)")
-    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=TEMPLATE_NAME))
+    # the family's template and thinking setting, as its recipes train with (qwenvl_roi/families.py)
+    template_args = family(meta.model_family).template_args
+    template = get_template_and_fix_tokenizer(tokenizer, DataArguments(**template_args))
     return tokenizer, processor, template
 
 
@@ -110,7 +111,7 @@ class PromptEncoder:
         suffix = "".join(s for s in template.format_assistant.apply(content="\x00") if isinstance(s, str))
         head, sep, self.assistant_suffix = suffix.partition("\x00")
         if head or not sep or not self.assistant_suffix.startswith(self.end_of_turn):
-            raise EncodingError(f"template {TEMPLATE_NAME}: unexpected assistant format {suffix!r}")
+            raise EncodingError(f"unexpected assistant format of the template: {suffix!r}")
         self._checked_template = False
         self._word_paths: dict[tuple[bool, bool], dict[str, tuple[int, ...]]] = {}
 
@@ -146,7 +147,7 @@ class PromptEncoder:
             if alone != answer_ids:
                 raise EncodingError(
                     f"sample {sample.get('sample_id')}: the answer tokenised alone differs from the "
-                    f"template's ids ({TEMPLATE_NAME})"
+                    "template's ids"
                 )
             self._checked_template = True
         return Prompt(tuple(prompt_ids), tuple(record["images"]))

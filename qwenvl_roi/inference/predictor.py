@@ -20,6 +20,7 @@ from typing import Any
 from qwenvl_roi.converters.meta import DatasetMeta, load_dataset_meta
 from qwenvl_roi.converters.prompt import parse_answer
 from qwenvl_roi.evaluation.files import InputError
+from qwenvl_roi.families import find_family
 from qwenvl_roi.inference.config import (
     InferenceConfig,
     find_inference_config,
@@ -29,7 +30,6 @@ from qwenvl_roi.inference.encode import EncodingError, PromptEncoder, load_token
 from qwenvl_roi.inference.engine import Engine
 from qwenvl_roi.inference.model import check_model_path, load_model, pick_device_and_dtype
 from qwenvl_roi.inference.scoring import LineTrees, SampleScore, prediction_record, score_sample
-from qwenvl_roi.plugin.dataset_match import MODEL_TYPE_FAMILY
 
 META_FILE = "dataset_meta.json"
 
@@ -105,7 +105,8 @@ class RegionPredictor:
         tokenizer, processor, template = load_tokenizer_and_processor(str(model), meta)
         net = load_model(model, adapter, dev, dt)
         model_type = getattr(net.config, "model_type", "")
-        family = MODEL_TYPE_FAMILY.get(model_type)
+        fam = find_family(model_type)
+        family = fam.name if fam else None
         if family != meta.model_family:
             raise InputError(
                 f"dataset_meta.json says model_family={meta.model_family} but {model} is "

@@ -22,12 +22,13 @@ from typing import Any
 import torch
 from qwenvl_roi.converters.meta import DatasetMeta
 from qwenvl_roi.converters.prompt import system_text, user_text
+from qwenvl_roi.families import family
 
 
 class LFReference:
     """Brute-force region scores of a model folder through LLaMA-Factory's training data path."""
 
-    def __init__(self, model_path: str | Path, meta: DatasetMeta, template: str = "qwen2_vl") -> None:
+    def __init__(self, model_path: str | Path, meta: DatasetMeta) -> None:
         from llamafactory.data import get_template_and_fix_tokenizer
         from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
         from llamafactory.data.processor.supervised import SupervisedDatasetProcessor
@@ -44,7 +45,8 @@ class LFReference:
                 image_min_pixels=meta.image_min_pixels,
             )
         )
-        data_args = DataArguments(template=template, cutoff_len=1_000_000)
+        # the family's template and thinking setting, as its recipes train with
+        data_args = DataArguments(**family(meta.model_family).template_args, cutoff_len=1_000_000)
         tmpl = get_template_and_fix_tokenizer(module["tokenizer"], data_args)
         self.tokenizer = module["tokenizer"]
         self.dataset_processor = SupervisedDatasetProcessor(template=tmpl, data_args=data_args, **module)

@@ -24,12 +24,13 @@ def test_family_and_thinking_mismatches_stop_the_run(
         case("qwen3_5/phase1.yaml", tiny_qwen3_5, "qwen3_5", "c"),
     ]
     results = lf.run_probe(PROBE, cases, tmp_path, env=lf.env(tmp_path))
-    assert "FamilyMismatchError" in results[0]["error"]
+    assert "DatasetMismatchError" in results[0]["error"]
     assert (
-        "the model's model_type is 'qwen2_5_vl' (family qwen2_5_vl) but dataset 'roi_train' for qwen3_vl"
-        in results[0]["error"]
+        "dataset 'roi_train' was converted with model_family=qwen3_vl (relative coordinates on 0..1000) but "
+        "the model" in results[0]["error"]
     )
-    assert "model_family set to the model's family" in results[0]["error"]
+    assert "is qwen2_5_vl (model_type 'qwen2_5_vl'" in results[0]["error"]
+    assert "Set model_family: qwen2_5_vl" in results[0]["error"]
     assert "template 'qwen3_5' with enable_thinking: true puts an empty think block" in results[1]["error"]
     assert "untick 'Enable thinking'" in results[1]["error"]
     assert "error" not in results[2] and results[2]["trainable"]
