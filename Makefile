@@ -16,8 +16,12 @@ $(STAMP): pyproject.toml setup.py qwenvl_roi_plugin.pth
 
 install: $(STAMP)
 
+# ARCH=qwen3_vl (or another tiny-model architecture) runs the demo for that family into runs/demo-<ARCH>
+ARCH ?= qwen2_5_vl
+DEMO_OUT := runs/demo$(if $(filter-out qwen2_5_vl,$(ARCH)),-$(ARCH))
+
 demo: $(STAMP)
-	$(OFFLINE) $(BIN)/qwenvl-roi demo --out runs/demo
+	$(OFFLINE) $(BIN)/qwenvl-roi demo --out $(DEMO_OUT) --arch $(ARCH)
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q tests

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from qwenvl_roi.families import TINY_ARCHES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `qwenvl-roi demo`."""
@@ -16,16 +18,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a scaled-down run (few images, a few steps per phase, test-size model) to check the plumbing",
     )
+    parser.add_argument(
+        "--arch",
+        default="qwen2_5_vl",
+        choices=TINY_ARCHES,
+        help="model architecture of the tiny model, its family's data frame and recipes (default qwen2_5_vl)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print where the report is; a failed step exits 1 with its log tail."""
-    from .pipeline import DemoError, run_demo
+    from .pipeline import DemoConfig, DemoError, run_demo
     from .presets import quick_config
 
+    cfg = quick_config() if args.quick else DemoConfig()
     try:
-        report = run_demo(args.out, quick_config() if args.quick else None, quiet=args.quiet)
+        report = run_demo(args.out, cfg.model_copy(update={"arch": args.arch}), quiet=args.quiet)
     except DemoError as exc:
         print(f"qwenvl-roi demo: error: {exc}", file=sys.stderr)
         return 1

@@ -22,11 +22,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from qwenvl_roi.atomic import write_text
+from qwenvl_roi.families import TINY_ARCHES, tiny_arch
 
 from .synth import LABEL_SPELLINGS, SynthConfig, generate
 
@@ -56,7 +57,7 @@ class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     synth: SynthConfig = SynthConfig()
-    arch: str = "qwen2_5_vl"
+    arch: Literal[TINY_ARCHES] = "qwen2_5_vl"  # type: ignore[valid-type]  # tiny-model architecture
     model_size: str | dict[str, int] = "demo"
     seed: int = 42
     split_seed: int = 42
@@ -188,6 +189,12 @@ class Runner:
         return result
 
 
+def family_recipe(recipe: str, arch: str) -> str:
+    """The family's copy of a recipe: ``recipes/phase1.yaml`` -> ``recipes/qwen3_vl/phase1.yaml``."""
+    fam = tiny_arch(arch)[0]
+    return f"{fam.recipes_dir}/{Path(recipe).name}"
+
+
 def data_config(out: Path, cfg: DemoConfig) -> dict[str, Any]:
     """The converters' configuration for the generated data (what a user writes in configs/data.yaml)."""
     label_map = {}
@@ -210,7 +217,7 @@ def data_config(out: Path, cfg: DemoConfig) -> dict[str, Any]:
         "abnormal_neg_per_pos": 1,
         "normal_decoys_per_image": 4,
         "label_map": label_map,
-        "model_family": cfg.arch,
+        "model_family": tiny_arch(cfg.arch)[0].name,
         "image_max_pixels": side * side,
     }
 
@@ -350,12 +357,12 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = Fa
         merged = out / "models" / f"{phase.name}-merged"
         run.command(
             f"train-{phase.name}",
-            [_bin("llamafactory-cli"), "train", phase.recipe,
+            [_bin("llamafactory-cli"), "train", family_recipe(phase.recipe, cfg.arch),
              *_train_overrides(cfg, phase, model, train_dir, out)],
         )  # fmt: skip
         run.command(
             f"export-{phase.name}",
-            [_bin("llamafactory-cli"), "export", phase.export_recipe,
+            [_bin("llamafactory-cli"), "export", family_recipe(phase.export_recipe, cfg.arch),
              f"model_name_or_path={model}", f"adapter_name_or_path={train_dir}", f"export_dir={merged}",
              "export_device=cpu", "export_size=5", "trust_remote_code=false"],
         )  # fmt: skip
