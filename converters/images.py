@@ -204,9 +204,12 @@ class ImageFixer:
         self._new: dict[str, dict[str, Any]] = {"copies": {}, "ranges": {}}
         self.converted: list[dict[str, Any]] = []
         self.left_out = 0
-        self.reused = 0
         self.headers_only = 0
         self._rel_roots: dict[str, str] = {}
+        # set by survey: the largest value of the high-bit-depth images read as counts (floats in [0, 1]
+        # excluded) and the bit depth that scales them
+        self.counts_max: float | None = None
+        self.bit_depth = configured_depth or 8
 
     # --- cache index -------------------------------------------------------------------------------------
     def _load_index(self) -> dict[str, Any]:
@@ -244,19 +247,12 @@ class ImageFixer:
                         continue
                 self.ranges[p] = (lo, hi, insp.mode == "F" and lo >= 0.0 and hi <= 1.0)
                 self._new["ranges"][key] = {**stamp, "min": lo, "max": hi}
-
-    @property
-    def counts_max(self) -> float | None:
-        """Largest pixel value of the high-bit-depth images read as counts (floats in [0, 1] excluded)."""
         values = [hi for _, hi, unit in self.ranges.values() if not unit]
-        return max(values) if values else None
-
-    @property
-    def bit_depth(self) -> int:
+        self.counts_max = max(values) if values else None
         if self.configured_depth is not None:
-            return self.configured_depth
-        top = self.counts_max
-        return 8 if top is None else depth_for(top)
+            self.bit_depth = self.configured_depth
+        else:
+            self.bit_depth = 8 if self.counts_max is None else depth_for(self.counts_max)
 
     # --- per image ---------------------------------------------------------------------------------------
     def check(self, path: str) -> Inspection | tuple[str, str]:
@@ -291,21 +287,20 @@ class ImageFixer:
         entry = {"source": relative_to_folder(path, self.out_dir), **stamp, "recipe": recipe}
         clipped = 0
         if isinstance(old, dict) and copy.is_file() and {k: old.get(k) for k in entry} == entry:
-            self.reused += 1
-            clipped = int(old.get("clipped", 0))
+            clipped = int(old.get("clipped", 0))  # unchanged source and recipe: the copy is reused
         else:
             try:
                 rendered = render(path, insp, self.bit_depth)
-                with atomic_open(copy, "wb") as fh:
-                    rendered.image.save(fh, format="PNG", compress_level=1)
             except Exception as exc:
                 return "unreadable_image", f"cannot convert image ({type(exc).__name__}: {exc}); skipped"
-            clipped = rendered.clipped
             if rendered.image.size != (insp.width, insp.height):  # a header that lied about its size
                 return "unreadable_image", (
                     f"decoded size {rendered.image.size} differs from the header's "
                     f"{(insp.width, insp.height)}; skipped"
                 )
+            with atomic_open(copy, "wb") as fh:
+                rendered.image.save(fh, format="PNG", compress_level=1)
+            clipped = rendered.clipped
         self._new["copies"][copy_rel] = {**entry, "clipped": clipped}
         if clipped:
             unit = self.ranges.get(path, (0.0, 0.0, False))[2]
@@ -367,7 +362,6 @@ class ImageFixer:
             "used_as_is": self.headers_only,
             "converted": len(self.converted),
             "converted_by_reason": {r: n for r, n in by_reason.items() if n},
-            "reused_from_cache": self.reused,
             "left_out": self.left_out,
             "bit_depth": depth_info,
             "cache_dir": CACHE_DIR,

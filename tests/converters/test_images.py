@@ -117,9 +117,11 @@ def test_12_bit_png_is_scaled_not_saturated(tmp_path: Path, files, make_config) 
     assert p["file"].endswith("b1/mono.png") and "2400 pixel value(s) outside 0..1023" in p["reason"]
     (s,) = [s for s in files.regions(out) if s["sample_id"] == "abnormal/b1/mono.png#0"]
     assert files.trainer_pixels(out / s["image"])[120, 180, 0] == 255
-    # rerunning reuses the copies
+    # rerunning reuses the copy (not rewritten) and reports the same, byte for byte
+    copy = out / s["image"]
+    before = (copy.stat().st_mtime_ns, (out / "prepare_report.json").read_bytes())
     again = prepare(load_data_config(make_config(image_bit_depth=10)), progress=False).report
-    assert again["images"]["reused_from_cache"] == 1 and again["problems"] == r["problems"]
+    assert again == r and (copy.stat().st_mtime_ns, (out / "prepare_report.json").read_bytes()) == before
 
 
 @pytest.mark.parametrize(
