@@ -22,10 +22,12 @@ from .candidates import (
     Box,
     BoxPool,
     CandidatePolicy,
+    DrawnSample,
+    ImageJob,
     Layout,
     box_pool,
     compensation,
-    draw_samples,
+    draw_many,
     image_rng,
 )
 from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
@@ -386,22 +388,17 @@ def _rel_box(b: Box, e: ImageEntry) -> Box:
     return (b[0] / e.width, b[1] / e.height, b[2] / e.width, b[3] / e.height)
 
 
-def _layouts(entries: list[ImageEntry]) -> list[Layout]:
-    return [
-        Layout(tuple(_rel_box(b, e) for b, _ in e.boxes), tuple(_rel_box(d, e) for d in e.defects))
-        for e in entries
-        if e.boxes
-    ]
-
-
-def _positives(entries: list[ImageEntry]) -> list[Box]:
-    """Every kept positive as (cx/W, cy/H, w/W, h/H)."""
-    return [
+def _placement(e: ImageEntry) -> tuple[list[Box], Layout | None]:
+    """An image's kept positives as (cx/W, cy/H, w/W, h/H), and its layout (None without positives)."""
+    if not e.boxes:
+        return [], None
+    positives = [
         ((b[0] + b[2]) / 2 / e.width, (b[1] + b[3]) / 2 / e.height, (b[2] - b[0]) / e.width,
          (b[3] - b[1]) / e.height)
-        for e in entries
         for b, _ in e.boxes
     ]  # fmt: skip
+    layout = Layout(tuple(_rel_box(b, e) for b, _ in e.boxes), tuple(_rel_box(d, e) for d in e.defects))
+    return positives, layout
 
 
 def _samples(
@@ -412,18 +409,29 @@ def _samples(
     # Negatives and decoys of a split copy that split's positives and layouts, so no sample is placed by
     # looking at another split's annotations (test positives never shape training negatives); a split
     # without positives copies the whole dataset's. One acceptance table (whole dataset) weights them all.
-    table = compensation(_positives(entries), _layouts(entries), policy, cfg.seed)
+    placed = [(e.split, *_placement(e)) for e in entries if e.boxes]
+    every_positive = [p for _, ps, _ in placed for p in ps]
+    table = compensation(every_positive, [lay for _, _, lay in placed if lay], policy, cfg.seed)
     sources: dict[str | None, tuple[BoxPool, list[Layout]]] = {}
     for sp in (*SPLITS, None):
-        chosen = [e for e in entries if sp is None or e.split == sp]
-        sources[sp] = (box_pool(_positives(chosen), table), _layouts(chosen))
+        chosen = [(ps, lay) for split, ps, lay in placed if sp is None or split == sp]
+        positives = every_positive if sp is None else [p for ps, _ in chosen for p in ps]
+        sources[sp] = (box_pool(positives, table), [lay for _, lay in chosen if lay])
     samples: list[dict[str, Any]] = []
     short: Counter[str] = Counter()
     disable = None if progress is None else not progress
-    for e in tqdm(entries, desc="prepare: candidates", unit="img", disable=disable):
-        rng = image_rng(cfg.seed, f"{e.source}/{e.rel}")
+    jobs = []
+    for e in entries:
         pool, layouts = sources[e.split] if len(sources[e.split][0]) else sources[None]
-        drawn_all = draw_samples(rng, e.width, e.height, e.boxes, pool, policy, e.defects, layouts)
+        rng = image_rng(cfg.seed, f"{e.source}/{e.rel}")
+        jobs.append(ImageJob(rng, e.width, e.height, e.boxes, pool, e.defects, layouts))
+    batch = 4096  # images drawn together (progress granularity; the result does not depend on it)
+    drawn_per_image: list[list[DrawnSample]] = []
+    with tqdm(total=len(jobs), desc="prepare: candidates", unit="img", disable=disable) as bar:
+        for i in range(0, len(jobs), batch):
+            drawn_per_image += draw_many(jobs[i : i + batch], policy)
+            bar.update(len(jobs[i : i + batch]))
+    for e, drawn_all in zip(entries, drawn_per_image, strict=True):
         for k, drawn in enumerate(drawn_all):
             short[e.source] += len(drawn.regions) < drawn.wanted
             regions = drawn.regions
