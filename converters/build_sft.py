@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import posixpath
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from qwenvl_roi.jsonio import iter_jsonl
 
 from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
 from .meta import META_FILE, DatasetMeta, build_meta, load_dataset_meta
+from .paths import relative_to_folder, resolve_image
 from .prompt import build_image_record, build_record
 from .runtime import paused_gc
 from .split import SPLITS
@@ -53,7 +54,28 @@ def dataset_names(prefix: str) -> dict[str, str]:
 
 
 def _rel(target: Path, start: Path) -> str:
-    return Path(os.path.relpath(os.path.abspath(target), os.path.abspath(start))).as_posix()
+    return relative_to_folder(target, start)
+
+
+class MediaPaths:
+    """A regions file's image paths (relative to out_dir) rewritten relative to the dataset_info folder, which
+    LLaMA-Factory uses as ``media_dir`` by default (llamafactory/data/converter.py ``_find_medias``)."""
+
+    def __init__(self, regions_file: Path, dataset_dir: Path):
+        self.regions_file = regions_file
+        # one relpath for the folder; each image is then joined to it (out_dir is a real folder we wrote)
+        self.prefix = relative_to_folder(regions_file.parent, dataset_dir)
+        self.dataset_dir = dataset_dir
+
+    def __call__(self, image: str) -> str:
+        if posixpath.isabs(image) or "\\" in image:  # absolute, or a Windows path: resolve it in full
+            return relative_to_folder(resolve_image(image, self.regions_file), self.dataset_dir)
+        return posixpath.normpath(posixpath.join(self.prefix, image))
+
+
+def _with_media(record: dict[str, Any], media: MediaPaths) -> dict[str, Any]:
+    record["images"] = [media(p) for p in record["images"]]
+    return record
 
 
 def dataset_info_entry(file_name: str, roi_meta: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -121,8 +143,9 @@ def _build_sft(
             split_samples = samples[sp]
         else:
             split_samples = list(read_regions(out_dir / f"regions_{sp}.jsonl"))
+        media = MediaPaths(out_dir / f"regions_{sp}.jsonl", cfg.dataset_info_dir)
         records = (
-            build_record(s, meta)
+            _with_media(build_record(s, meta), media)
             for s in tqdm(split_samples, desc=f"build-sft: {sp}", unit="sample", disable=disable)
         )
         counts[f"{cfg.dataset_prefix}_{sp}"] = write_json_array(out_dir / f"sft_{sp}.json", records)
@@ -134,7 +157,8 @@ def _build_sft(
                     seen.add(s["image"])
                     firsts.append(s)
             counts[f"{cfg.dataset_prefix}_image_{sp}"] = write_json_array(
-                out_dir / f"sft_image_{sp}.json", (build_image_record(s, meta) for s in firsts)
+                out_dir / f"sft_image_{sp}.json",
+                (_with_media(build_image_record(s, meta), media) for s in firsts),
             )
     info_path = merge_dataset_info(cfg, meta)
     return {"records": counts, "dataset_info": str(info_path), "out_dir": str(out_dir)}

@@ -6,29 +6,48 @@
   sample holds at most K // (1 + abnormal_neg_per_pos) positives, so every positive has at least
   abnormal_neg_per_pos negatives beside it.
 - An abnormal image with more positives than fit yields several samples; no positive is ever dropped.
-- Negative and decoy sizes are drawn from the positives' relative sizes (w/W, h/H); negatives overlap no
-  positive of the image by more than max_neg_iou; the candidate order is shuffled.
+- Negatives and decoys are placed like the positives of the whole dataset: each copies the relative centre
+  and size of a random positive (of any image), its centre moved by up to a quarter of its size. So a box's
+  position and size do not tell a positive from a negative.
+- A negative overlaps no kept positive by more than max_neg_iou (IoU) and covers at most max_neg_cover of
+  the area of every box annotated on its image (kept, clipped, or dropped as too small or outside), so no
+  sample labelled normal shows a defect.
+- A normal sample borrows the layout of a random abnormal image: its positives become decoys and the other
+  decoys avoid them as negatives avoid positives, so the layout of a sample does not tell its class.
+- The candidate order is shuffled.
 - All randomness comes from a generator seeded by (seed, image), so results are deterministic per image.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import sys
 from array import array
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from .config import DataConfig
 
 Box = tuple[float, float, float, float]
+RelBox = tuple[float, float, float, float]  # a box relative to its image's size
 
 # Used only when there is no positive at all to learn sizes from: 5-30 % of each side.
 FALLBACK_SIZES: tuple[tuple[float, float], ...] = tuple(
     (a / 20, b / 20) for a in range(1, 7) for b in range(1, 7)
 )
-MAX_TRIES_PER_NEGATIVE = 100
+MAX_TRIES_PER_NEGATIVE = 100  # about this many tries per negative before a sample is left short
+SLOTS_PER_NEGATIVE = 1  # first round: sources drawn per wanted negative (+2)
+SECOND_ROUND_SOURCES = 12  # second round, per negative still missing: 8 x (1 + 12) ~ 100 tries
+CHUNK_ELEMENTS = 4_000_000  # sources x tries x avoided boxes computed at once (memory bound)
+TRIES_PER_SOURCE = 8  # a rejected negative is re-jittered this often before another positive is copied
+JITTER = 0.25
+GRID = 8  # cells per side when estimating how often copies of a box survive the checks
+ACCEPTANCE_TRIALS = 64  # simulated draws per cell
+MIN_ACCEPTANCE = 0.1  # caps a weight at 10
 
 
 @dataclass(frozen=True)
@@ -40,13 +59,14 @@ class CandidatePolicy:
     neg_per_pos: int
     max_iou: float
     min_box_size: float
+    max_cover: float = 0.1
 
     @classmethod
     def from_config(cls, cfg: DataConfig) -> CandidatePolicy:
         neg = cfg.abnormal_neg_per_pos
         hi = cfg.max_boxes_per_image
         lo = min(hi, max(cfg.normal_decoys_per_image, 1 + neg))
-        return cls(lo, hi, neg, cfg.max_neg_iou, cfg.min_box_size)
+        return cls(lo, hi, neg, cfg.max_neg_iou, cfg.min_box_size, cfg.max_neg_cover)
 
 
 class ImageRandom:
@@ -71,6 +91,11 @@ class ImageRandom:
             words.byteswap()
         self._buf = words
         self._i = 0
+
+    @property
+    def key(self) -> bytes:
+        """The seed bytes of this stream (derived streams append to it)."""
+        return self._key
 
     def random(self) -> float:
         """A float in [0, 1)."""
@@ -125,53 +150,276 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def size_pool(relative_sizes: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """Sorted (w/W, h/H) of every kept positive; the fallback grid when there is none."""
-    return sorted(relative_sizes) if relative_sizes else list(FALLBACK_SIZES)
+@dataclass(frozen=True)
+class BoxPool:
+    """Where negatives and decoys come from: every kept positive's (cx/W, cy/H, w/W, h/H), sorted, each with
+    a drawing weight (cumulative in ``cum``)."""
+
+    boxes: tuple[RelBox, ...]
+    cum: tuple[float, ...]
+    array: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)), compare=False, repr=False)
+    cum_array: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
 
 
-def _negatives(
-    rng: ImageRandom,
-    n: int,
-    width: int,
-    height: int,
-    avoid: Sequence[Box],
-    pool: Sequence[tuple[float, float]],
-    policy: CandidatePolicy,
-) -> list[Box]:
-    """Up to n integer boxes, sizes taken from the pool (scaled to this image), uniform positions, none
-    overlapping a box of ``avoid`` by more than max_iou (rejection sampling, bounded tries)."""
-    out: list[Box] = []
-    n_pool = len(pool)
+@dataclass(frozen=True)
+class Compensation:
+    """Drawing weights per cell (8x8 grid of centres x two size classes) that undo the checks' pull."""
+
+    median_area: float
+    weights: dict[tuple[int, int, int], float]
+
+    def cell(self, box: RelBox) -> tuple[int, int, int]:
+        cx, cy, w, h = box
+        gx = min(GRID - 1, max(0, int(cx * GRID)))
+        return (gx, min(GRID - 1, max(0, int(cy * GRID))), int(w * h > self.median_area))
+
+    def weight(self, box: RelBox) -> float:
+        return self.weights.get(self.cell(box), 1.0)
+
+
+def box_pool(relative_boxes: Sequence[RelBox], compensation: Compensation | None = None) -> BoxPool:
+    """The pool of (a split's) positives, weighted by ``compensation`` when given, else uniformly."""
+    boxes = tuple(sorted(relative_boxes))
+    weights = [compensation.weight(b) for b in boxes] if compensation else [1.0] * len(boxes)
+    cum = tuple(itertools.accumulate(weights))
+    return BoxPool(boxes, cum, np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(cum))
+
+
+def compensation(
+    boxes: Sequence[RelBox], layouts: Sequence[Layout], policy: CandidatePolicy, seed: int
+) -> Compensation | None:
+    """Per cell, 1 / (chance that a negative copied from a box of that cell survives the checks in a random
+    abnormal image); None without positives.
+
+    Negatives must keep clear of their image's defects, so copies of boxes where defects usually sit (often
+    the centre, often large boxes) are rejected more often; left alone, the accepted negatives would sit
+    farther out and be smaller than the positives, and position alone would tell them apart. The chance is
+    estimated per cell by simulating the same draw (jitter, TRIES_PER_SOURCE retries) against the layouts of
+    ACCEPTANCE_TRIALS random abnormal images, on the whole dataset (one table serves every split).
+    """
+    if not boxes or not layouts:
+        return None
+    boxes = sorted(boxes)
+    areas = sorted(b[2] * b[3] for b in boxes)
+    table = Compensation(areas[len(areas) // 2], {})
+    cells: dict[tuple[int, int, int], list[RelBox]] = {}
+    for b in boxes:
+        cells.setdefault(table.cell(b), []).append(b)
+    rng = ImageRandom(f"{seed}\x00acceptance\x00".encode())
+    for key in sorted(cells):
+        members = cells[key]
+        accepted = 0
+        for _ in range(ACCEPTANCE_TRIALS):
+            us = rng.floats(2 + 2 * TRIES_PER_SOURCE)
+            cx, cy, w, h = members[int(us[0] * len(members))]
+            layout = layouts[int(us[1] * len(layouts))]
+            for t in range(TRIES_PER_SOURCE):
+                x = min(max(cx + (2.0 * us[2 + 2 * t] - 1.0) * JITTER * w - w / 2, 0.0), 1.0 - w)
+                y = min(max(cy + (2.0 * us[3 + 2 * t] - 1.0) * JITTER * h - h / 2, 0.0), 1.0 - h)
+                if _clear((x, y, x + w, y + h), layout.positives, layout.defects, policy):
+                    accepted += 1
+                    break
+        rate = (accepted + 1) / (ACCEPTANCE_TRIALS + 1)
+        table.weights[key] = 1.0 / max(rate, MIN_ACCEPTANCE)
+    return table
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One abnormal image's boxes relative to its size (x1/W, y1/H, x2/W, y2/H): its kept positives and
+    every parsed box (kept, clipped, dropped). A normal sample borrows a layout so its boxes sit where
+    defects do."""
+
+    positives: tuple[RelBox, ...]
+    defects: tuple[RelBox, ...]
+
+
+def _clamp_box(x1: float, y1: float, w: int, h: int, width: int, height: int) -> Box:
+    """An integer w x h box whose top-left is (x1, y1) rounded, shifted inside the image."""
+    x = int(x1 + 0.5) if x1 > 0 else 0
+    y = int(y1 + 0.5) if y1 > 0 else 0
+    x = min(x, width - w)
+    y = min(y, height - h)
+    return (x, y, x + w, y + h)
+
+
+def _clear(box: Box, keep_clear: Sequence[Box], defects: Sequence[Box], policy: CandidatePolicy) -> bool:
+    """IoU <= max_iou with every kept positive and at most max_cover of every parsed box's area covered."""
+    x1, y1, x2, y2 = box
+    area = (x2 - x1) * (y2 - y1)
+    max_iou, max_cover = policy.max_iou, policy.max_cover
+    for p in keep_clear:  # iou() inlined: this loop runs for every try of every negative
+        iw = (x2 if x2 < p[2] else p[2]) - (x1 if x1 > p[0] else p[0])
+        ih = (y2 if y2 < p[3] else p[3]) - (y1 if y1 > p[1] else p[1])
+        if iw > 0 and ih > 0:
+            inter = iw * ih
+            if inter > max_iou * (area + (p[2] - p[0]) * (p[3] - p[1]) - inter):
+                return False
+    for d in defects:
+        iw = (x2 if x2 < d[2] else d[2]) - (x1 if x1 > d[0] else d[0])
+        ih = (y2 if y2 < d[3] else d[3]) - (y1 if y1 > d[1] else d[1])
+        if iw > 0 and ih > 0 and iw * ih > max_cover * (d[2] - d[0]) * (d[3] - d[1]):
+            return False
+    return True
+
+
+def _floats(key: bytes, count: int) -> np.ndarray:
+    """``count`` floats in [0, 1) from SHAKE-128 of ``key`` (big-endian 64-bit words, top 53 bits): one
+    hash call per request instead of one Python float at a time."""
+    words = np.frombuffer(hashlib.shake_128(key).digest(8 * count), dtype=">u8")
+    return (words >> np.uint64(11)).astype(np.float64) * _TWO_M53
+
+
+@dataclass
+class _Request:
+    """The negatives one sample needs, and what they must keep clear of; ``out`` is filled by _fill."""
+
+    key: bytes
+    n: int
+    width: int
+    height: int
+    keep_clear: Sequence[Box]
+    defects: Sequence[Box]
+    pool: BoxPool
+    out: list[Box] = field(default_factory=list)
+
+
+_PAD = (np.inf, np.inf, -np.inf, -np.inf, 0.0)  # a box nothing intersects: padding for the avoid arrays
+
+
+def _avoid_array(rows: list[Sequence[Box]], scale: float) -> np.ndarray:
+    """(requests, most boxes, 5): x1, y1, x2, y2 and ``scale`` x area per box, padded with _PAD."""
+    lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    out = np.tile(np.array(_PAD), (len(rows), max(1, int(lens.max(initial=0))), 1))
+    if lens.sum():
+        flat = np.array([b for boxes in rows for b in boxes], dtype=np.float64)
+        row = np.repeat(np.arange(len(rows)), lens)
+        col = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+        out[row, col, :4] = flat
+        out[row, col, 4] = scale * (flat[:, 2] - flat[:, 0]) * (flat[:, 3] - flat[:, 1])
+    return out
+
+
+def _fill_chunk(reqs: list[_Request], slots: list[int], tag: bytes, policy: CandidatePolicy) -> None:
+    """Draw ``slots[i]`` sources for request i, each tried at up to TRIES_PER_SOURCE jitters; a source yields
+    its first clear try. The first successful sources, in order, become the request's negatives: exactly
+    the sequential rule (copy a positive, re-jitter it up to TRIES_PER_SOURCE times, then draw another),
+    computed for all sources of all requests at once, one try at a time for the sources still failing."""
+    per = 1 + 2 * TRIES_PER_SOURCE  # which positive, then x and y of each try
+    u = np.concatenate(
+        [_floats(r.key + tag, n * per).reshape(n, per) for r, n in zip(reqs, slots, strict=True)]
+    )
+    owner = np.repeat(np.arange(len(reqs)), slots)
+    width = np.array([r.width for r in reqs], dtype=np.float64)[owner]
+    height = np.array([r.height for r in reqs], dtype=np.float64)[owner]
+    cx, cy, rw, rh = (np.zeros(len(u)) for _ in range(4))
+    pooled = np.zeros(len(u), bool)
+    pools: dict[int, BoxPool] = {id(r.pool): r.pool for r in reqs}
+    pool_of = np.array([id(r.pool) for r in reqs])[owner]
+    for pid, pool in pools.items():
+        m = pool_of == pid
+        if len(pool):
+            idx = np.searchsorted(pool.cum_array, u[m, 0] * pool.cum_array[-1], side="right")
+            cx[m], cy[m], rw[m], rh[m] = pool.array[np.minimum(idx, len(pool) - 1)].T
+            pooled[m] = True
+        else:
+            fallback = np.array(FALLBACK_SIZES)[(u[m, 0] * len(FALLBACK_SIZES)).astype(np.int64)]
+            rw[m], rh[m] = fallback.T
+    floor_side = max(1, math.ceil(policy.min_box_size))
+    w = np.minimum(np.maximum(np.floor(rw * width + 0.5), np.minimum(width, floor_side)), width)
+    h = np.minimum(np.maximum(np.floor(rh * height + 0.5), np.minimum(height, floor_side)), height)
+    keep = _avoid_array([r.keep_clear for r in reqs], 1.0)
+    cover = _avoid_array([r.defects for r in reqs], policy.max_cover)
+    x1 = np.full(len(u), np.nan)
+    y1 = np.full(len(u), np.nan)
+    active = np.arange(len(u))
+    for t in range(TRIES_PER_SOURCE):
+        if not len(active):
+            break
+        a = active
+        jx, jy = u[a, 1 + 2 * t], u[a, 2 + 2 * t]
+        fx = (cx[a] + (2.0 * jx - 1.0) * JITTER * rw[a]) * width[a] - w[a] / 2
+        fy = (cy[a] + (2.0 * jy - 1.0) * JITTER * rh[a]) * height[a] - h[a] / 2
+        bx = np.where(  # centre moved by up to JITTER of the size, shifted inside the image
+            pooled[a],
+            np.minimum(np.where(fx > 0, np.floor(fx + 0.5), 0.0), width[a] - w[a]),
+            np.floor(jx * (width[a] - w[a] + 1)),  # no positive anywhere: uniform positions
+        )
+        by = np.where(
+            pooled[a],
+            np.minimum(np.where(fy > 0, np.floor(fy + 0.5), 0.0), height[a] - h[a]),
+            np.floor(jy * (height[a] - h[a] + 1)),
+        )
+        bx2, by2 = (bx + w[a])[:, None], (by + h[a])[:, None]
+        ok = np.ones(len(a), bool)
+        for boxes, is_cover in ((keep, False), (cover, True)):
+            b = boxes[owner[a]]
+            iw = np.minimum(bx2, b[..., 2]) - np.maximum(bx[:, None], b[..., 0])
+            ih = np.minimum(by2, b[..., 3]) - np.maximum(by[:, None], b[..., 1])
+            inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+            # cover: more than max_cover of the box's area; IoU: above max_iou, written without a division
+            area = (w[a] * h[a])[:, None]
+            limit = b[..., 4] if is_cover else policy.max_iou * (area + b[..., 4] - inter)
+            ok &= ~((inter > 0) & (inter > limit)).any(axis=1)
+        x1[a[ok]], y1[a[ok]] = bx[ok], by[ok]
+        active = a[~ok]
+    hit_rows = np.flatnonzero(~np.isnan(x1))
+    found = np.stack([x1, y1, x1 + w, y1 + h], axis=1)[hit_rows].astype(np.int64).tolist()
+    bounds = np.searchsorted(hit_rows, np.cumsum([0, *slots]))
+    for i, r in enumerate(reqs):
+        need = r.n - len(r.out)
+        r.out += [tuple(b) for b in found[bounds[i] : min(bounds[i + 1], bounds[i] + need)]]
+
+
+def _fill(reqs: list[_Request], policy: CandidatePolicy) -> None:
+    """Fill every request's negatives: a first round of SLOTS_PER_NEGATIVE sources per negative, then, for
+    requests still short (crowded images), SECOND_ROUND_SOURCES more per missing one (about
+    MAX_TRIES_PER_NEGATIVE tries per negative in all); a request still short stays short."""
+    for tag, sources in ((b"\x00round1", lambda r: SLOTS_PER_NEGATIVE * r.n + 2), (b"\x00round2", None)):
+        todo = [r for r in reqs if len(r.out) < r.n]
+        if sources is None:
+            slots = [SECOND_ROUND_SOURCES * (r.n - len(r.out)) for r in todo]
+        else:
+            slots = [sources(r) for r in todo]
+        i = 0
+        while i < len(todo):  # chunks bounded in memory: sources x tries x avoided boxes
+            j, size = i, 0
+            while j < len(todo):
+                cost = slots[j] * TRIES_PER_SOURCE * max(1, len(todo[j].keep_clear), len(todo[j].defects))
+                if j > i and size + cost > CHUNK_ELEMENTS:
+                    break
+                size += cost
+                j += 1
+            _fill_chunk(todo[i:j], slots[i:j], tag, policy)
+            i = j
+
+
+def _borrowed(
+    rng: ImageRandom, layout: Layout, width: int, height: int, policy: CandidatePolicy
+) -> tuple[list[Box], list[Box]]:
+    """A layout scaled to this image and shifted as a whole by up to JITTER of its mean box size:
+    (its positives as integer boxes, its parsed boxes)."""
+    n = len(layout.positives)
+    mw = sum(b[2] - b[0] for b in layout.positives) / n
+    mh = sum(b[3] - b[1] for b in layout.positives) / n
+    dx, dy = ((2.0 * u - 1.0) * JITTER for u in rng.floats(2))
+    dx, dy = dx * mw, dy * mh
     floor_side = max(1, math.ceil(policy.min_box_size))
     min_w, min_h = min(width, floor_side), min(height, floor_side)
-    max_iou = policy.max_iou
-    tries, limit = 0, n * MAX_TRIES_PER_NEGATIVE
-    while len(out) < n and tries < limit:
-        batch = min(n - len(out), limit - tries)
-        us = rng.floats(3 * batch)  # three numbers per try: size, x, y
-        for k in range(0, 3 * batch, 3):
-            tries += 1
-            rw, rh = pool[int(us[k] * n_pool)]
-            w = int(rw * width + 0.5)
-            w = min_w if w < min_w else width if w > width else w
-            h = int(rh * height + 0.5)
-            h = min_h if h < min_h else height if h > height else h
-            x1 = int(us[k + 1] * (width - w + 1))
-            y1 = int(us[k + 2] * (height - h + 1))
-            x2, y2 = x1 + w, y1 + h
-            ok = True
-            for p in avoid:  # iou() inlined: this loop runs for every try of every negative
-                iw = (x2 if x2 < p[2] else p[2]) - (x1 if x1 > p[0] else p[0])
-                ih = (y2 if y2 < p[3] else p[3]) - (y1 if y1 > p[1] else p[1])
-                if iw > 0 and ih > 0:
-                    inter = iw * ih
-                    if inter > max_iou * (w * h + (p[2] - p[0]) * (p[3] - p[1]) - inter):
-                        ok = False
-                        break
-            if ok:
-                out.append((x1, y1, x2, y2))
-    return out
+    boxes = []
+    for x1, y1, x2, y2 in layout.positives:
+        w = min(width, max(min_w, int((x2 - x1) * width + 0.5)))
+        h = min(height, max(min_h, int((y2 - y1) * height + 0.5)))
+        cx, cy = ((x1 + x2) / 2 + dx) * width, ((y1 + y2) / 2 + dy) * height
+        boxes.append(_clamp_box(cx - w / 2, cy - h / 2, w, h, width, height))
+    defects = [
+        ((x1 + dx) * width, (y1 + dy) * height, (x2 + dx) * width, (y2 + dy) * height)
+        for x1, y1, x2, y2 in layout.defects
+    ]
+    return boxes, defects + boxes
 
 
 @dataclass
@@ -195,30 +443,82 @@ def _count(rng: ImageRandom, policy: CandidatePolicy) -> int:
     return policy.lo + int(rng.random() * (policy.hi - policy.lo + 1))
 
 
+@dataclass(frozen=True)
+class ImageJob:
+    """One image to draw samples for (see draw_samples for the fields)."""
+
+    rng: ImageRandom
+    width: int
+    height: int
+    positives: Sequence[tuple[Box, str]]
+    pool: BoxPool
+    defects: Sequence[Box] = ()
+    layouts: Sequence[Layout] = ()
+
+
+def _plan(
+    job: ImageJob, policy: CandidatePolicy
+) -> Iterator[tuple[list[tuple[Box, str | None, bool]], int, int, Sequence[Box], Sequence[Box]]]:
+    """Per sample of the image: (positives or borrowed decoys, drawn count K, negatives needed, boxes to keep
+    IoU-clear of, boxes not to cover)."""
+    rng = job.rng
+    if not job.positives:
+        k = _count(rng, policy)
+        if not job.layouts:
+            yield [], k, k, (), ()
+            return
+        layout = job.layouts[int(rng.random() * len(job.layouts))]
+        borrowed, avoid = _borrowed(rng, layout, job.width, job.height, policy)
+        rng.shuffle(borrowed)
+        take = min(len(borrowed), max(1, k // (1 + policy.neg_per_pos)))
+        yield [(b, None, False) for b in borrowed[:take]], k, k - take, borrowed, avoid
+        return
+    order = list(range(len(job.positives)))
+    rng.shuffle(order)
+    all_pos = [job.positives[i][0] for i in order]
+    avoid = list(job.defects) if job.defects else all_pos
+    i = 0
+    while i < len(order):
+        k = _count(rng, policy)
+        take = min(len(order) - i, max(1, k // (1 + policy.neg_per_pos)))
+        chunk = [job.positives[j] for j in order[i : i + take]]
+        i += take
+        yield [(b, lab, True) for b, lab in chunk], k, k - take, all_pos, avoid
+
+
+def draw_many(jobs: Sequence[ImageJob], policy: CandidatePolicy) -> list[list[DrawnSample]]:
+    """The samples of many images at once (the negatives of all of them drawn together, see _fill_chunk);
+    each image's result depends only on its own job."""
+    plans: list[tuple[int, list[tuple[Box, str | None, bool]], int, _Request]] = []
+    for j, job in enumerate(jobs):
+        for s, (items, k, n, keep_clear, avoid) in enumerate(_plan(job, policy)):
+            key = job.rng.key + f"\x00negatives\x00{s}".encode()
+            req = _Request(key, n, job.width, job.height, keep_clear, avoid, job.pool)
+            plans.append((j, items, k, req))
+    _fill([req for _, _, _, req in plans if req.n > 0], policy)
+    out: list[list[DrawnSample]] = [[] for _ in jobs]
+    for j, items, k, req in plans:
+        regions = _finish(jobs[j].rng, items + [(b, None, False) for b in req.out])
+        out[j].append(DrawnSample(regions, k))
+    return out
+
+
 def draw_samples(
     rng: ImageRandom,
     width: int,
     height: int,
     positives: Sequence[tuple[Box, str]],
-    pool: Sequence[tuple[float, float]],
+    pool: BoxPool,
     policy: CandidatePolicy,
+    defects: Sequence[Box] = (),
+    layouts: Sequence[Layout] = (),
 ) -> list[DrawnSample]:
-    """The samples of one image: one for a normal image (no positives), one or more for an abnormal one."""
-    if not positives:
-        k = _count(rng, policy)
-        decoys = _negatives(rng, k, width, height, (), pool, policy)
-        return [DrawnSample(_finish(rng, [(b, None, False) for b in decoys]), k)]
-    order = list(range(len(positives)))
-    rng.shuffle(order)
-    all_pos = [positives[i][0] for i in order]
-    samples: list[DrawnSample] = []
-    i = 0
-    while i < len(order):
-        k = _count(rng, policy)
-        take = min(len(order) - i, max(1, k // (1 + policy.neg_per_pos)))
-        chunk = [positives[j] for j in order[i : i + take]]
-        i += take
-        negs = _negatives(rng, k - take, width, height, all_pos, pool, policy)
-        items = [(b, lab, True) for b, lab in chunk] + [(b, None, False) for b in negs]
-        samples.append(DrawnSample(_finish(rng, items), k))
-    return samples
+    """The samples of one image: one for a normal image (no positives), one or more for an abnormal one.
+
+    ``defects``: every parsed box of the image (kept, clipped, dropped; degenerate ones widened to 1 pixel)
+    that no negative may cover by more than max_cover; the positives are always included. ``layouts``: the
+    abnormal images' layouts; a normal sample borrows one (drawn at random) and draws its decoys exactly as
+    an abnormal sample draws positives and negatives, so the boxes' layout does not tell the class.
+    Same result as ``draw_many`` with this one image.
+    """
+    return draw_many([ImageJob(rng, width, height, positives, pool, defects, layouts)], policy)[0]

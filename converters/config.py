@@ -65,6 +65,7 @@ class DataConfig(BaseModel):
     val_ratio: float = Field(0.1, ge=0.0, le=1.0)
     test_ratio: float = Field(0.1, ge=0.0, le=1.0)
     split_by_parent: bool = True
+    split_group_depth: int | None = Field(None, ge=1)
     holdout_list: list[str] = Field(default_factory=list)
 
     # candidates
@@ -73,6 +74,11 @@ class DataConfig(BaseModel):
     abnormal_neg_per_pos: int = Field(1, ge=0)
     normal_decoys_per_image: int = Field(6, ge=1)
     max_neg_iou: float = Field(0.1, ge=0.0, le=1.0)
+    max_neg_cover: float = Field(0.1, ge=0.0, le=1.0)
+
+    # images
+    image_fixes: Literal["fix", "flag"] = "fix"
+    image_bit_depth: int | None = Field(None, ge=8, le=32)
 
     # txt parsing
     column_delim: str = ";"
@@ -153,6 +159,10 @@ class DataConfig(BaseModel):
             raise ValueError(
                 "max_boxes_per_image must be at least 1 + abnormal_neg_per_pos "
                 "(one positive and its negatives must fit in one sample)"
+            )
+        if self.split_group_depth is not None and not self.split_by_parent:
+            raise ValueError(
+                "split_group_depth needs split_by_parent: true (with false every image is its own group)"
             )
         if self.normal_decoys_per_image > self.max_boxes_per_image:
             raise ValueError("normal_decoys_per_image must not exceed max_boxes_per_image")

@@ -17,11 +17,24 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .candidates import CandidatePolicy, draw_samples, image_rng, size_pool
+from .audit import position_audit
+from .candidates import (
+    Box,
+    BoxPool,
+    CandidatePolicy,
+    DrawnSample,
+    ImageJob,
+    Layout,
+    box_pool,
+    compensation,
+    draw_many,
+    image_rng,
+)
 from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
+from .images import ImageFixer, Outcome
 from .labels import LabelResolver
 from .meta import META_FILE, DatasetMeta, build_meta
-from .parse import LineParser, Problem, RawBox, check_box, parse_txt
+from .parse import CheckedBox, LineParser, Problem, RawBox, check_box, parse_txt
 from .report import BoxLedger, split_stats, split_warnings
 from .runtime import paused_gc
 from .split import SPLITS, assign_split, group_key, holdout_matches
@@ -45,15 +58,21 @@ class StrictModeError(ConvertError):
 
 @dataclass
 class ImageEntry:
-    """One usable image with its checked boxes (canonical labels filled in after all files are read)."""
+    """One usable image with its checked boxes (canonical labels filled in after all files are read).
+
+    ``image`` (relative to out_dir), ``width`` and ``height`` describe the picture the trainer loads (a
+    cached upright 8-bit RGB copy when the original needed one); ``defects`` are every parsed box of the
+    image in that frame.
+    """
 
     source: str
     rel: str
-    path: str
+    image: str  # relative to out_dir
     width: int
     height: int
     raw_boxes: list[tuple[tuple[float, float, float, float], RawBox, str]] = field(default_factory=list)
     boxes: list[tuple[tuple[float, float, float, float], str]] = field(default_factory=list)
+    defects: list[Box] = field(default_factory=list)
     group: str = ""
     split: str = ""
 
@@ -87,20 +106,21 @@ def walk_files(root: Path) -> tuple[list[str], list[str]]:
     return images, txts
 
 
-def read_size(path: str) -> tuple[int, int] | str:
-    """(width, height) from the image header (no pixel decoding), or the reason it cannot be read."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Image.DecompressionBombError as exc:
-        return f"too large for PIL ({exc})"
-    except Exception as exc:  # PIL raises many exception types for corrupt headers
-        return f"{type(exc).__name__}: {exc}"
-    if w <= 0 or h <= 0:
-        return f"image has size {w}x{h}"
-    return w, h
+def defect_box(coords: tuple[float, float, float, float], width: int, height: int) -> Box | None:
+    """Where an annotated box (any box parsed, even one dropped) marks the image: corners sorted, clipped to
+    the image, at least one pixel wide and high; None when it lies wholly outside."""
+    x1, x2 = sorted(coords[0::2])
+    y1, y2 = sorted(coords[1::2])
+    if x2 < 0 or y2 < 0 or x1 > width or y1 > height:
+        return None
+    x1, y1, x2, y2 = max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)
+    if x2 - x1 < 1:
+        x1 = min(x1, width - 1.0)
+        x2 = x1 + 1.0
+    if y2 - y1 < 1:
+        y1 = min(y1, height - 1.0)
+        y2 = y1 + 1.0
+    return (x1, y1, x2, y2)
 
 
 def _stem_key(rel: str) -> str:
@@ -113,6 +133,8 @@ class _Collector:
     def __init__(self, cfg: DataConfig, progress: bool | None):
         self.cfg = cfg
         self.progress = progress
+        self.fixer = ImageFixer(cfg.out_dir, cfg.image_fixes, cfg.image_bit_depth)
+        self.found: dict[str, tuple[list[str], list[str]]] = {}
         self.problems: list[Problem] = []
         self.ledger = BoxLedger()
         self.parser = LineParser(cfg.column_delim, cfg.inner_coord_delims, cfg.coords_are_xyxy)
@@ -128,12 +150,47 @@ class _Collector:
         for _ in boxes:
             self.ledger.add("dropped", kind)
 
-    def abnormal(self) -> list[ImageEntry]:
+    def walk(self) -> None:
+        """List both folders, then survey every image header (and high-bit-depth pixel ranges) at once, so one
+        bit depth serves the whole dataset."""
         root = self.cfg.abnormal_dir
         if not root.is_dir():
             raise ConvertError(f"abnormal_dir {root} does not exist or is not a folder")
-        abs_root = os.path.abspath(root)
-        images, txts = walk_files(root)
+        self.found["abnormal"] = walk_files(root)
+        normal = self.cfg.normal_dir
+        if normal is not None:
+            if not normal.is_dir():
+                raise ConvertError(
+                    f"normal_dir {normal} does not exist or is not a folder (set it to null for none)"
+                )
+            self.found["normal"] = walk_files(normal)
+        paths = [
+            f"{os.path.abspath(r)}/{rel}"
+            for source, r in (("abnormal", root), ("normal", normal))
+            if source in self.found
+            for rel in self.found[source][0]
+        ]
+        self.fixer.survey(paths)
+
+    def _use(self, path: str, source: str, rel: str, label: str) -> Outcome | None:
+        """What the trainer will load for this image (its cached copy is written if needed; problems
+        recorded), or None when it cannot be used."""
+        got = self.fixer.use(path, source, rel)
+        if isinstance(got, tuple):
+            self.problems.append(Problem(label, None, *got))
+            return None
+        self.problems += [Problem(label, None, kind, reason) for kind, reason in got.problems]
+        return got
+
+    def _commit(self, checked: list[CheckedBox], txt_label: str) -> None:
+        for c in checked:
+            self.ledger.add(c.status, c.kind)
+            if c.status != "kept":
+                self.problems.append(Problem(txt_label, c.raw.line, c.kind, c.reason))
+
+    def abnormal(self) -> list[ImageEntry]:
+        root = self.cfg.abnormal_dir
+        images, txts = self.found["abnormal"]
         self.inputs["abnormal_images_found"] = len(images)
         self.inputs["txt_files_found"] = len(txts)
         by_stem: dict[str, list[str]] = defaultdict(list)
@@ -205,27 +262,33 @@ class _Collector:
                 self.ledger.add(
                     "dropped", "empty_label" if why == "empty defect_type" else "filename_mismatch"
                 )
-            size = read_size(f"{root}/{rel}")
-            if isinstance(size, str):
-                self.problems.append(
-                    Problem(label, None, "unreadable_image", f"cannot read image: {size}; skipped")
-                )
-                self._drop_all(parsed.boxes, "image_unreadable")
+            path = f"{os.path.abspath(root)}/{rel}"
+            insp = self.fixer.check(path)
+            if isinstance(insp, tuple):  # unreadable, or left out by image_fixes: flag
+                self.problems.append(Problem(label, None, *insp))
+                reason = "image_needs_fix" if insp[0] == "image_needs_fix" else "image_unreadable"
+                self._drop_all(parsed.boxes, reason)
                 continue
-            w, h = size
-            entry = ImageEntry("abnormal", rel, f"{abs_root}/{rel}", w, h)
-            for raw in parsed.boxes:
-                checked = check_box(raw, w, h, self.cfg.min_box_size)
-                self.ledger.add(checked.status, checked.kind)
-                if checked.status != "kept":
-                    self.problems.append(Problem(txt_label, raw.line, checked.kind, checked.reason))
-                if checked.box is not None:
-                    entry.raw_boxes.append((checked.box, raw, txt_label))
-            if not entry.raw_boxes:
+            w, h = insp.width, insp.height  # as displayed: the frame the boxes were drawn in
+            checked = [check_box(raw, w, h, self.cfg.min_box_size) for raw in parsed.boxes]
+            if not any(c.box is not None for c in checked):
+                self._commit(checked, txt_label)
                 self.problems.append(
                     Problem(label, None, "no_usable_box", "abnormal image has no usable box; skipped")
                 )
                 continue
+            used = self._use(path, "abnormal", rel, label)
+            if used is None:
+                self._drop_all(parsed.boxes, "image_unreadable")
+                continue
+            self._commit(checked, txt_label)
+            entry = ImageEntry("abnormal", rel, used.image, w, h)
+            entry.raw_boxes = [(c.box, c.raw, txt_label) for c in checked if c.box is not None]
+            unlabelled = [b for b, why in parsed.rejected if why == "empty defect_type"]
+            for raw in parsed.boxes + unlabelled:  # every box marks a defect, even one dropped
+                d = defect_box(raw.coords, w, h)
+                if d is not None:
+                    entry.defects.append(d)
             entries.append(entry)
         return entries
 
@@ -233,12 +296,7 @@ class _Collector:
         root = self.cfg.normal_dir
         if root is None:
             return []
-        if not root.is_dir():
-            raise ConvertError(
-                f"normal_dir {root} does not exist or is not a folder (set it to null for none)"
-            )
-        abs_root = os.path.abspath(root)
-        images, txts = walk_files(root)
+        images, txts = self.found["normal"]
         self.inputs["normal_images_found"] = len(images)
         for rel in txts:
             self.problems.append(
@@ -246,18 +304,14 @@ class _Collector:
             )
         entries = []
         for rel in tqdm(images, desc="prepare: normal", unit="img", disable=self._disable()):
-            size = read_size(f"{root}/{rel}")
-            if isinstance(size, str):
-                self.problems.append(
-                    Problem(
-                        self._label(root, rel),
-                        None,
-                        "unreadable_image",
-                        f"cannot read image: {size}; skipped",
-                    )
-                )
+            path, label = f"{os.path.abspath(root)}/{rel}", self._label(root, rel)
+            insp = self.fixer.check(path)
+            if isinstance(insp, tuple):
+                self.problems.append(Problem(label, None, *insp))
                 continue
-            entries.append(ImageEntry("normal", rel, f"{abs_root}/{rel}", size[0], size[1]))
+            used = self._use(path, "normal", rel, label)
+            if used is not None:
+                entries.append(ImageEntry("normal", rel, used.image, used.width, used.height))
         return entries
 
     def _disable(self) -> bool | None:
@@ -298,7 +352,7 @@ def _assign_splits(entries: list[ImageEntry], cfg: DataConfig, problems: list[Pr
     forced: set[str] = set()
     matched: set[str] = set()
     for e in entries:
-        e.group = group_key(e.source, e.rel, cfg.split_by_parent)
+        e.group = group_key(e.source, e.rel, cfg.split_by_parent, cfg.split_group_depth)
         hits = holdout_matches(cfg.holdout_list, e.rel, roots[e.source])
         if hits:
             forced.add(e.group)
@@ -330,23 +384,61 @@ def _assign_splits(entries: list[ImageEntry], cfg: DataConfig, problems: list[Pr
     return warns
 
 
-def _samples(entries: list[ImageEntry], cfg: DataConfig, progress: bool | None) -> tuple[list[dict], int]:
+def _rel_box(b: Box, e: ImageEntry) -> Box:
+    return (b[0] / e.width, b[1] / e.height, b[2] / e.width, b[3] / e.height)
+
+
+def _placement(e: ImageEntry) -> tuple[list[Box], Layout | None]:
+    """An image's kept positives as (cx/W, cy/H, w/W, h/H), and its layout (None without positives)."""
+    if not e.boxes:
+        return [], None
+    positives = [
+        ((b[0] + b[2]) / 2 / e.width, (b[1] + b[3]) / 2 / e.height, (b[2] - b[0]) / e.width,
+         (b[3] - b[1]) / e.height)
+        for b, _ in e.boxes
+    ]  # fmt: skip
+    layout = Layout(tuple(_rel_box(b, e) for b, _ in e.boxes), tuple(_rel_box(d, e) for d in e.defects))
+    return positives, layout
+
+
+def _samples(
+    entries: list[ImageEntry], cfg: DataConfig, progress: bool | None
+) -> tuple[list[dict], Counter[str]]:
+    """Every image's samples (regions drawn), and how many samples per source came out short."""
     policy = CandidatePolicy.from_config(cfg)
-    pool = size_pool(
-        [((b[2] - b[0]) / e.width, (b[3] - b[1]) / e.height) for e in entries for b, _ in e.boxes]
-    )
+    # Negatives and decoys of a split copy that split's positives and layouts, so no sample is placed by
+    # looking at another split's annotations (test positives never shape training negatives); a split
+    # without positives copies the whole dataset's. One acceptance table (whole dataset) weights them all.
+    placed = [(e.split, *_placement(e)) for e in entries if e.boxes]
+    every_positive = [p for _, ps, _ in placed for p in ps]
+    table = compensation(every_positive, [lay for _, _, lay in placed if lay], policy, cfg.seed)
+    sources: dict[str | None, tuple[BoxPool, list[Layout]]] = {}
+    for sp in (*SPLITS, None):
+        chosen = [(ps, lay) for split, ps, lay in placed if sp is None or split == sp]
+        positives = every_positive if sp is None else [p for ps, _ in chosen for p in ps]
+        sources[sp] = (box_pool(positives, table), [lay for _, lay in chosen if lay])
     samples: list[dict[str, Any]] = []
-    short = 0
+    short: Counter[str] = Counter()
     disable = None if progress is None else not progress
-    for e in tqdm(entries, desc="prepare: candidates", unit="img", disable=disable):
+    jobs = []
+    for e in entries:
+        pool, layouts = sources[e.split] if len(sources[e.split][0]) else sources[None]
         rng = image_rng(cfg.seed, f"{e.source}/{e.rel}")
-        for k, drawn in enumerate(draw_samples(rng, e.width, e.height, e.boxes, pool, policy)):
-            short += len(drawn.regions) < drawn.wanted
+        jobs.append(ImageJob(rng, e.width, e.height, e.boxes, pool, e.defects, layouts))
+    batch = 4096  # images drawn together (progress granularity; the result does not depend on it)
+    drawn_per_image: list[list[DrawnSample]] = []
+    with tqdm(total=len(jobs), desc="prepare: candidates", unit="img", disable=disable) as bar:
+        for i in range(0, len(jobs), batch):
+            drawn_per_image += draw_many(jobs[i : i + batch], policy)
+            bar.update(len(jobs[i : i + batch]))
+    for e, drawn_all in zip(entries, drawn_per_image, strict=True):
+        for k, drawn in enumerate(drawn_all):
+            short[e.source] += len(drawn.regions) < drawn.wanted
             regions = drawn.regions
             samples.append(
                 {
                     "sample_id": f"{e.source}/{e.rel}#{k}",
-                    "image": e.path,
+                    "image": e.image,  # portable: relative to the regions file's folder
                     "width": e.width,
                     "height": e.height,
                     "split": e.split,
@@ -374,17 +466,28 @@ def _prepare(cfg: DataConfig, strict: bool | None, progress: bool | None) -> Pre
 
     with warnings.catch_warnings():  # huge industrial images are fine: only headers are read
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        col.walk()
         entries = col.abnormal() + col.normal()
+    images = col.fixer.finish()
     variants = _resolve_labels(entries, cfg, col.problems)
     labels = sorted(variants)
     meta = build_meta(cfg, labels)
     warns = _assign_splits(entries, cfg, col.problems)
     samples, short = _samples(entries, cfg, progress)
-    if short:
+    n_short = sum(short.values())
+    if n_short:
         warns.append(
-            f"{short} sample(s) got fewer candidates than drawn (no room for negatives with IoU <= "
-            f"{cfg.max_neg_iou:g}); their count can hint at the class"
+            f"{n_short} sample(s) got fewer candidates than drawn (no room for negatives with IoU <= "
+            f"{cfg.max_neg_iou:g} and cover <= {cfg.max_neg_cover:g}); their count can hint at the class"
         )
+    audit = position_audit(samples, cfg.seed)
+    for name in ("positive_vs_negative", "abnormal_vs_normal"):
+        auroc = audit[name]["auroc"]
+        if auroc is not None and auroc > audit["limit"]:
+            warns.append(
+                f"position_audit: a classifier on box position and size alone reaches AUROC {auroc:.3f} "
+                f"({name.replace('_', ' ')}), above {audit['limit']}; positions may give the answer away"
+            )
     stats = split_stats(samples)
     warns += split_warnings(stats, labels)
     out_dir = cfg.out_dir
@@ -398,13 +501,22 @@ def _prepare(cfg: DataConfig, strict: bool | None, progress: bool | None) -> Pre
             "txt_encodings": dict(sorted(col.encodings.items())),
         },
         "lines": dict(col.lines),
+        "images": images,
         "boxes": col.ledger.as_dict(),
         "labels": {c: {"variants": v} for c, v in variants.items()},
         "candidate_policy": {
             "count_range": [CandidatePolicy.from_config(cfg).lo, cfg.max_boxes_per_image],
             "abnormal_neg_per_pos": cfg.abnormal_neg_per_pos,
             "max_neg_iou": cfg.max_neg_iou,
-            "samples_short_of_candidates": short,
+            "max_neg_cover": cfg.max_neg_cover,
+            "samples_short_of_candidates": n_short,
+            "samples_short_by_source": {src: short[src] for src in ("abnormal", "normal")},
+        },
+        "position_audit": audit,
+        "split_policy": {
+            "split_by_parent": cfg.split_by_parent,
+            "split_group_depth": cfg.split_group_depth,
+            "groups": len({s["group"] for s in samples}),
         },
         "splits": stats,
         "warnings": warns,
@@ -435,6 +547,20 @@ def summary_lines(result: PrepareResult) -> list[str]:
         f"boxes: read {b['read']}, kept {b['kept']}, clipped {b['clipped']}, dropped {b['dropped']}",
         f"problems: {len(r['problems'])}" + (f" {r['problem_counts']}" if r["problems"] else ""),
     ]
+    im = r["images"]
+    if im["converted"] or im["left_out"]:
+        why = ", ".join(f"{k} {v}" for k, v in im["converted_by_reason"].items())
+        lines.append(
+            f"images: {im['converted']} given an upright 8-bit RGB copy in {im['cache_dir']}/ "
+            f"({why or '-'}), {im['left_out']} left out (image_fixes: {im['image_fixes']})"
+        )
+    audit = r["position_audit"]
+    if audit["skipped"] is None:
+        pn, an = audit["positive_vs_negative"]["auroc"], audit["abnormal_vs_normal"]["auroc"]
+        lines.append(
+            "position audit (AUROC from box positions alone, near 0.5 is good): "
+            f"positive vs negative {pn}, abnormal vs normal {an}"
+        )
     for sp in SPLITS:
         s = r["splits"][sp]
         labs = ", ".join(f"{k}={v['boxes']}" for k, v in s["labels"].items()) or "-"

@@ -38,7 +38,8 @@ class BoxLedger:
 
 
 def split_stats(samples: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per split: images, samples, groups, abnormal/normal images, positive boxes and images per label."""
+    """Per split: images, samples, groups (count and keys), abnormal/normal images, positive boxes and
+    images per label."""
     images: dict[str, set[str]] = defaultdict(set)
     sources: dict[str, Counter[str]] = defaultdict(Counter)
     groups: dict[str, set[str]] = defaultdict(set)
@@ -66,6 +67,7 @@ def split_stats(samples: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any
             "normal_images": sources[sp]["normal"],
             "samples": n_samples[sp],
             "groups": len(groups[sp]),
+            "group_keys": sorted(groups[sp]),
             "labels": {
                 lab: {"boxes": label_boxes[sp][lab], "images": len(label_images[sp][lab])}
                 for lab in sorted(label_boxes[sp])

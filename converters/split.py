@@ -1,7 +1,9 @@
 """Leak-free, stable split assignment: a seeded hash of the group key, never a shuffled list.
 
 Adding images never moves an existing image (its group's hash does not change); with ``split_by_parent`` a
-folder is one group, so it never spans two splits; holdout images pull their whole group into test.
+folder is one group, so it never spans two splits; holdout images pull their whole group into test. A folder's
+key is its path relative to its root, the same under normal_dir and abnormal_dir, so the normal and abnormal
+images of one batch land in one split.
 """
 
 from __future__ import annotations
@@ -12,12 +14,20 @@ import posixpath
 SPLITS = ("train", "val", "test")
 
 
-def group_key(source: str, rel_path: str, split_by_parent: bool) -> str:
-    """``<source>/<parent folder>`` with split_by_parent, else ``<source>/<image path>`` (POSIX, relative)."""
-    if split_by_parent:
-        parent = posixpath.dirname(rel_path)
-        return f"{source}/{parent}" if parent else f"{source}/."
-    return f"{source}/{rel_path}"
+def group_key(source: str, rel_path: str, split_by_parent: bool, depth: int | None = None) -> str:
+    """The split group of an image (``rel_path``: POSIX, relative to its root).
+
+    split_by_parent: the folder path relative to the root, no source prefix, so ``abnormal_root/b1/...`` and
+    ``normal_root/b1/...`` share the group ``b1``; ``depth`` keeps only the first ``depth`` folders (1: the
+    first folder under the root), None the whole parent path; ``.`` for images directly in the root.
+    Without split_by_parent every image is its own group, ``<source>/<image path>``.
+    """
+    if not split_by_parent:
+        return f"{source}/{rel_path}"
+    parts = posixpath.dirname(rel_path).split("/") if "/" in rel_path else []
+    if depth is not None:
+        parts = parts[:depth]
+    return "/".join(parts) if parts else "."
 
 
 def hash_unit(seed: int, key: str) -> float:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from qwenvl_roi.converters.paths import resolve_image
 from qwenvl_roi.evaluation.files import InputError, iter_jsonl
 
 
@@ -83,7 +84,8 @@ def _short(exc: ValidationError) -> str:
 
 
 def load_gold(path: str | Path) -> list[tuple[int, GoldSample]]:
-    """Read a regions_*.jsonl file; raise InputError when it is empty or malformed."""
+    """Read a regions_*.jsonl file; raise InputError when it is empty or malformed. Images are resolved the
+    way `predict` resolves them (converters/paths.py: relative to the regions file's folder)."""
     out: list[tuple[int, GoldSample]] = []
     seen: dict[str, int] = {}
     for lineno, obj in iter_jsonl(path):
@@ -91,6 +93,7 @@ def load_gold(path: str | Path) -> list[tuple[int, GoldSample]]:
             sample = GoldSample.model_validate(obj)
         except ValidationError as exc:
             raise InputError(f"{path}:{lineno}: not a regions sample ({_short(exc)})") from None
+        sample.image = str(resolve_image(sample.image, path))  # as predict resolved it
         if sample.sample_id in seen:
             raise InputError(
                 f"{path}:{lineno}: duplicate sample_id {sample.sample_id!r} "
@@ -153,7 +156,7 @@ def join(pred_path: str | Path, gold_path: str | Path) -> list[JoinedRegion]:
             )
         pairs = []
         for (glineno, g), (plineno, p) in zip(gold, preds, strict=True):
-            if Path(p.image) != Path(g.image):
+            if resolve_image(p.image, pred_path) != Path(g.image):
                 raise InputError(
                     f"{pred_path}:{plineno}: image {p.image!r} does not match "
                     f"{gold_path}:{glineno} ({g.image!r})"

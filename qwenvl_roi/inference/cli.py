@@ -33,9 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_samples(path: str | Path) -> list[dict[str, Any]]:
-    """regions_*.jsonl samples with the fields the prompt needs, checked with file:line messages."""
+    """regions_*.jsonl samples with the fields the prompt needs, checked with file:line messages; each
+    ``image`` resolved to an absolute path (a relative one is relative to the regions file's folder)."""
     from pydantic import BaseModel, ConfigDict, ValidationError
 
+    from qwenvl_roi.converters.paths import resolve_image
     from qwenvl_roi.evaluation.files import InputError, iter_jsonl
 
     class _Region(BaseModel):
@@ -62,9 +64,10 @@ def load_samples(path: str | Path) -> list[dict[str, Any]]:
             raise InputError(f"{path}:{lineno}: sample {s.sample_id!r} has no candidate regions")
         if any(len(r.box) != 4 for r in s.regions):
             raise InputError(f"{path}:{lineno}: every box must be [x1, y1, x2, y2]")
-        if not Path(s.image).is_file():
-            raise InputError(f"{path}:{lineno}: image {s.image} not found")
-        samples.append(obj)
+        image = resolve_image(s.image, path)  # relative: against the regions file's folder (out_dir)
+        if not image.is_file():
+            raise InputError(f"{path}:{lineno}: image {s.image} not found (looked for {image})")
+        samples.append({**obj, "image": str(image)})
     if not samples:
         raise InputError(f"{path}: no samples (the file is empty)")
     return samples

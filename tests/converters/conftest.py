@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -58,12 +60,36 @@ def simple_dataset(root: Path, n_abnormal: int = 12, n_normal: int = 12, folders
         write_image(root / "nor" / f"scene{i % folders}" / f"n{i:03d}.png", (320, 240))
 
 
+def trainer_pixels(path: Path, image_max_pixels: int = 1048576, image_min_pixels: int = 1024) -> np.ndarray:
+    """The image exactly as LLaMA-Factory hands it to the processor: the qwen2_vl template's mm_plugin
+    (llamafactory/data/mm_plugin.py: Image.open, _preprocess_image's resize and convert("RGB"))."""
+    from llamafactory.data.template import TEMPLATES
+
+    plugin = TEMPLATES["qwen2_vl"].mm_plugin
+    out = plugin._regularize_images(
+        [str(path)], image_max_pixels=image_max_pixels, image_min_pixels=image_min_pixels
+    )["images"][0]
+    assert out.mode == "RGB"
+    return np.asarray(out)
+
+
+def read_regions(out: Path) -> list[dict[str, Any]]:
+    """Every sample of regions_{train,val,test}.jsonl."""
+    return [
+        json.loads(line)
+        for sp in ("train", "val", "test")
+        for line in (out / f"regions_{sp}.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+
+
 class Files:
     """Helpers handed to tests through the ``files`` fixture (importlib mode cannot import conftest)."""
 
     image = staticmethod(write_image)
     txt = staticmethod(write_txt)
     simple = staticmethod(simple_dataset)
+    trainer_pixels = staticmethod(trainer_pixels)
+    regions = staticmethod(read_regions)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import random
 import statistics
 from collections import Counter
 
-from qwenvl_roi.converters.candidates import CandidatePolicy, draw_samples, image_rng, iou, size_pool
+from qwenvl_roi.converters.candidates import CandidatePolicy, Layout, box_pool, draw_samples, image_rng, iou
 from qwenvl_roi.converters.config import DataConfig
 
 POLICY = CandidatePolicy.from_config(DataConfig())  # counts 6..8, 1 negative per positive, IoU cap 0.1
@@ -22,6 +22,10 @@ def random_positives(rng: random.Random, n: int, w: int, h: int) -> list[tuple[t
     return out
 
 
+def rel_box(b: tuple[int, ...], w: int, h: int) -> tuple[float, float, float, float]:
+    return ((b[0] + b[2]) / 2 / w, (b[1] + b[3]) / 2 / h, (b[2] - b[0]) / w, (b[3] - b[1]) / h)
+
+
 def test_policy_resolves_seed_settings_as_minimums() -> None:
     assert (POLICY.lo, POLICY.hi) == (6, 8)
     p = CandidatePolicy.from_config(
@@ -32,7 +36,7 @@ def test_policy_resolves_seed_settings_as_minimums() -> None:
 
 def test_invariants_on_many_images() -> None:
     rng = random.Random(0)
-    pool = size_pool([(0.1, 0.2), (0.3, 0.1), (0.15, 0.15)])
+    pool = box_pool([(0.5, 0.5, 0.1, 0.2), (0.3, 0.7, 0.3, 0.1), (0.7, 0.3, 0.15, 0.15)])
     for i in range(300):
         w, h = 640, 480
         positives = random_positives(rng, rng.randint(1, 9), w, h)
@@ -54,7 +58,7 @@ def test_invariants_on_many_images() -> None:
 
 
 def test_deterministic_per_image_and_independent_of_other_images() -> None:
-    pool = size_pool([(0.2, 0.2)])
+    pool = box_pool([(0.5, 0.5, 0.2, 0.2)])
     pos = [((10, 10, 100, 100), "crack")]
     a = draw_samples(image_rng(5, "abnormal/x.jpg"), 500, 400, pos, pool, POLICY)
     random.Random(99).random()  # unrelated randomness elsewhere must not matter
@@ -65,7 +69,7 @@ def test_deterministic_per_image_and_independent_of_other_images() -> None:
 
 
 def test_positive_position_is_shuffled() -> None:
-    pool = size_pool([(0.2, 0.2)])
+    pool = box_pool([(0.6, 0.6, 0.2, 0.2)])
     where = Counter()
     for i in range(400):
         (s,) = draw_samples(image_rng(0, f"i{i}"), 500, 400, [((10, 10, 100, 100), "crack")], pool, POLICY)
@@ -78,8 +82,12 @@ def test_count_and_size_distributions_match_between_classes() -> None:
     rng = random.Random(3)
     w, h = 640, 480
     positives_by_image = [random_positives(rng, rng.randint(1, 3), w, h) for _ in range(600)]
-    rel = [((b[2] - b[0]) / w, (b[3] - b[1]) / h) for ps in positives_by_image for b, _ in ps]
-    pool = size_pool(rel)
+    rel = [rel_box(b, w, h) for ps in positives_by_image for b, _ in ps]
+    pool = box_pool(rel)
+    layouts = [
+        Layout(tuple(tuple(v / s for v, s in zip(b, (w, h, w, h), strict=True)) for b, _ in ps), ())
+        for ps in positives_by_image
+    ]
     counts = {"abnormal": Counter(), "normal": Counter()}
     sizes = {"positive": [], "negative": [], "decoy": []}
     for i, ps in enumerate(positives_by_image):
@@ -88,7 +96,7 @@ def test_count_and_size_distributions_match_between_classes() -> None:
             for r in s.regions:
                 x1, y1, x2, y2 = r["box"]
                 sizes["positive" if r["positive"] else "negative"].append((x2 - x1) * (y2 - y1))
-        for s in draw_samples(image_rng(0, f"n{i}"), w, h, [], pool, POLICY):
+        for s in draw_samples(image_rng(0, f"n{i}"), w, h, [], pool, POLICY, layouts=layouts):
             counts["normal"][len(s.regions)] += 1
             sizes["decoy"] += [(r["box"][2] - r["box"][0]) * (r["box"][3] - r["box"][1]) for r in s.regions]
     n_a, n_n = sum(counts["abnormal"].values()), sum(counts["normal"].values())
@@ -106,7 +114,7 @@ def test_count_and_size_distributions_match_between_classes() -> None:
 
 
 def test_fallback_sizes_without_positives() -> None:
-    (s,) = draw_samples(image_rng(0, "n"), 300, 200, [], size_pool([]), POLICY)
+    (s,) = draw_samples(image_rng(0, "n"), 300, 200, [], box_pool([]), POLICY)
     assert POLICY.lo <= len(s.regions) <= POLICY.hi
     for r in s.regions:
         x1, y1, x2, y2 = r["box"]
@@ -115,5 +123,5 @@ def test_fallback_sizes_without_positives() -> None:
 
 def test_crowded_image_is_short_of_negatives_but_keeps_its_positive() -> None:
     policy = CandidatePolicy(lo=4, hi=4, neg_per_pos=1, max_iou=0.0, min_box_size=4)
-    (s,) = draw_samples(image_rng(0, "full"), 100, 80, [((0, 0, 100, 80), "crack")], size_pool([]), policy)
+    (s,) = draw_samples(image_rng(0, "full"), 100, 80, [((0, 0, 100, 80), "crack")], box_pool([]), policy)
     assert s.wanted == 4 and [r["positive"] for r in s.regions] == [True]

@@ -7,7 +7,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from qwenvl_roi.converters.config import load_data_config
+import pytest
+from qwenvl_roi.converters.config import ConvertError, load_data_config
 from qwenvl_roi.converters.convert import convert
 from qwenvl_roi.converters.prepare import prepare
 from qwenvl_roi.converters.split import assign_split, group_key, hash_unit
@@ -23,8 +24,12 @@ def image_splits(out: Path) -> dict[str, str]:
 
 
 def test_group_key_and_hash() -> None:
-    assert group_key("abnormal", "b1/x.jpg", True) == "abnormal/b1"
-    assert group_key("abnormal", "x.jpg", True) == "abnormal/."
+    assert group_key("abnormal", "b1/x.jpg", True) == group_key("normal", "b1/y.png", True) == "b1"
+    assert group_key("abnormal", "x.jpg", True) == "."
+    assert group_key("abnormal", "b1/s2/x.jpg", True) == "b1/s2"
+    assert group_key("abnormal", "b1/s2/x.jpg", True, 1) == "b1"
+    assert group_key("normal", "b1/s9/y.png", True, 1) == "b1"
+    assert group_key("abnormal", "x.jpg", True, 1) == "."
     assert group_key("normal", "b1/x.jpg", False) == "normal/b1/x.jpg"
     assert hash_unit(1, "k") == hash_unit(1, "k") != hash_unit(2, "k")
     splits = [assign_split(0, f"g{i}", 0.8, 0.1) for i in range(5000)]
@@ -94,3 +99,37 @@ def test_flat_folder_with_split_by_parent_warns(tmp_path: Path, files, make_conf
     assert sum("sit in one folder" in w for w in r["warnings"]) == 2
     r = prepare(load_data_config(make_config(split_by_parent=False)), progress=False).report
     assert not any("sit in one folder" in w for w in r["warnings"])
+
+
+def test_batches_stay_whole_across_scenes_and_both_classes(tmp_path: Path, files, make_config) -> None:
+    """README's layout abnormal_root/<batch>/<scene>/IMG with normal images of the same batches."""
+    for b in range(12):
+        for sc in range(3):
+            d = f"batch{b:02d}/scene{sc}"
+            files.image(tmp_path / "abn" / d / f"a{sc}.jpg", (160, 120))
+            files.txt(tmp_path / "abn" / d / f"a{sc}.txt", f"a{sc}.jpg;10;10;60;60;crack\n")
+            files.image(tmp_path / "nor" / d / f"n{sc}.png", (160, 120))
+    ratios = {"train_ratio": 0.5, "val_ratio": 0.25, "test_ratio": 0.25}
+
+    def splits_of(level: int) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = defaultdict(set)
+        for s in files.regions(tmp_path / "out"):
+            out["/".join(s["sample_id"].split("#")[0].split("/")[1 : 1 + level])].add(s["split"])
+        return out
+
+    r = prepare(load_data_config(make_config(split_group_depth=1, **ratios)), progress=False).report
+    batches = splits_of(1)
+    assert len(batches) == 12 and all(len(v) == 1 for v in batches.values()), batches
+    assert set().union(*batches.values()) == {"train", "val", "test"}
+    keys = [k for sp in ("train", "val", "test") for k in r["splits"][sp]["group_keys"]]
+    assert sorted(keys) == [f"batch{b:02d}" for b in range(12)]
+    assert r["split_policy"] == {"split_by_parent": True, "split_group_depth": 1, "groups": 12}
+
+    # default (null): the parent folder, shared by both classes: a scene never spans two splits, a batch may
+    r = prepare(load_data_config(make_config(**ratios)), progress=False).report
+    assert all(len(v) == 1 for v in splits_of(2).values())
+    assert sum(r["splits"][sp]["groups"] for sp in ("train", "val", "test")) == 36
+    assert any(len(v) > 1 for v in splits_of(1).values())
+
+    with pytest.raises(ConvertError, match="split_group_depth needs split_by_parent: true"):
+        load_data_config(make_config(split_group_depth=1, split_by_parent=False))

@@ -128,7 +128,8 @@ def test_readme_python_snippet_runs_on_the_demo_model(demo_out: Path, capsys: py
     sample = json.loads(first_line)
     for code in blocks:
         code = code.replace("saves/qwen2_5_vl-7b/roi/phase3-merged", str(demo_out / "models/phase3-merged"))
-        code = code.replace("part_0001.jpg", sample["image"])
+        # a relative image in a regions file is relative to that file's folder (docs/architecture.md)
+        code = code.replace("part_0001.jpg", str(demo_out / "prepared" / sample["image"]))
         exec(compile(code, "README snippet", "exec"), {})  # noqa: S102 - our own documentation
         printed = capsys.readouterr().out.splitlines()
         assert [line.split()[0] for line in printed] == ["R1", "R2"]
