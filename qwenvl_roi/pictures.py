@@ -21,14 +21,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from qwenvl_roi.converters.frames import box_to_frame, model_frame_size
 
-
-def resolve_image(image: str, regions_file: str | Path) -> Path:
-    """The file a regions sample's ``image`` names: absolute as written, relative to the regions file's
-    folder otherwise (the project-wide contract; the one place evaluation resolves image paths)."""
-    path = Path(image)
-    return path if path.is_absolute() else Path(regions_file).parent / path
-
-
 #: a JPEG may be decoded this much smaller than the thumbnail (then enlarged by at most 1/0.9)
 DRAFT_SLACK = 0.9
 

@@ -23,10 +23,11 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from qwenvl_roi.atomic import atomic_dir
+from qwenvl_roi.converters.paths import resolve_image
 from qwenvl_roi.evaluation.metrics import NORMAL_CLASS, gold_class, predicted_class
 from qwenvl_roi.evaluation.records import JoinedRegion
 from qwenvl_roi.fonts import LabelFont, display_names, find_label_font
-from qwenvl_roi.pictures import FrameSettings, Mark, box_in_frame, draw_marks, model_view, resolve_image
+from qwenvl_roi.pictures import FrameSettings, Mark, box_in_frame, draw_marks, model_view
 
 GALLERY_DIR = "gallery"
 MIN_DISPLAY_SIDE = 256  # CSS pixels: smaller thumbnails are shown enlarged

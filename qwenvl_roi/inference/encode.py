@@ -23,6 +23,7 @@ from qwenvl_roi.converters.meta import DatasetMeta
 from qwenvl_roi.converters.prompt import answer_text, build_record
 from qwenvl_roi.families import family
 
+
 class EncodingError(RuntimeError):
     """The tokenised answer does not line up with its text (tokenizer and template disagree)."""
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from qwenvl_roi.converters.meta import DatasetMeta
 from qwenvl_roi.converters.prompt import system_text, user_text
+
 from qwenvl_roi.families import family
 
 
