@@ -83,6 +83,10 @@ class DatasetMeta(BaseModel):
     region_id_prefix: str = "R"
     labels: list[str] = Field(default_factory=list)
     dataset_prefix: str = "roi"
+    # what inference on new images must repeat: at most this many candidates per prompt, and the bit depth
+    # that scaled 16/32-bit images to 8 bits (None: the dataset had none)
+    max_boxes_per_image: int = 8
+    image_bit_depth: int | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -118,7 +122,7 @@ class DatasetMeta(BaseModel):
         return box_to_frame(box, width, height, self.model_family, size)
 
 
-def build_meta(config: DataConfig, labels: Sequence[str]) -> DatasetMeta:
+def build_meta(config: DataConfig, labels: Sequence[str], image_bit_depth: int | None = None) -> DatasetMeta:
     """Resolve the config's prompt overrides over the language defaults and check the words are usable."""
     d = DEFAULT_TEXTS[config.prompt_language]
     p = config.prompts
@@ -143,6 +147,8 @@ def build_meta(config: DataConfig, labels: Sequence[str]) -> DatasetMeta:
         label_sep=d["label_sep"],
         labels=sorted(labels),
         dataset_prefix=config.dataset_prefix,
+        max_boxes_per_image=config.max_boxes_per_image,
+        image_bit_depth=image_bit_depth,
     )
     check_meta(meta)
     return meta

@@ -89,7 +89,11 @@ class LineParser:
     """Splits lines into columns and coordinates according to the config's delimiters."""
 
     def __init__(
-        self, column_delim: str = ";", inner_coord_delims: list[str] | None = None, xyxy: bool = True
+        self,
+        column_delim: str = ";",
+        inner_coord_delims: list[str] | None = None,
+        xyxy: bool = True,
+        label_optional: bool = False,
     ):
         self.column_delims = sorted({column_delim, FULLWIDTH_SEMICOLON}, key=len, reverse=True)
         inner = inner_coord_delims if inner_coord_delims is not None else ["；", ";", "，", ",", " "]
@@ -99,9 +103,13 @@ class LineParser:
         self._table = {ord(s): " " for s in visible if len(s) == 1}
         self._multi = sorted((s for s in visible if len(s) > 1), key=len, reverse=True)
         self.xyxy = xyxy
+        # detector output: 'filename ; coords' without a label column (the label, when present, is not a
+        # number: a last column that is one belongs to the coordinates)
+        self.label_optional = label_optional
 
     def split_columns(self, line: str) -> tuple[str, str, str] | None:
-        """(filename, coords, label) or None when there are fewer than two column delimiters."""
+        """(filename, coords, label) or None when there are fewer than two column delimiters (fewer than
+        one when the label is optional; the label is then "")."""
         first: tuple[int, int] | None = None
         last: tuple[int, int] | None = None
         for d in self.column_delims:
@@ -111,13 +119,15 @@ class LineParser:
             j = line.rfind(d)
             if j >= 0 and (last is None or j > last[0]):
                 last = (j, len(d))
-        if first is None or last is None or last[0] < first[0] + first[1]:
+        if first is None or last is None:
             return None
-        return (
-            line[: first[0]].strip(),
-            line[first[0] + first[1] : last[0]].strip(),
-            line[last[0] + last[1] :].strip(),
-        )
+        name, rest = line[: first[0]].strip(), line[first[0] + first[1] :].strip()
+        if last[0] < first[0] + first[1]:
+            return (name, rest, "") if self.label_optional else None
+        label = line[last[0] + last[1] :].strip()
+        if self.label_optional and not self.numbers(label)[1] and self.numbers(label)[0]:
+            return name, rest, ""  # the last column is a coordinate, not a label
+        return name, line[first[0] + first[1] : last[0]].strip(), label
 
     def numbers(self, coords: str) -> tuple[list[float], list[str]]:
         """All numbers of the coords column, and the tokens that are not finite numbers."""
@@ -172,7 +182,10 @@ def parse_text(
         out.lines_with_content += 1
         cols = parser.split_columns(line)
         if cols is None:
-            drop("columns", "expected 'filename ; coords ; defect_type' (3 columns); line skipped")
+            if parser.label_optional:
+                drop("columns", "expected 'filename ; coords [; defect_type]'; line skipped")
+            else:
+                drop("columns", "expected 'filename ; coords ; defect_type' (3 columns); line skipped")
             continue
         fname, coords, label = cols
         values, bad = parser.numbers(coords)
@@ -190,7 +203,7 @@ def parse_text(
             )
             continue
         boxes = [RawBox(lineno, parser.to_xyxy(values[i : i + 4]), label) for i in range(0, len(values), 4)]
-        if not label:
+        if not label and not parser.label_optional:
             out.problems.append(
                 Problem(file_label, lineno, "empty_label", "empty defect_type column; boxes dropped")
             )

@@ -471,7 +471,8 @@ def _prepare(cfg: DataConfig, strict: bool | None, progress: bool | None) -> Pre
     images = col.fixer.finish()
     variants = _resolve_labels(entries, cfg, col.problems)
     labels = sorted(variants)
-    meta = build_meta(cfg, labels)
+    uses_depth = cfg.image_bit_depth is not None or col.fixer.counts_max is not None
+    meta = build_meta(cfg, labels, col.fixer.bit_depth if uses_depth else None)
     warns = _assign_splits(entries, cfg, col.problems)
     samples, short = _samples(entries, cfg, progress)
     n_short = sum(short.values())

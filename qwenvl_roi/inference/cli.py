@@ -1,7 +1,10 @@
-"""`qwenvl-roi predict`: per-region P(abnormal) and label for every sample of a regions_*.jsonl file.
+"""`qwenvl-roi predict`: per-region P(abnormal) and label, for a converters' regions_*.jsonl (`--regions`,
+what `eval` uses) or for the boxes an upstream detector proposes on new images (`--images --boxes`: one row
+per image, resumable, sharded under torchrun; job.py).
 
-The prompt settings come from dataset_meta.json beside the regions file; the decision threshold from the
-inference config (`--inference-config`, else the adapter folder, else the model folder, else 0.5).
+The prompt settings come from dataset_meta.json (beside the regions file; with --boxes from --meta or the
+adapter/model folder); the decision threshold from the inference config (`--inference-config`, else the
+adapter folder, else the model folder, else 0.5).
 """
 
 from __future__ import annotations
@@ -17,7 +20,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="base model folder, or a merged export")
     parser.add_argument("--adapter", default=None, help="LoRA adapter folder trained on --model")
     parser.add_argument(
-        "--regions", required=True, help="regions_*.jsonl (dataset_meta.json must be beside it)"
+        "--regions", default=None, help="regions_*.jsonl (dataset_meta.json must be beside it)"
+    )
+    parser.add_argument(
+        "--boxes",
+        default=None,
+        help="detector boxes instead of --regions: a JSONL file ({image, boxes, id}) or a folder of "
+        "same-stem txt files in the annotation format (label column optional)",
+    )
+    parser.add_argument(
+        "--images",
+        default=None,
+        help="with --boxes: the folder relative image paths start from (default: the boxes file's folder, "
+        "or the txt folder itself)",
+    )
+    parser.add_argument(
+        "--meta",
+        default=None,
+        help="with --boxes: dataset_meta.json or its folder (default: the adapter, then the model folder)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="with --boxes: any input problem stops before scoring (exit 2)"
     )
     parser.add_argument("--out", required=True, help="predictions.jsonl to write")
     parser.add_argument("--mode", choices=("score", "generate"), default="score", help="default: score")
@@ -82,6 +105,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
+        if (args.regions is None) == (args.boxes is None):
+            raise InputError("give either --regions (a converters' regions file) or --boxes (detector boxes)")
+        if args.boxes is not None:
+            return _run_boxes(args)
+        if args.images is not None or args.meta is not None or args.strict:
+            raise InputError("--images, --meta and --strict go with --boxes")
         samples = load_samples(args.regions)
         from qwenvl_roi.inference.predictor import RegionPredictor
 
@@ -110,3 +139,18 @@ def run(args: argparse.Namespace) -> int:
         msg += f", {unparsed} regions unparsed"
     print(f"{msg} -> {args.out}")
     return 0
+
+
+def _run_boxes(args: argparse.Namespace) -> int:
+    """The detector-boxes form (job.py); --images defaults to where the boxes are."""
+    from qwenvl_roi.evaluation.files import InputError
+    from qwenvl_roi.inference import job
+
+    if args.mode != "score":
+        raise InputError("--boxes scores (--mode score); generate mode takes --regions")
+    boxes = Path(args.boxes)
+    if args.images is None:
+        args.images = str(boxes if boxes.is_dir() else boxes.parent)
+    if not Path(args.images).is_dir():
+        raise InputError(f"--images {args.images}: not a folder")
+    return job.run(args)

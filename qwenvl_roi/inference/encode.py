@@ -77,18 +77,19 @@ class _OncePerImage:
 
     def __init__(self, original: Any) -> None:
         self.original = original
-        self.results: dict[str, dict[str, Any]] = {}
+        self.results: dict[str | int, dict[str, Any]] = {}
 
     def __call__(self, images: list[Any], videos: list[Any], audios: list[Any], processor: Any) -> dict:
         import torch
 
-        if videos or audios or not images or not all(isinstance(i, str) for i in images):
+        if videos or audios or not images:
             return self.original(images, videos, audios, processor)
         parts = []
-        for path in images:
-            if path not in self.results:
-                self.results[path] = dict(self.original([path], [], [], processor))
-            parts.append(self.results[path])
+        for image in images:
+            key = image if isinstance(image, str) else id(image)  # an in-memory picture lives for the batch
+            if key not in self.results:
+                self.results[key] = dict(self.original([image], [], [], processor))
+            parts.append(self.results[key])
         return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
 
     def clear(self) -> None:

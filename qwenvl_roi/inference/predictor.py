@@ -240,24 +240,52 @@ class RegionPredictor:
     def predict_image(
         self, image: str | Path, boxes: Sequence[Sequence[float]], mode: str = "score"
     ) -> dict[str, Any]:
-        """Score one image and its candidate boxes ([x1, y1, x2, y2] in original pixels, ids R1, R2, ...)."""
-        from PIL import Image
+        """Score one image and its candidate boxes: [x1, y1, x2, y2] in original pixels of the image as shown
+        (EXIF orientation applied), named R1, R2, ... in input order.
 
-        path = str(Path(image).resolve())
-        with Image.open(path) as im:
-            width, height = im.size
-        sample = {
-            "sample_id": path,
-            "image": path,
-            "width": width,
-            "height": height,
-            "regions": [
-                {"id": f"{self.meta.region_id_prefix}{i + 1}", "box": [float(v) for v in box]}
-                for i, box in enumerate(boxes)
-            ],
-        }
-        if mode == "score":
-            return self.score_samples([sample], progress=False)[0]
+        The image is read as the converters prepared the training images; boxes are checked against it (a
+        box outside it gets score None and a note); more boxes than the model judges at once are split into
+        several prompts, as `qwenvl-roi predict --boxes` does.
+        """
+        from qwenvl_roi.inference import detections
+
+        path = Path(image).resolve()
+        job = detections.ImageJob(
+            str(path), str(path), str(path), path, [[float(v) for v in b] for b in boxes]
+        )
+        prepared = detections.check(job)
+        detections.load(prepared, self.meta)
+        if job.error is not None:
+            raise InputError(job.error)
+        samples = prepared.samples(self.meta)
         if mode == "generate":
-            return self.generate_samples([sample], progress=False)[0]
-        raise InputError(f"mode must be 'score' or 'generate', got {mode!r}")
+            if len(samples) != 1 or len(prepared.usable) != len(boxes):
+                raise InputError(
+                    f"generate mode takes 1 to {self.meta.max_boxes_per_image} boxes inside the image "
+                    f"({'; '.join(job.problems) or f'{len(boxes)} given'})"
+                )
+            return {**self.generate_samples(samples, progress=False)[0], "image": str(path)}
+        if mode != "score":
+            raise InputError(f"mode must be 'score' or 'generate', got {mode!r}")
+        rows = self.score_samples(samples, progress=False) if samples else []
+        scored = [r for row in rows for r in row["regions"]]
+        by_index = {i: r for (i, _), r in zip(prepared.usable, scored, strict=True)}
+        regions = []
+        for i in range(len(boxes)):
+            got = by_index.get(i, {"score": None, "label": None, "abnormal": None, "greedy": None})
+            entry = {"id": f"{self.meta.region_id_prefix}{i + 1}"}
+            entry.update({k: got[k] for k in ("score", "label", "abnormal", "greedy")})
+            if i in prepared.notes:
+                entry["note"] = prepared.notes[i]
+            regions.append(entry)
+        lines = [row["image_line_score"] for row in rows]
+        return {
+            "image": str(path),
+            "regions": regions,
+            "image_line_score": max(lines) if lines else None,
+            "image_verdict": next(
+                (r["image_verdict"] for r in rows if r["image_verdict"] != self.meta.normal_word),
+                self.meta.normal_word if rows else None,
+            ),
+            "problems": job.problems,
+        }

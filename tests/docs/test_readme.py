@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -81,10 +82,14 @@ def test_command(readme: str, argv: list[str]) -> None:
     program, args = argv[0], argv[1:]
     if program == "make":
         makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-        for target in args:
+        targets = [a for a in args if "=" not in a]
+        for target in targets:
             assert re.search(rf"^{re.escape(target)}:", makefile, flags=re.M), target
-        if args == ["demo"]:
-            assert "qwenvl-roi demo --out runs/demo" in makefile
+        if targets == ["demo"]:  # what make really runs (-n: print only), with the README's variables
+            dry = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True)
+            arch = dict(a.split("=", 1) for a in args if "=" in a).get("ARCH", "qwen2_5_vl")
+            out = "runs/demo" if arch == "qwen2_5_vl" else f"runs/demo-{arch}"
+            assert f"qwenvl-roi demo --out {out} --arch {arch}" in dry.stdout, dry.stdout
         if args == ["test"]:
             assert "pytest" in makefile and "make test" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     elif program == "qwenvl-roi":
@@ -93,6 +98,13 @@ def test_command(readme: str, argv: list[str]) -> None:
         parsed = build_parser(args).parse_args(args)  # SystemExit on an unknown flag
         assert parsed.command == args[0]
         assert f'"{args[0]}"' in _tests_text(), f"no test runs `qwenvl-roi {args[0]}`"
+    elif program == "torchrun":  # torchrun [its flags] -m qwenvl_roi <subcommand> ...
+        assert args[args.index("-m") + 1] == "qwenvl_roi", args
+        sub = args[args.index("-m") + 2 :]
+        from qwenvl_roi.cli import build_parser
+
+        assert build_parser(sub).parse_args(sub).command == sub[0]
+        assert '"torchrun"' in _tests_text() and '"qwenvl_roi"' in _tests_text(), "no test runs it"
     elif program == "llamafactory-cli":
         _check_llamafactory(env, args)
     elif program.endswith("pytest"):

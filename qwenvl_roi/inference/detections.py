@@ -1,0 +1,270 @@
+"""Detector boxes in: the images and candidate boxes an upstream detector proposes, read line by line.
+
+Two forms, both in original pixels of the image as shown (EXIF orientation applied, the frame labelling
+tools and the converters read boxes in):
+
+- a JSONL file, one image per line: ``{"image": <path relative to --images or absolute>,
+  "boxes": [[x1, y1, x2, y2], ...], "id": <optional>}``;
+- a folder of same-stem ``.txt`` files in the annotation format (``filename ; coords [; label]``, the label
+  column optional, xyxy), read by the converters' parser with its problem reporting; ``a/b/x.txt`` belongs to
+  the image ``a/b/x.<ext>`` under --images.
+
+Nothing stops at a bad line: every problem is kept with its file and line, and the image's output row says
+what was wrong. Images are prepared as the converters prepared the training images (upright, 8-bit RGB;
+16/32-bit scaled by the dataset's bit depth), in memory. Box order is kept. An image with more boxes than
+the model was trained to judge at once (``max_boxes_per_image`` of dataset_meta.json) is split into
+several prompts of consecutive boxes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qwenvl_roi.converters.meta import DatasetMeta
+from qwenvl_roi.evaluation.files import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class ImageJob:
+    """One input image: where it came from, its boxes in input order, and what was wrong."""
+
+    key: str  # the output row's id: the line's "id", else the image as given
+    image: str  # as given
+    source: str  # file:line (JSONL) or the txt file
+    path: Path | None = None  # resolved file
+    boxes: list[list[float]] = field(default_factory=list)  # as given (NaN: unusable entry)
+    problems: list[str] = field(default_factory=list)  # "file:line: reason"; nothing dropped silently
+    error: str | None = None  # set when the image cannot be scored at all
+
+
+def _box(value: Any) -> list[float] | None:
+    if not isinstance(value, list | tuple) or len(value) != 4:
+        return None
+    try:
+        box = [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+    return box if all(math.isfinite(v) for v in box) else None
+
+
+def read_jsonl(path: Path, root: Path) -> list[ImageJob]:
+    """Jobs from a JSONL file of detections, one per non-blank line."""
+    jobs: list[ImageJob] = []
+    seen: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read the boxes file ({exc})") from None
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            jobs.append(ImageJob(f"<line {lineno}>", "", where, error=f"{where}: not valid JSON ({exc.msg})"))
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not obj["image"]:
+            jobs.append(ImageJob(f"<line {lineno}>", "", where, error=f'{where}: needs an "image" string'))
+            continue
+        key = str(obj["id"]) if obj.get("id") is not None else obj["image"]
+        image = Path(obj["image"]).expanduser()
+        job = ImageJob(key, obj["image"], where, image if image.is_absolute() else root / image)
+        if key in seen:
+            job.error = f"{where}: {key!r} was already given at {seen[key]}"
+        elif not isinstance(obj.get("boxes"), list):
+            job.error = f'{where}: needs "boxes": a list of [x1, y1, x2, y2]'
+        else:
+            seen[key] = where
+            for k, value in enumerate(obj["boxes"]):
+                box = _box(value)
+                if box is None:
+                    job.problems.append(f"{where}: box {k + 1} {value!r} is not 4 finite numbers; not scored")
+                job.boxes.append(box or [math.nan] * 4)  # keeps its place in the output
+        jobs.append(job)
+    return jobs
+
+
+def read_txt_folder(folder: Path, root: Path) -> list[ImageJob]:
+    """Jobs from a folder of same-stem txt files (label column optional), in sorted path order."""
+    from qwenvl_roi.converters.parse import LineParser, parse_txt
+
+    parser = LineParser(label_optional=True)
+    jobs: list[ImageJob] = []
+    for txt in sorted(folder.rglob("*.txt")):
+        stem = txt.relative_to(folder).with_suffix("")
+        candidates = [
+            root / stem.with_suffix(s) for s in (*IMAGE_SUFFIXES, *(x.upper() for x in IMAGE_SUFFIXES))
+        ]
+        found = next((c for c in candidates if c.is_file()), None)
+        image = found.relative_to(root).as_posix() if found else stem.as_posix()
+        job = ImageJob(image, image, str(txt), found)
+        if found is None:
+            job.error = (
+                f"{txt}: no image {stem.as_posix()}.<{'|'.join(s[1:] for s in IMAGE_SUFFIXES)}> under {root}"
+            )
+        else:
+            parsed = parse_txt(txt, str(txt), found.name, parser)
+            job.problems += [str(p) for p in parsed.problems]
+            job.boxes = [list(raw.coords) for raw in parsed.boxes]
+        jobs.append(job)
+    return jobs
+
+
+def read_jobs(boxes: Path, root: Path) -> list[ImageJob]:
+    """Jobs from --boxes (a JSONL file or a folder of txt files) with images under --images."""
+    if boxes.is_dir():
+        return read_txt_folder(boxes, root)
+    if not boxes.is_file():
+        raise InputError(f"--boxes {boxes}: no such file or folder")
+    return read_jsonl(boxes, root)
+
+
+def split_boxes(n: int, per_prompt: int) -> list[range]:
+    """Consecutive, nearly equal groups of at most `per_prompt` of n boxes (input order kept)."""
+    if n == 0:
+        return []
+    parts = math.ceil(n / per_prompt)
+    base, extra = divmod(n, parts)
+    out, start = [], 0
+    for i in range(parts):
+        size = base + (1 if i < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+@dataclass
+class PreparedImage:
+    """An image ready for prompts: what the model loads, its size as shown, and its usable boxes."""
+
+    job: ImageJob
+    inspection: Any = None  # the converters' header inspection (converters/images.py)
+    picture: Any = None  # a path (str) or an in-memory upright 8-bit RGB PIL image
+    width: int = 0
+    height: int = 0
+    usable: list[tuple[int, list[float]]] = field(default_factory=list)  # (input index, checked box)
+    notes: dict[int, str] = field(default_factory=dict)  # input index -> what happened to that box
+
+    def samples(self, meta: DatasetMeta) -> list[dict[str, Any]]:
+        """The prompts of this image: consecutive groups of its usable boxes, ids R1.. in each."""
+        out = []
+        for k, group in enumerate(split_boxes(len(self.usable), meta.max_boxes_per_image)):
+            regions = [
+                {"id": f"{meta.region_id_prefix}{i + 1}", "box": self.usable[j][1]}
+                for i, j in enumerate(group)
+            ]
+            out.append(
+                {
+                    "sample_id": f"{self.job.key}#{k}",
+                    "image": self.picture,
+                    "width": self.width,
+                    "height": self.height,
+                    "regions": regions,
+                }
+            )
+        return out
+
+
+def check(job: ImageJob) -> PreparedImage:
+    """Read the image header (size as shown, what the converters would fix) and check every box against it.
+
+    Cheap (no pixels decoded), so `--strict` can check a whole input before anything is scored.
+    """
+    from qwenvl_roi.converters.images import inspect
+    from qwenvl_roi.converters.parse import RawBox, check_box
+
+    prepared = PreparedImage(job)
+    if job.error is not None:
+        return prepared
+    assert job.path is not None
+    if not job.path.is_file():
+        job.error = f"{job.source}: image {job.path} not found"
+        return prepared
+    insp = inspect(job.path)
+    if isinstance(insp, str):
+        job.error = f"{job.source}: cannot read image {job.path}: {insp}"
+        return prepared
+    if insp.note:
+        job.problems.append(f"{job.source}: {insp.note}")
+    prepared.inspection = insp
+    prepared.width, prepared.height = insp.width, insp.height
+    for i, box in enumerate(job.boxes):
+        if any(math.isnan(v) for v in box):
+            prepared.notes[i] = "not 4 finite numbers"
+            continue
+        checked = check_box(RawBox(0, (box[0], box[1], box[2], box[3]), ""), insp.width, insp.height, 0.0)
+        if checked.reason:
+            prepared.notes[i] = checked.reason
+            job.problems.append(f"{job.source}: box {i + 1}: {checked.reason}")
+        if checked.box is not None:
+            prepared.usable.append((i, list(checked.box)))
+    return prepared
+
+
+def load(prepared: PreparedImage, meta: DatasetMeta) -> None:
+    """Set what the model loads: the file itself, or (EXIF-rotated, 16/32-bit, palette, ...) an upright
+    8-bit RGB copy in memory made exactly as the converters made the training copies."""
+    from qwenvl_roi.converters.images import HIGH_DEPTH_MODES, depth_for, pixel_range, render
+
+    job, insp = prepared.job, prepared.inspection
+    if job.error is not None or insp is None:
+        return
+    assert job.path is not None
+    if not insp.reasons:
+        prepared.picture = str(job.path)
+        return
+    depth = meta.image_bit_depth
+    try:
+        if insp.mode in HIGH_DEPTH_MODES and depth is None:
+            depth = depth_for(pixel_range(job.path)[1])
+        rendered = render(job.path, insp, depth or 8)
+    except Exception as exc:  # PIL raises many types for broken files
+        job.error = f"{job.source}: cannot convert image {job.path} ({type(exc).__name__}: {exc})"
+        return
+    prepared.picture = rendered.image
+    job.problems.append(f"{job.source}: {insp.describe()}: read upright as 8-bit RGB, as for training")
+
+
+def output_row(prepared: PreparedImage, scored: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
+    """The predictions row of one input image: every input box in order, then the image-level verdict."""
+    job = prepared.job
+    row: dict[str, Any] = {"id": job.key, "image": job.image}
+    if job.error is not None:
+        return {**row, "error": job.error, "problems": job.problems}
+    by_index = {}
+    regions = [r for s in scored for r in s["regions"]]
+    for (index, _), region in zip(prepared.usable, regions, strict=True):
+        by_index[index] = region
+    boxes = []
+    for i, box in enumerate(job.boxes):
+        got = by_index.get(i)
+        entry: dict[str, Any] = {"box": box if not any(math.isnan(v) for v in box) else None}
+        if got is None:
+            entry.update({"score": None, "label": None, "greedy": None, "abnormal": None})
+        else:
+            entry.update({k: got[k] for k in ("score", "label", "greedy", "abnormal")})
+        if i in prepared.notes:
+            entry["note"] = prepared.notes[i]
+        boxes.append(entry)
+    scores = [b["score"] for b in boxes if b["score"] is not None]
+    lines = [s["image_line_score"] for s in scored]
+    row.update(
+        {
+            "width": prepared.width,
+            "height": prepared.height,
+            "prompts": len(scored),
+            "boxes": boxes,
+            "image_score": max(scores) if scores else None,
+            "image_abnormal": (max(scores) >= threshold) if scores else None,
+            "image_line_score": max(lines) if lines else None,
+            "problems": job.problems,
+        }
+    )
+    return row

@@ -1,0 +1,55 @@
+"""The processes of one `qwenvl-roi predict` job: one, or one per rank under torchrun (any number of nodes).
+
+Ranks only need to wait for each other (before splitting the pending work, before the merge), so they talk
+over gloo whatever the device: no tensor ever crosses between them. Each rank scores on its own device
+(``cuda:LOCAL_RANK`` when GPUs are visible).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    def barrier(self) -> None:
+        """Wait until every rank gets here (no-op for one process)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+    def device(self, requested: str | None) -> str | None:
+        """The device to score on: the request, or this rank's GPU when GPUs are visible."""
+        if requested is not None or self.world == 1:
+            return requested
+        import torch
+
+        return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+
+
+def from_environment() -> Ranks:
+    """Ranks from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT); one process
+    otherwise. Barriers may wait long (ranks finish their shares at different times): 24 hours."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=timedelta(hours=24))
+    return Ranks(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))

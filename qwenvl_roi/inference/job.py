@@ -1,0 +1,129 @@
+"""`qwenvl-roi predict --images ROOT --boxes B`: score detector boxes at scale, resumable and sharded.
+
+The input (detections.py) becomes a fixed list of batches of `--batch-size` images in input order. Under
+torchrun each rank scores the pending batches ``j % world == rank`` on its own device; results are written
+batch by batch (resumable.py), so a killed job rerun with the same command skips what is done. Every batch
+is always scored with the same images, so the output is byte-identical for any number of ranks and restarts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from qwenvl_roi.inference import detections, distributed, resumable
+
+
+def _digest(path: Path) -> str:
+    """A hash of the boxes input (a file, or every txt of a folder with its name)."""
+    h = hashlib.sha256()
+    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
+    for f in files:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def fingerprint(args: Any, predictor: Any) -> dict[str, Any]:
+    """What must be equal for partial results to be resumed: model, prompt settings, inputs, batching."""
+    meta_hash = hashlib.sha256(predictor.meta.model_dump_json().encode()).hexdigest()
+    return {
+        "model": str(Path(args.model).resolve()),
+        "adapter": str(Path(args.adapter).resolve()) if args.adapter else None,
+        "dataset_meta": meta_hash,
+        "boxes": _digest(Path(args.boxes)),
+        "images": str(Path(args.images).resolve()),
+        "batch_size": args.batch_size,
+        "threshold": predictor.config.threshold,
+    }
+
+
+def score_batch(predictor: Any, jobs: list[detections.ImageJob], batch_size: int) -> list[dict[str, Any]]:
+    """Output rows of one batch of images (bad images get their error row, the rest are scored)."""
+    prepared = [detections.check(job) for job in jobs]
+    for p in prepared:
+        detections.load(p, predictor.meta)
+    samples, owners = [], []
+    for i, p in enumerate(prepared):
+        for sample in p.samples(predictor.meta) if p.job.error is None else []:
+            samples.append(sample)
+            owners.append(i)
+    rows = predictor.score_samples(samples, batch_size=batch_size, progress=False) if samples else []
+    per_image: list[list[dict[str, Any]]] = [[] for _ in prepared]
+    for owner, row in zip(owners, rows, strict=True):
+        per_image[owner].append(row)
+    return [
+        detections.output_row(p, r, predictor.config.threshold)
+        for p, r in zip(prepared, per_image, strict=True)
+    ]
+
+
+def run(args: Any) -> int:
+    """Entry point of the detector-boxes form of `qwenvl-roi predict`."""
+    from tqdm import tqdm
+
+    from qwenvl_roi.inference.predictor import RegionPredictor
+
+    ranks = distributed.from_environment()
+    out = Path(args.out)
+    jobs = detections.read_jobs(Path(args.boxes), Path(args.images))
+    if args.strict:  # every image header and box checked before anything is scored
+        problems = []
+        for job in jobs:
+            detections.check(job)
+            problems += [job.error] if job.error else []
+            problems += job.problems
+        if problems:
+            if ranks.rank == 0:
+                for p in problems:
+                    print(f"qwenvl-roi predict: error: {p}", file=sys.stderr)
+                print(
+                    f"qwenvl-roi predict: {len(problems)} input problem(s); --strict: nothing scored",
+                    file=sys.stderr,
+                )
+            ranks.close()
+            return 2
+    predictor = RegionPredictor.load(
+        args.model,
+        adapter=args.adapter,
+        meta=args.meta,
+        inference_config=args.inference_config,
+        device=ranks.device(args.device),
+        dtype=args.dtype,
+    )
+    plan = [jobs[i : i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
+    sizes = [len(b) for b in plan]
+    stamp = fingerprint(args, predictor)
+    done = resumable.completed_batches(out, stamp, sizes)
+    ranks.barrier()  # every rank has read what earlier runs finished before anyone writes more
+    pending = [b for b in range(len(plan)) if b not in done]
+    mine = pending[ranks.rank :: ranks.world]
+    if ranks.rank == 0 and done:
+        print(f"resuming: {len(done)} of {len(plan)} batches already done in {resumable.partial_dir(out)}")
+    writer = resumable.PartWriter(out, stamp, ranks.rank) if mine else None
+    bar = tqdm(total=len(mine), desc=f"predict rank {ranks.rank}", unit="batch", disable=args.no_progress)
+    for b in mine:
+        rows = score_batch(predictor, plan[b], args.batch_size)
+        assert writer is not None
+        writer.add(b, rows)
+        bar.update(1)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    ranks.barrier()  # every share is on disk
+    if ranks.rank == 0:
+        batches = resumable.completed_batches(out, stamp, sizes)
+        resumable.finish(out, batches, len(plan))
+        rows = [row for b in range(len(plan)) for row in batches[b]]
+        flagged = sum(1 for r in rows if r.get("image_abnormal"))
+        failed = sum(1 for r in rows if "error" in r)
+        noted = sum(len(r.get("problems", [])) for r in rows)
+        print(
+            f"{len(rows)} images, {flagged} judged abnormal at threshold {predictor.config.threshold:.4f}, "
+            f"{failed} could not be scored, {noted} input problems (see each row) -> {out}"
+        )
+    ranks.barrier()
+    ranks.close()
+    return 0
