@@ -123,7 +123,8 @@ def defect_box(coords: tuple[float, float, float, float], width: int, height: in
     return (x1, y1, x2, y2)
 
 
-def _stem_key(rel: str) -> str:
+def stem_key(rel: str) -> str:
+    """How an image finds its txt: the same path without extension, case-folded."""
     return posixpath.splitext(rel)[0].casefold()
 
 
@@ -194,12 +195,12 @@ class _Collector:
         self.inputs["abnormal_images_found"] = len(images)
         self.inputs["txt_files_found"] = len(txts)
         by_stem: dict[str, list[str]] = defaultdict(list)
-        stem_of = {rel: _stem_key(rel) for rel in images}
+        stem_of = {rel: stem_key(rel) for rel in images}
         for rel in images:
             by_stem[stem_of[rel]].append(rel)
         txt_by_stem: dict[str, list[str]] = defaultdict(list)
         for rel in txts:
-            txt_by_stem[_stem_key(rel)].append(rel)
+            txt_by_stem[stem_key(rel)].append(rel)
 
         entries: list[ImageEntry] = []
         for stem in sorted(set(txt_by_stem) - set(by_stem)):

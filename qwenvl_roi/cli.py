@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("qwenvl_roi.converters.prepare", "parse, split, draw candidates -> regions_*.jsonl"),
     "build-sft": ("qwenvl_roi.converters.build_sft", "regions_*.jsonl -> LLaMA-Factory sharegpt datasets"),
     "convert": ("qwenvl_roi.converters.convert", "prepare + build-sft in one go"),
+    "preview": ("qwenvl_roi.preview.cli", "the converted data drawn as the model will see it (index.html)"),
     "tiny-model": ("qwenvl_roi.tiny_model", "build a tiny random-weight model of any family offline"),
     "predict": ("qwenvl_roi.inference.cli", "per-region abnormal scores for a regions_*.jsonl file"),
     "eval": ("qwenvl_roi.evaluation.cli", "ROI- and image-level metrics, threshold chosen on val"),

@@ -4,10 +4,10 @@ Why: a wrong coordinate frame, a rotated picture or a 16-bit image that the trai
 only be seen on the pixels the trainer actually loads. LLaMA-Factory 0.9.5 opens the file with
 ``Image.open`` (no EXIF rotation), shrinks it to ``image_max_pixels`` / grows it to ``image_min_pixels``,
 converts it to RGB (``mm_plugin.BasePlugin._preprocess_image``), applies the Qwen2-VL plugin's size
-rules, and the Qwen processor resizes it to the ``smart_resize`` grid (multiples of 28): that grid is the
-frame the model's coordinates live in (converters/frames.py). :func:`model_view` replays those steps;
-boxes (original pixels of the picture at ``image``, xyxy) are scaled into that frame and then into the
-thumbnail.
+rules, and the Qwen processor resizes it to the ``smart_resize`` grid (multiples of the family's grid
+factor, 28 or 32): that grid is the frame the model's coordinates live in (converters/frames.py).
+:func:`model_view` replays those steps; boxes (original pixels of the picture at ``image``, xyxy) are
+scaled into that frame and then into the thumbnail.
 """
 
 from __future__ import annotations
@@ -16,10 +16,15 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
 from qwenvl_roi.converters.frames import box_to_frame, model_frame_size
+from qwenvl_roi.families import ModelFamily, family
+
+if TYPE_CHECKING:
+    from qwenvl_roi.converters.meta import DatasetMeta
 
 #: a JPEG may be decoded this much smaller than the thumbnail (then enlarged by at most 1/0.9)
 DRAFT_SLACK = 0.9
@@ -29,11 +34,22 @@ DRAFT_SLACK = 0.9
 class FrameSettings:
     """The pixel limits and model family a dataset was converted with (dataset_meta.json)."""
 
-    model_family: str = "qwen2_5_vl"
+    model_family: ModelFamily = "qwen2_5_vl"
     image_max_pixels: int = 1048576
     image_min_pixels: int = 1024
     processor_min_pixels: int = 3136
     processor_max_pixels: int = 12845056
+
+    @classmethod
+    def from_meta(cls, meta: DatasetMeta) -> FrameSettings:
+        """The settings a converted dataset records in its dataset_meta.json."""
+        return cls(
+            model_family=meta.model_family,
+            image_max_pixels=meta.image_max_pixels,
+            image_min_pixels=meta.image_min_pixels,
+            processor_min_pixels=meta.processor_min_pixels,
+            processor_max_pixels=meta.processor_max_pixels,
+        )
 
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
         """(W, H) of the grid the vision tower sees for an original ``width`` x ``height`` picture."""
@@ -44,6 +60,7 @@ class FrameSettings:
             self.image_min_pixels,
             self.processor_min_pixels,
             self.processor_max_pixels,
+            family(self.model_family).grid_factor,
         )
 
 
@@ -56,16 +73,7 @@ def frame_settings(regions_file: str | Path) -> tuple[FrameSettings, str | None]
         meta = load_dataset_meta(regions_file)
     except ConvertError as exc:
         return FrameSettings(), f"pictures use LLaMA-Factory's default pixel limits ({exc})"
-    return (
-        FrameSettings(
-            model_family=meta.model_family,
-            image_max_pixels=meta.image_max_pixels,
-            image_min_pixels=meta.image_min_pixels,
-            processor_min_pixels=meta.processor_min_pixels,
-            processor_max_pixels=meta.processor_max_pixels,
-        ),
-        None,
-    )
+    return FrameSettings.from_meta(meta), None
 
 
 def trainer_image(image: Image.Image, settings: FrameSettings) -> Image.Image:
@@ -128,22 +136,23 @@ def model_view(path: str | Path, settings: FrameSettings, max_side: int) -> View
 
 
 def box_in_frame(
-    box: Sequence[float], original: tuple[int, int], frame: tuple[int, int], model_family: str
+    box: Sequence[float], original: tuple[int, int], frame: tuple[int, int], model_family: ModelFamily
 ) -> list[float]:
     """An original-pixel xyxy box as the model reads it, in frame pixels.
 
-    Qwen2.5-VL reads the integers converters/frames.py writes (frame pixels); Qwen2-VL reads 0-1000
-    normalised integers, mapped back onto the frame here. Both are what the prompt told the model.
+    Qwen2.5-VL reads the integers converters/frames.py writes (frame pixels); Qwen2-VL, Qwen3-VL and Qwen3.5
+    read integers on 0..1000 (the family table's coordinate frame), mapped back onto the frame here. Each
+    is what the prompt told the model.
     """
-    if model_family == "qwen2_vl":
-        v = box_to_frame(box, original[0], original[1], "qwen2_vl")
+    if not family(model_family).frame_needs_size:
+        v = box_to_frame(box, original[0], original[1], model_family)
         return [
             v[0] * frame[0] / 1000,
             v[1] * frame[1] / 1000,
             v[2] * frame[0] / 1000,
             v[3] * frame[1] / 1000,
         ]
-    return [float(c) for c in box_to_frame(box, original[0], original[1], "qwen2_5_vl", frame)]
+    return [float(c) for c in box_to_frame(box, original[0], original[1], model_family, frame)]
 
 
 @dataclass(frozen=True)

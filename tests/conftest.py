@@ -10,9 +10,31 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="qwenvl-roi-hf-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import shutil  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+@pytest.fixture
+def chromium_page() -> Iterator[Any]:
+    """A page of headless Debian Chromium driven by Playwright (1200 x 800), for static HTML opened from
+    disk; skips when Chromium is not installed (Playwright's own browser download does not work here)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, headless=True, args=["--headless", "--no-sandbox"]
+        )
+        try:
+            yield browser.new_page(viewport={"width": 1200, "height": 800})
+        finally:
+            browser.close()
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,7 @@ class DemoConfig(BaseModel):
     lora_rank: int = 16
     predict_batch_size: int = 8
     stage_check_auroc: float = 0.85
+    preview_limit: int = Field(24, ge=0, description="samples in the annotation preview (problems first)")
     phases: list[PhaseSpec] = Field(
         default_factory=lambda: [
             PhaseSpec(
@@ -289,7 +290,7 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = Fa
     out.mkdir(parents=True, exist_ok=True)
     run = Runner(out, quiet)
     wall = time.perf_counter()
-    for stale in ("train", "models", "predictions", "eval", "tokenized"):
+    for stale in ("train", "models", "predictions", "eval", "tokenized", "preview"):
         shutil.rmtree(out / stale, ignore_errors=True)
 
     manifest = run.timed("synth", generate, out / "data", cfg.synth, progress=not quiet)
@@ -304,6 +305,15 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = Fa
     _write_yaml(out / "data.yaml", data_cfg)
     conv = run.timed("convert", convert, data_cfg, progress=not quiet)
     prepared = out / "prepared"
+    preview = out / "preview"
+    if cfg.preview_limit:
+        run.timed(
+            "preview",
+            _cli,
+            qwenvl_roi_main,
+            ["preview", "--config", str(out / "data.yaml"), "--out", str(preview),
+             "--limit", str(cfg.preview_limit)],
+        )  # fmt: skip
     meta = json.loads((prepared / "dataset_meta.json").read_text(encoding="utf-8"))
 
     base = out / "models" / "base"
@@ -376,7 +386,10 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = Fa
     report = {
         "out": str(out),
         "config": cfg.model_dump(mode="json"),
-        "data": _data_summary(manifest, conv, scan_json),
+        "data": {
+            **_data_summary(manifest, conv, scan_json),
+            "preview": str(preview / "index.html") if cfg.preview_limit else None,
+        },
         "phases": phases,
         "stage_check": checks,
         "metrics": {"untrained": untrained, "trained": trained},

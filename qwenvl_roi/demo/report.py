@@ -108,6 +108,14 @@ def render_markdown(report: dict[str, Any]) -> str:
             for k, v in d["splits"].items()
         ),
         f"- SFT datasets: {d['sft_records']}",
+        *(
+            [
+                f"- annotation preview (problems first, pictures as the model sees them): "
+                f"[{_rel(d['preview'], out)}]({_rel(d['preview'], out)})"
+            ]
+            if d.get("preview")
+            else []
+        ),
         f"- label distribution: [{_rel(d['scan_labels'], out)}]({_rel(d['scan_labels'], out)})"
         + (
             f", chart [{_rel(d['label_chart'], out)}]({_rel(d['label_chart'], out)})"

@@ -11,27 +11,32 @@ first), then false positives (highest score first), then label confusions, then 
 
 from __future__ import annotations
 
-import html
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-
-from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from qwenvl_roi.atomic import atomic_dir
 from qwenvl_roi.converters.paths import resolve_image
 from qwenvl_roi.evaluation.metrics import NORMAL_CLASS, gold_class, predicted_class
 from qwenvl_roi.evaluation.records import JoinedRegion
 from qwenvl_roi.fonts import LabelFont, display_names, find_label_font
-from qwenvl_roi.pictures import FrameSettings, Mark, box_in_frame, draw_marks, model_view
+from qwenvl_roi.picture_pages import (
+    IMG_DIR,
+    INDEX_HTML,
+    PageOptions,
+    Thumb,
+    draw_all,
+    draw_thumbnail,
+    esc,
+    grid_html,
+    hex_color,
+    img_html,
+    write_pages,
+)
+from qwenvl_roi.pictures import FrameSettings, Mark, View, box_in_frame
 
 GALLERY_DIR = "gallery"
-MIN_DISPLAY_SIDE = 256  # CSS pixels: smaller thumbnails are shown enlarged
-INDEX_HTML = "index.html"
 
 Outcome = Literal["TP", "LABEL", "FP", "FN", "TN"]
 #: Okabe-Ito colours (readable with colour-vision deficiencies) and the tag text colour on them
@@ -61,16 +66,9 @@ CATEGORY_TEXT = {
 }
 
 
-class GalleryOptions(BaseModel):
-    """How much of the evaluation the gallery shows and how big its thumbnails are."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    limit: int = Field(1000, ge=0, description="pictures in the gallery (mistakes first); 0: no gallery")
-    page_size: int = Field(200, ge=1)
-    max_side: int = Field(512, ge=64, description="thumbnail size bound in pixels")
-    image_format: Literal["jpeg", "png"] = "jpeg"
-    workers: int = Field(0, ge=0, description="threads drawing thumbnails; 0: one per CPU, at most 8")
+class GalleryOptions(PageOptions):
+    """How much of the evaluation the gallery shows (mistakes first; ``limit=0``: no gallery) and how big
+    its thumbnails are."""
 
 
 def region_outcome(r: JoinedRegion, threshold: float) -> Outcome:
@@ -152,16 +150,6 @@ def _tag(entry: Entry, i: int, names: dict[str, str], sep: str) -> str:
     return entry.tags[i]
 
 
-@dataclass(frozen=True)
-class Thumb:
-    """A written thumbnail (file name and size) or why there is none, plus a note for the card."""
-
-    name: str | None
-    size: tuple[int, int] | None
-    problem: str | None = None
-    note: str | None = None
-
-
 def _thumbnail(
     entry: Entry,
     name: str,
@@ -171,72 +159,32 @@ def _thumbnail(
     font: LabelFont,
     names: dict[str, str],
 ) -> Thumb:
-    try:
-        view = model_view(entry.path, settings, options.max_side)
-    except FileNotFoundError:
-        return Thumb(None, None, f"{entry.path}: file not found")
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # unreadable, truncated, too big
-        return Thumb(None, None, f"{entry.path}: cannot be read ({exc})")
-    note = None
-    recorded = next((r.image_size for r in entry.regions if r.image_size is not None), None)
-    if recorded is not None and tuple(recorded) != view.original_size:
-        note = (
-            f"the regions file says {recorded[0]}x{recorded[1]} but the trainer loads "
-            f"{view.original_size[0]}x{view.original_size[1]} pixels: boxes may be in another frame"
-        )
     sep = "≠" if font.can_draw("≠") else "!="
     order = sorted(range(len(entry.regions)), key=lambda i: DRAW_ORDER[entry.outcomes[i]])
-    marks = []
-    for i in order:
-        box = entry.regions[i].box
-        if box is None:
-            continue
-        fb = box_in_frame(box, view.original_size, view.frame_size, settings.model_family)
-        color, text_color = COLORS[entry.outcomes[i]]
-        marks.append(Mark([v * view.scale for v in fb], color, _tag(entry, i, names, sep), text_color))
-    image = draw_marks(view.image, marks, font.path)
-    if options.image_format == "png":
-        image.save(folder / name, "PNG")
-    else:
-        image.save(folder / name, "JPEG", quality=90, subsampling=0)
-    if not marks:
-        note = "no boxes in the regions file" if note is None else note
-    return Thumb(name, image.size, None, note)
 
+    def marks(view: View) -> list[Mark]:
+        out = []
+        for i in order:
+            box = entry.regions[i].box
+            if box is None:
+                continue
+            fb = box_in_frame(box, view.original_size, view.frame_size, settings.model_family)
+            color, text_color = COLORS[entry.outcomes[i]]
+            out.append(Mark([v * view.scale for v in fb], color, _tag(entry, i, names, sep), text_color))
+        return out
 
-_CSS = """
-body{font-family:system-ui,sans-serif;margin:1em;color:#222}
-.grid{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
-figure{margin:0;border:1px solid #ccc;padding:6px;max-width:540px;background:#fafafa}
-figure img{max-width:100%;height:auto;display:block}
-img.px{image-rendering:pixelated}
-figcaption{font-size:12px;word-break:break-all}
-table{border-collapse:collapse;font-size:12px;margin-top:4px}
-td,th{border:1px solid #ddd;padding:1px 4px;text-align:left}
-.sw{display:inline-block;width:12px;height:12px;margin:0 3px 0 10px;vertical-align:middle}
-.badge{font-weight:bold;padding:0 4px;border-radius:3px}
-.problem{color:#b00}
-nav a,nav b{margin-right:6px}
-"""
-
-
-def _hex(rgb: tuple[int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*rgb)
-
-
-def _esc(x: object) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _page_name(k: int) -> str:
-    return INDEX_HTML if k == 1 else f"page-{k}.html"
+    recorded = next((r.image_size for r in entry.regions if r.image_size is not None), None)
+    thumb = draw_thumbnail(entry.path, name, folder, settings, options, font.path, marks, recorded)
+    if thumb.name is not None and thumb.note is None and all(r.box is None for r in entry.regions):
+        return Thumb(thumb.name, thumb.size, None, "no boxes in the regions file")
+    return thumb
 
 
 def _card(entry: Entry, thumb: Thumb, threshold: float) -> str:
     color, text_color = COLORS.get(entry.category, ((255, 255, 255), (0, 0, 0)))
     badge = (
-        f'<span class="badge" style="background:{_hex(color)};color:{_hex(text_color)}">'
-        f"{_esc(CATEGORY_TEXT[entry.category])}</span>"
+        f'<span class="badge" style="background:{hex_color(color)};color:{hex_color(text_color)}">'
+        f"{esc(CATEGORY_TEXT[entry.category])}</span>"
         if entry.category != "rest"
         else ""
     )
@@ -244,55 +192,29 @@ def _card(entry: Entry, thumb: Thumb, threshold: float) -> str:
     img_score = max((r.score or 0.0) for r in entry.regions)
     pred_abn = any(o in ("TP", "LABEL", "FP") for o in entry.outcomes)
     parts = ["<figure>"]
-    if thumb.name is not None and thumb.size is not None:
-        alt = f"{entry.image} with its candidate regions"
-        # small pictures are shown enlarged by a whole factor, pixels kept sharp
-        k = max(1, -(-MIN_DISPLAY_SIDE // max(thumb.size)))
-        css = ' class="px"' if k > 1 else ""
-        parts.append(
-            f'<a href="img/{_esc(thumb.name)}"><img src="img/{_esc(thumb.name)}"{css} '
-            f'width="{thumb.size[0] * k}" height="{thumb.size[1] * k}" loading="lazy" alt="{_esc(alt)}"></a>'
-        )
-    parts.append(f"<figcaption>{badge} <code>{_esc(entry.image)}</code><br>")
+    parts.append(img_html(thumb, f"{entry.image} with its candidate regions"))
+    parts.append(f"<figcaption>{badge} <code>{esc(entry.image)}</code><br>")
     parts.append(
         f"image: gold {'abnormal' if gold_abn else 'normal'}, predicted "
         f"{'abnormal' if pred_abn else 'normal'} (max score {img_score:.4f}, threshold {threshold:.4f})"
     )
     if thumb.problem:
-        parts.append(f'<br><span class="problem">no picture: {_esc(thumb.problem)}</span>')
+        parts.append(f'<br><span class="problem">no picture: {esc(thumb.problem)}</span>')
     if thumb.note:
-        parts.append(f'<br><span class="problem">{_esc(thumb.note)}</span>')
+        parts.append(f'<br><span class="problem">{esc(thumb.note)}</span>')
     parts.append(
         "<table><tr><th>region</th><th>outcome</th><th>score</th><th>predicted</th><th>gold</th></tr>"
     )
     for i, r in enumerate(entry.regions):
         color, text_color = COLORS[entry.outcomes[i]]
         parts.append(
-            f"<tr><td>{_esc(entry.tags[i])}</td>"
-            f'<td style="background:{_hex(color)};color:{_hex(text_color)}">'
+            f"<tr><td>{esc(entry.tags[i])}</td>"
+            f'<td style="background:{hex_color(color)};color:{hex_color(text_color)}">'
             f"{OUTCOME_TEXT[entry.outcomes[i]]}</td><td>{_score_text(r.score)}</td>"
-            f"<td>{_esc(predicted_class(r, threshold))}</td><td>{_esc(gold_class(r))}</td></tr>"
+            f"<td>{esc(predicted_class(r, threshold))}</td><td>{esc(gold_class(r))}</td></tr>"
         )
     parts.append("</table></figcaption></figure>")
     return "".join(parts)
-
-
-def _page(
-    k: int,
-    n_pages: int,
-    cards: list[str],
-    header: str,
-) -> str:
-    nav = ["<nav>pages: "]
-    for j in range(1, n_pages + 1):
-        nav.append(f"<b>{j}</b>" if j == k else f'<a href="{_page_name(j)}">{j}</a>')
-    nav.append("</nav>")
-    navs = "".join(nav) if n_pages > 1 else ""
-    return (
-        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>Evaluation gallery, page {k} of {n_pages}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        f'{header}\n{navs}\n<div class="grid">\n' + "\n".join(cards) + f"\n</div>\n{navs}\n</body>\n</html>\n"
-    )
 
 
 def _header(
@@ -305,7 +227,7 @@ def _header(
     threshold = float(metrics["threshold"])
     lines = [
         "<h1>Evaluation gallery</h1>",
-        f"<p>Threshold <b>{threshold:.4f}</b> ({_esc(metrics.get('threshold_source', 'given'))}): "
+        f"<p>Threshold <b>{threshold:.4f}</b> ({esc(metrics.get('threshold_source', 'given'))}): "
         "a region is predicted abnormal when its score &ge; the threshold. Pictures are shown as the "
         'model sees them, boxes in the model\'s frame. <a href="../report.md">report.md</a></p>',
         "<p>Pictures by their first kind of mistake (in this order): "
@@ -313,7 +235,7 @@ def _header(
         + ".</p>",
         "<p>Outcomes:"
         + "".join(
-            f'<span class="sw" style="background:{_hex(COLORS[o][0])}"></span>{OUTCOME_TEXT[o]}'
+            f'<span class="sw" style="background:{hex_color(COLORS[o][0])}"></span>{OUTCOME_TEXT[o]}'
             for o in ("FN", "FP", "LABEL", "TP", "TN")
         )
         + ". Tags: region, score, label (predicted&ne;gold for a wrong label).</p>",
@@ -321,11 +243,11 @@ def _header(
     if legend:
         lines.append(
             "<p>Labels the installed fonts cannot draw are numbered in the pictures: "
-            + ", ".join(f"{_esc(k)} = {_esc(v)}" for k, v in legend.items())
+            + ", ".join(f"{esc(k)} = {esc(v)}" for k, v in legend.items())
             + "</p>"
         )
     if warnings:
-        lines.append('<ul class="problem">' + "".join(f"<li>{_esc(w)}</li>" for w in warnings) + "</ul>")
+        lines.append('<ul class="problem">' + "".join(f"<li>{esc(w)}</li>" for w in warnings) + "</ul>")
     return "\n".join(lines)
 
 
@@ -354,21 +276,14 @@ def write_gallery(
     labels = list(metrics.get("confusion", {}).get("labels", []))
     labels += sorted({lab for r in regions for lab in (r.gold_label, r.pred_label) if lab} - set(labels))
     names, legend = display_names(labels, font)
-    ext = "png" if options.image_format == "png" else "jpg"
-    width = len(str(max(len(chosen), 1)))
-    workers = options.workers or min(8, os.cpu_count() or 1)
 
     with atomic_dir(Path(out_dir) / GALLERY_DIR) as folder:
-        (folder / "img").mkdir()
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            thumbs = list(
-                pool.map(
-                    lambda ie: _thumbnail(
-                        ie[1], f"{ie[0]:0{width}d}.{ext}", folder / "img", settings, options, font, names
-                    ),
-                    enumerate(chosen, start=1),
-                )
-            )
+        (folder / IMG_DIR).mkdir()
+        thumbs = draw_all(
+            chosen,
+            lambda name, e: _thumbnail(e, name, folder / IMG_DIR, settings, options, font, names),
+            options,
+        )
         problems = [t.problem for t in thumbs if t.problem]
         warnings = [meta_warning] if meta_warning else []
         if problems:
@@ -385,10 +300,7 @@ def write_gallery(
                 f"(<code>--gallery-limit {options.limit}</code>).</p>"
             )
         cards = [_card(e, t, threshold) for e, t in zip(chosen, thumbs, strict=True)]
-        n_pages = max(1, -(-len(cards) // options.page_size))
-        for k in range(1, n_pages + 1):
-            page_cards = cards[(k - 1) * options.page_size : k * options.page_size]
-            (folder / _page_name(k)).write_text(_page(k, n_pages, page_cards, header), encoding="utf-8")
+        n_pages = write_pages(folder, cards, options.page_size, grid_html, "Evaluation gallery", header)
     return {
         "index": f"{GALLERY_DIR}/{INDEX_HTML}",
         "pages": n_pages,

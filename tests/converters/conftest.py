@@ -92,6 +92,6 @@ class Files:
     regions = staticmethod(read_regions)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def files() -> Files:
     return Files()

@@ -74,6 +74,24 @@ def test_box_coordinates_are_relative_0_to_1000(family: str) -> None:
     assert meta.box_in_frame([1, 3, 2000, 2000], 2000, 2000) == [0, 2, 1000, 1000]
 
 
+def test_pictures_are_drawn_in_the_qwen3_frame(real_qwen3_frame, tmp_path: Path) -> None:
+    """The eval gallery and the preview show a Qwen3-VL picture at the family's 32-grid, boxes where its
+    relative coordinates put them."""
+    from qwenvl_roi.pictures import FrameSettings, box_in_frame, model_view
+
+    meta = build_meta(DataConfig(model_family="qwen3_vl", image_max_pixels=200704), [])
+    path = tmp_path / "x.png"
+    Image.new("RGB", (1025, 767), (90, 90, 90)).save(path)
+    view = model_view(path, FrameSettings.from_meta(meta), 4096)
+    fw, fh = real_qwen3_frame(Image.open(path), 200704, 1024)
+    assert view.frame_size == view.image.size == (fw, fh)
+    box = [101, 203, 517, 611]
+    drawn = box_in_frame(box, view.original_size, view.frame_size, "qwen3_vl")
+    want = [norm1000(box[0], 1025) * fw, norm1000(box[1], 767) * fh]
+    want += [norm1000(box[2], 1025) * fw, norm1000(box[3], 767) * fh]
+    assert drawn == pytest.approx([v / 1000 for v in want])
+
+
 def test_processor_limits_default_to_the_family(tmp_path: Path) -> None:
     assert (DataConfig().processor_min_pixels, DataConfig().processor_max_pixels) == (3136, 12845056)
     for family in ("qwen3_vl", "qwen3_5"):

@@ -37,6 +37,7 @@ def test_everything_lands_under_the_output_folder(demo_out: Path) -> None:
         "scan_labels.png",
         "prepared/regions_test.jsonl",
         "prepared/prepare_report.json",
+        "preview/index.html",
         "dataset_info/dataset_info.json",
         "models/base/config.json",
         "models/phase3-merged/config.json",
@@ -109,6 +110,7 @@ def test_report_links_resolve(demo_out: Path) -> None:
     for link in links:
         assert (demo_out / link).exists(), link
     assert "untrained" in text and "trained" in text
+    assert "(preview/index.html)" in text  # the annotation preview of the demo's data
 
 
 def _readme_python_blocks() -> list[str]:

@@ -288,30 +288,17 @@ def test_labels_the_font_cannot_draw_are_numbered() -> None:
 
 
 @pytest.mark.browser
-def test_gallery_opens_from_disk_in_chromium(evaluated: Path, tmp_path: Path) -> None:
+def test_gallery_opens_from_disk_in_chromium(evaluated: Path, tmp_path: Path, chromium_page) -> None:
     import os
-    import shutil
-
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
 
     shot = Path(os.environ.get("QWENVL_ROI_GALLERY_SCREENSHOT") or tmp_path / "gallery.png")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium, headless=True, args=["--headless", "--no-sandbox"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 800})
-            page.goto((evaluated / "gallery" / "index.html").resolve().as_uri())
-            page.wait_for_load_state("load")
-            assert page.locator("figure").count() == len(CASES)
-            loaded = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
-            assert loaded == [True] * 3
-            page.screenshot(path=str(shot), full_page=True)
-        finally:
-            browser.close()
+    page = chromium_page
+    page.goto((evaluated / "gallery" / "index.html").resolve().as_uri())
+    page.wait_for_load_state("load")
+    assert page.locator("figure").count() == len(CASES)
+    loaded = page.evaluate("[...document.images].map(i => i.complete && i.naturalWidth > 0)")
+    assert loaded == [True] * 3
+    page.screenshot(path=str(shot), full_page=True)
     assert Image.open(shot).size[0] == 1200
 
 
