@@ -214,8 +214,10 @@ def test_llamafactory_pipeline_sees_our_frame_and_no_think_block(
             module["tokenizer"], DataArguments(template="qwen3_5", enable_thinking=True)
         )
         record = records[0]
+        # the records' image paths are relative to the dataset_info.json folder, as LLaMA-Factory resolves them
+        images = [str((tmp_path / "dinfo" / image).resolve()) for image in record["images"]]
         messages = thinking.mm_plugin.process_messages(
-            record["messages"][1:], record["images"], [], [], module["processor"]
+            record["messages"][1:], images, [], [], module["processor"]
         )
         pairs = thinking.encode_multiturn(module["tokenizer"], messages, record["messages"][0]["content"])
         assert re.match(r"<think>\s*</think>", module["tokenizer"].decode(pairs[-1][1]))
