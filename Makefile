@@ -23,8 +23,11 @@ DEMO_OUT := runs/demo$(if $(filter-out qwen2_5_vl,$(ARCH)),-$(ARCH))
 demo: $(STAMP)
 	$(OFFLINE) $(BIN)/qwenvl-roi demo --out $(DEMO_OUT) --arch $(ARCH)
 
+# Two pytest-xdist workers (the CI machine has 2 cores); tests sharing an expensive fixture stay together.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest -q tests
+	$(OFFLINE) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -67,3 +67,27 @@ def tiny_qwen3_5(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from qwenvl_roi.tiny_model import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-models") / "qwen3_5", "qwen3_5")
+
+
+# Session fixtures worth building once for the whole run (a LoRA trained through llamafactory-cli, ~50 s).
+_SHARED_SESSION_FIXTURES = {"lora_adapter", "merged_model"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep tests that share an expensive fixture on one pytest-xdist worker (`make test` runs
+    `-n 2 --dist loadgroup`): each worker would otherwise build it again. Tests sharing nothing costly
+    stay ungrouped and are spread freely."""
+    for item in items:
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        if _SHARED_SESSION_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.xdist_group("trained-tiny-model"))
+            continue
+        shared = sorted(
+            name
+            for name in item.fixturenames
+            if name in defs and defs[name] and defs[name][-1].scope in ("module", "class", "package")
+        )
+        if shared:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            tag = ",".join(f"{n}={params[n]}" for n in shared if n in params)
+            item.add_marker(pytest.mark.xdist_group(f"{item.path}[{tag}]"))

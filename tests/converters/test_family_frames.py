@@ -214,7 +214,7 @@ def test_llamafactory_pipeline_sees_our_frame_and_no_think_block(
             module["tokenizer"], DataArguments(template="qwen3_5", enable_thinking=True)
         )
         record = records[0]
-        # the records' image paths are relative to the dataset_info.json folder, as LLaMA-Factory resolves them
+        # image paths in the records are relative to the dataset_info.json folder, as LLaMA-Factory reads them
         images = [str((tmp_path / "dinfo" / image).resolve()) for image in record["images"]]
         messages = thinking.mm_plugin.process_messages(
             record["messages"][1:], images, [], [], module["processor"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -222,8 +223,11 @@ def test_two_ranks_under_torchrun_give_the_one_process_file(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     torchrun = Path(sys.executable).with_name("torchrun")
+    with socket.socket() as s:  # a free port: other test processes may run torchrun at the same time
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     proc = subprocess.run(
-        [str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "qwenvl_roi",
+        [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "qwenvl_roi",
          *_cmd(merged_model, roi_dataset, many_boxes, two)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
