@@ -27,7 +27,7 @@ demo: $(STAMP)
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(OFFLINE) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup tests
+	$(OFFLINE) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -9,6 +9,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="qwenvl-roi-hf-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on a 2-core machine: one thread each (torch here and in the processes
+    # the tests start), not two threads each spinning against the other worker's
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import shutil  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -91,3 +96,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             params = getattr(getattr(item, "callspec", None), "params", {})
             tag = ",".join(f"{n}={params[n]}" for n in shared if n in params)
             item.add_marker(pytest.mark.xdist_group(f"{item.path}[{tag}]"))
+    # xdist hands out groups by size, then single tests in this order: the real trainings first, so the
+    # long ones do not start last on one worker while the other sits idle
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
