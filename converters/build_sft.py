@@ -133,7 +133,7 @@ def _build_sft(
 ) -> dict[str, Any]:
     out_dir = cfg.out_dir
     old = load_dataset_meta(out_dir)
-    meta = build_meta(cfg, old.labels)
+    meta = build_meta(cfg, old.labels, image_bit_depth=old.image_bit_depth)  # found by prepare's survey
     if meta != old:  # prompt texts or pixel limits changed since prepare: record what the files now use
         write_json(out_dir / META_FILE, meta.model_dump())
     disable = None if progress is None else not progress

@@ -126,7 +126,10 @@ class LineParser:
             return (name, rest, "") if self.label_optional else None
         label = line[last[0] + last[1] :].strip()
         if self.label_optional and not self.numbers(label)[1] and self.numbers(label)[0]:
-            return name, rest, ""  # the last column is a coordinate, not a label
+            values, bad = self.numbers(rest)
+            if not bad and len(values) % 4 == 0:
+                return name, rest, ""  # the last column is a coordinate, not a label
+            # else a numeric label (a detector's class id): 'a.png;10;10;50;50;0'
         return name, line[first[0] + first[1] : last[0]].strip(), label
 
     def numbers(self, coords: str) -> tuple[list[float], list[str]]:

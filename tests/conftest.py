@@ -78,24 +78,42 @@ def tiny_qwen3_5(tmp_path_factory: pytest.TempPathFactory) -> Path:
 _SHARED_SESSION_FIXTURES = {"lora_adapter", "merged_model"}
 
 
+def _xdist_group(item: pytest.Item) -> str | None:
+    """The group of tests that share an expensive fixture with this one, or None."""
+    if _SHARED_SESSION_FIXTURES & set(item.fixturenames):
+        return "trained-tiny-model"
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+    shared = sorted(
+        name
+        for name in item.fixturenames
+        if name in defs and defs[name] and defs[name][-1].scope in ("module", "class", "package")
+    )
+    if not shared:
+        return None
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    tag = ",".join(f"{n}={params[n]}" for n in shared if n in params)
+    return f"{item.nodeid.split('::')[0]}:{tag}"  # no "]": xdist reads "...]" as a test of no group
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Keep tests that share an expensive fixture on one pytest-xdist worker (`make test` runs
     `-n 2 --dist loadgroup`): each worker would otherwise build it again. Tests sharing nothing costly
-    stay ungrouped and are spread freely."""
-    for item in items:
-        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-        if _SHARED_SESSION_FIXTURES & set(item.fixturenames):
-            item.add_marker(pytest.mark.xdist_group("trained-tiny-model"))
-            continue
-        shared = sorted(
-            name
-            for name in item.fixturenames
-            if name in defs and defs[name] and defs[name][-1].scope in ("module", "class", "package")
-        )
-        if shared:
-            params = getattr(getattr(item, "callspec", None), "params", {})
-            tag = ",".join(f"{n}={params[n]}" for n in shared if n in params)
-            item.add_marker(pytest.mark.xdist_group(f"{item.path}[{tag}]"))
-    # xdist hands out groups by size, then single tests in this order: the real trainings first, so the
-    # long ones do not start last on one worker while the other sits idle
+    stay single and are spread freely, the real trainings first (xdist hands out groups by size, then
+    single tests in collection order), so a long one does not start last while the other worker idles."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if not getattr(config.option, "loadgroup", False):  # set in xdist workers under --dist loadgroup
+        return
+    for item in items:
+        group = _xdist_group(item)
+        if group is None:
+            continue
+        # What xdist's own hook does with `xdist_group` marks (`nodeid@group`), written where pytest 9.2
+        # keeps the id: xdist 3.8 still assigns `item._nodeid`, which pytest 9.2 no longer reads.
+        nodeid = f"{item.nodeid}@{group}"
+        if hasattr(item, "_id"):
+            from _pytest.nodeid import NodeId
+
+            item._id = NodeId.parse(nodeid)
+        else:
+            item._nodeid = nodeid

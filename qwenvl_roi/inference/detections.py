@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from qwenvl_roi.converters.meta import DatasetMeta
 from qwenvl_roi.evaluation.files import InputError
 
@@ -39,12 +41,13 @@ class ImageJob:
     source: str  # file:line (JSONL) or the txt file
     path: Path | None = None  # resolved file
     boxes: list[list[float]] = field(default_factory=list)  # as given (NaN: unusable entry)
+    box_sources: list[str] = field(default_factory=list)  # file:line of each box (txt form)
     problems: list[str] = field(default_factory=list)  # "file:line: reason"; nothing dropped silently
     error: str | None = None  # set when the image cannot be scored at all
 
 
 def _box(value: Any) -> list[float] | None:
-    if not isinstance(value, list | tuple) or len(value) != 4:
+    if not isinstance(value, list | tuple) or len(value) != 4 or any(isinstance(v, bool) for v in value):
         return None
     try:
         box = [float(v) for v in value]
@@ -92,27 +95,34 @@ def read_jsonl(path: Path, root: Path) -> list[ImageJob]:
 
 
 def read_txt_folder(folder: Path, root: Path) -> list[ImageJob]:
-    """Jobs from a folder of same-stem txt files (label column optional), in sorted path order."""
+    """Jobs from a folder of same-stem txt files (label column optional), in sorted path order.
+
+    Files are found and paired as the converters pair annotations with images (converters/prepare.py:
+    extensions in any case, hidden files skipped, the same relative path without its last extension).
+    """
     from qwenvl_roi.converters.parse import LineParser, parse_txt
+    from qwenvl_roi.converters.prepare import stem_key, walk_files
 
     parser = LineParser(label_optional=True)
+    by_stem: dict[str, list[str]] = {}
+    for rel in walk_files(root)[0]:
+        by_stem.setdefault(stem_key(rel), []).append(rel)
     jobs: list[ImageJob] = []
-    for txt in sorted(folder.rglob("*.txt")):
-        stem = txt.relative_to(folder).with_suffix("")
-        candidates = [
-            root / stem.with_suffix(s) for s in (*IMAGE_SUFFIXES, *(x.upper() for x in IMAGE_SUFFIXES))
-        ]
-        found = next((c for c in candidates if c.is_file()), None)
-        image = found.relative_to(root).as_posix() if found else stem.as_posix()
-        job = ImageJob(image, image, str(txt), found)
-        if found is None:
-            job.error = (
-                f"{txt}: no image {stem.as_posix()}.<{'|'.join(s[1:] for s in IMAGE_SUFFIXES)}> under {root}"
-            )
+    for rel_txt in walk_files(folder)[1]:
+        txt = folder / rel_txt
+        stem = rel_txt[: -len(".txt")]
+        matches = by_stem.get(stem_key(rel_txt), [])
+        image = matches[0] if len(matches) == 1 else stem
+        job = ImageJob(image, image, str(txt), root / image if len(matches) == 1 else None)
+        if not matches:
+            job.error = f"{txt}: no image {stem}.<{'|'.join(s[1:] for s in IMAGE_SUFFIXES)}> under {root}"
+        elif len(matches) > 1:
+            job.error = f"{txt}: several images under {root} have its name: {', '.join(matches)}"
         else:
-            parsed = parse_txt(txt, str(txt), found.name, parser)
+            parsed = parse_txt(txt, str(txt), Path(image).name, parser)
             job.problems += [str(p) for p in parsed.problems]
             job.boxes = [list(raw.coords) for raw in parsed.boxes]
+            job.box_sources = [f"{txt}:{raw.line}" for raw in parsed.boxes]
         jobs.append(job)
     return jobs
 
@@ -202,7 +212,8 @@ def check(job: ImageJob) -> PreparedImage:
         checked = check_box(RawBox(0, (box[0], box[1], box[2], box[3]), ""), insp.width, insp.height, 0.0)
         if checked.reason:
             prepared.notes[i] = checked.reason
-            job.problems.append(f"{job.source}: box {i + 1}: {checked.reason}")
+            where = job.box_sources[i] if i < len(job.box_sources) else job.source
+            job.problems.append(f"{where}: box {i + 1}: {checked.reason}")
         if checked.box is not None:
             prepared.usable.append((i, list(checked.box)))
     return prepared
@@ -217,8 +228,14 @@ def load(prepared: PreparedImage, meta: DatasetMeta) -> None:
     if job.error is not None or insp is None:
         return
     assert job.path is not None
-    if not insp.reasons:
-        prepared.picture = str(job.path)
+    if not insp.reasons:  # decoded as LLaMA-Factory decodes a path (Image.open), but here: a broken file
+        try:  # is this image's error row, not a crash of its whole batch
+            image = Image.open(job.path)
+            image.load()  # (not `with`: closing an image frees its pixels; load() closes the file)
+        except Exception as exc:  # PIL raises many types for broken files
+            job.error = f"{job.source}: cannot decode image {job.path} ({type(exc).__name__}: {exc})"
+            return
+        prepared.picture = image
         return
     depth = meta.image_bit_depth
     try:

@@ -34,12 +34,18 @@ class Ranks:
             dist.destroy_process_group()
 
     def device(self, requested: str | None) -> str | None:
-        """The device to score on: the request, or this rank's GPU when GPUs are visible."""
-        if requested is not None or self.world == 1:
+        """The device to score on: the request, or this rank's GPU when GPUs are visible. Under torchrun a
+        request without an index (``cuda``) means this rank's own GPU, not every rank on GPU 0."""
+        if self.world == 1:
             return requested
         import torch
 
-        return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        if requested is None:
+            return f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu"
+        device = torch.device(requested)
+        if device.type != "cpu" and device.index is None:
+            return f"{device.type}:{self.local_rank}"
+        return requested
 
 
 def from_environment() -> Ranks:

@@ -19,10 +19,12 @@ from qwenvl_roi.inference import detections, distributed, resumable
 def _digest(path: Path) -> str:
     """A hash of the boxes input (a file, or every txt of a folder with its name)."""
     h = hashlib.sha256()
-    files = sorted(path.rglob("*.txt")) if path.is_dir() else [path]
-    for f in files:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode() + b"\0")
-        h.update(f.read_bytes())
+    from qwenvl_roi.converters.prepare import walk_files
+
+    names = walk_files(path)[1] if path.is_dir() else [path.name]  # the txt files the job reads
+    for name in names:
+        h.update(name.encode() + b"\0")
+        h.update((path / name if path.is_dir() else path).read_bytes())
     return h.hexdigest()
 
 
@@ -37,6 +39,9 @@ def fingerprint(args: Any, predictor: Any) -> dict[str, Any]:
         "images": str(Path(args.images).resolve()),
         "batch_size": args.batch_size,
         "threshold": predictor.config.threshold,
+        # the numbers themselves: bf16 and fp32 scores differ, so do CPU and GPU kernels
+        "dtype": str(predictor.model.dtype),
+        "device_type": next(predictor.model.parameters()).device.type,
     }
 
 
@@ -50,10 +55,20 @@ def score_batch(predictor: Any, jobs: list[detections.ImageJob], batch_size: int
         for sample in p.samples(predictor.meta) if p.job.error is None else []:
             samples.append(sample)
             owners.append(i)
-    rows = predictor.score_samples(samples, batch_size=batch_size, progress=False) if samples else []
     per_image: list[list[dict[str, Any]]] = [[] for _ in prepared]
-    for owner, row in zip(owners, rows, strict=True):
-        per_image[owner].append(row)
+    try:
+        rows = predictor.score_samples(samples, batch_size=batch_size, progress=False) if samples else []
+        for owner, row in zip(owners, rows, strict=True):
+            per_image[owner].append(row)
+    except Exception:  # one image the processor or model cannot take: find it, score the others alone
+        for i, p in enumerate(prepared):
+            mine = [s for s, owner in zip(samples, owners, strict=True) if owner == i]
+            if not mine:
+                continue
+            try:
+                per_image[i] = predictor.score_samples(mine, batch_size=batch_size, progress=False)
+            except Exception as exc:
+                p.job.error = f"{p.job.source}: cannot score image {p.job.path} ({type(exc).__name__}: {exc})"
     return [
         detections.output_row(p, r, predictor.config.threshold)
         for p, r in zip(prepared, per_image, strict=True)

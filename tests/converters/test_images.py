@@ -110,6 +110,8 @@ def test_12_bit_png_is_scaled_not_saturated(tmp_path: Path, files, make_config) 
     assert all(cover(r["box"], mask) <= 0.1 for r in s["regions"] if not r["positive"])
     assert report["images"]["converted_by_reason"] == {"16_bit": 1}
     assert report["images"]["bit_depth"] == {"used": 12, "how": "detected", "max_value": 3000.0, "images": 1}
+    # dataset_meta.json keeps the depth after build-sft (predict reads new 16-bit pictures with it)
+    assert json.loads((out / "dataset_meta.json").read_text(encoding="utf-8"))["image_bit_depth"] == 12
 
     # a configured depth that is too small clips, and says so
     r = prepare(load_data_config(make_config(image_bit_depth=10)), progress=False).report

@@ -95,6 +95,9 @@ def test_bad_lines_are_reported_and_the_rest_scored(
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.new("RGB", (60, 40), (120, 120, 120)).save(rotated, exif=exif)
+    truncated = tmp_path / "truncated.png"
+    full = Path(s1["image"]).read_bytes()
+    truncated.write_bytes(full[: len(full) * 2 // 3])
     lines = [
         json.dumps({"image": rel0, "boxes": [s0["regions"][0]["box"], [5, 5, "x", 9], [-50, -50, -10, -10]]}),
         "{not json",
@@ -102,6 +105,7 @@ def test_bad_lines_are_reported_and_the_rest_scored(
         json.dumps({"image": str(rotated), "boxes": [[2, 2, 38, 58], [30, 50, 90, 90]], "id": "rot"}),
         json.dumps({"image": rel0, "boxes": []}),  # the same id again
         json.dumps({"image": Path(s1["image"]).relative_to(roi_dataset).as_posix(), "boxes": []}),
+        json.dumps({"image": str(truncated), "boxes": [[1, 1, 20, 20]]}),  # broken after its header
     ]
     boxes = tmp_path / "boxes.jsonl"
     boxes.write_text("\n".join(lines) + "\n")
@@ -115,7 +119,9 @@ def test_bad_lines_are_reported_and_the_rest_scored(
     assert not out.exists()
     assert _predict(*args, "--boxes", str(boxes), "--out", str(out)) == 0
     rows = _rows(out)
-    assert [r["id"] for r in rows] == [rel0, "<line 2>", "missing.png", "rot", rel0, rows[5]["id"]]
+    ids = [rel0, "<line 2>", "missing.png", "rot", rel0, rows[5]["id"], str(truncated)]
+    assert [r["id"] for r in rows] == ids
+    assert f"{boxes}:7: cannot decode image {truncated}" in rows[6]["error"]  # the rest of its batch scored
     first = rows[0]
     assert first["boxes"][0]["score"] is not None and first["boxes"][1]["score"] is None
     assert first["boxes"][1]["box"] is None and "lies outside" in first["boxes"][2]["note"]
@@ -125,6 +131,51 @@ def test_bad_lines_are_reported_and_the_rest_scored(
     assert rot["boxes"][0]["score"] is not None and "clipped to the image 40x60" in rot["boxes"][1]["note"]
     assert any("EXIF orientation 6" in p for p in rot["problems"])
     assert rows[5]["boxes"] == [] and rows[5]["image_score"] is None
+
+
+def test_txt_folder_pairs_as_the_converters_do(tmp_path: Path) -> None:
+    """Dotted and upper-case names, hidden files, numeric class-id columns, problems with file:line."""
+    from qwenvl_roi.inference.detections import check, read_jobs
+
+    images, txt = tmp_path / "images" / "line1", tmp_path / "txt" / "line1"
+    images.mkdir(parents=True)
+    txt.mkdir(parents=True)
+    for name in ("2024.01.05_001.png", "2024.01.png", "UP.PNG", "twin.png", "twin.jpg"):
+        Image.new("RGB", (60, 40)).save(images / name)
+    dated_lines = "2024.01.05_001.png；1,2,30,20\n\nx；5;5;9;9；0\n"
+    (txt / "2024.01.05_001.txt").write_text(dated_lines, encoding="utf-8")
+    (txt / "UP.TXT").write_text("UP.PNG;1 1 10 10\nUP.PNG;50,30,90,90\n", encoding="utf-8")
+    (txt / ".hidden.txt").write_text("junk\n", encoding="utf-8")
+    (txt / "twin.txt").write_text("twin.png;1,1,5,5\n", encoding="utf-8")
+    jobs = {job.image: job for job in read_jobs(tmp_path / "txt", tmp_path / "images")}
+    assert sorted(jobs) == ["line1/2024.01.05_001.png", "line1/UP.PNG", "line1/twin"]
+    dated = jobs["line1/2024.01.05_001.png"]
+    assert dated.error is None and dated.path == images / "2024.01.05_001.png"
+    assert dated.boxes == [[1, 2, 30, 20]]  # the line of another file name is reported, not scored here
+    assert any(":3:" in p and "x" in p for p in dated.problems)
+    up = jobs["line1/UP.PNG"]
+    assert up.boxes == [[1, 1, 10, 10], [50, 30, 90, 90]]
+    check(up)
+    where = f"{txt / 'UP.TXT'}:2: box 2:"
+    assert any(p.startswith(where) and "clipped" in p for p in up.problems), up.problems
+    assert "several images" in jobs["line1/twin"].error
+
+
+def test_numeric_last_column_is_a_label_when_the_coordinates_need_it() -> None:
+    from qwenvl_roi.converters.parse import LineParser
+
+    parser = LineParser(label_optional=True)
+    assert parser.split_columns("a.png;10;10;50;50;0") == ("a.png", "10;10;50;50", "0")
+    assert parser.split_columns("a.png;10;10;50;50") == ("a.png", "10;10;50;50", "")
+    assert parser.split_columns("a.png；1,2,3,4；5,6,7,8") == ("a.png", "1,2,3,4；5,6,7,8", "")
+
+
+def test_each_rank_scores_on_its_own_gpu() -> None:
+    from qwenvl_roi.inference.distributed import Ranks
+
+    rank = Ranks(rank=3, world=8, local_rank=3)
+    assert [rank.device(d) for d in ("cuda", "cuda:5", "cpu")] == ["cuda:3", "cuda:5", "cpu"]
+    assert Ranks().device("cuda") == "cuda"
 
 
 def test_split_boxes_keeps_order_and_balances() -> None:
@@ -201,6 +252,12 @@ def test_kill_and_rerun_gives_the_uninterrupted_file(
     part = next(partial.glob("part-*.jsonl"))
     with part.open("ab") as fh:  # a write torn by the kill
         fh.write(b'{"batch": 57, "row": {"id": "torn')
+    other = subprocess.run(  # other numbers (bf16) must not be mixed into the fp32 file
+        [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, roi_dataset, many_boxes, out),
+         "--dtype", "bfloat16"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert other.returncode == 2 and "differs in: dtype" in other.stderr, other.stderr[-3000:]
     rerun = subprocess.run(
         [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, roi_dataset, many_boxes, out)],
         env=env, capture_output=True, text=True, timeout=600,
