@@ -16,7 +16,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 import shutil  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
+import socket  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -40,6 +41,18 @@ def chromium_page() -> Iterator[Any]:
             yield browser.new_page(viewport={"width": 1200, "height": 800})
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """Gives a TCP port free on loopback now (servers and torchrun ranks of parallel test workers)."""
+
+    def pick() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    return pick
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -270,7 +270,7 @@ def test_kill_and_rerun_gives_the_uninterrupted_file(
 
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_give_the_one_process_file(
-    merged_model: Path, roi_dataset: Path, many_boxes: Path, tmp_path: Path
+    merged_model: Path, roi_dataset: Path, many_boxes: Path, tmp_path: Path, free_port: Callable[[], int]
 ) -> None:
     env = _env(tmp_path)
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
@@ -280,9 +280,7 @@ def test_two_ranks_under_torchrun_give_the_one_process_file(
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     torchrun = Path(sys.executable).with_name("torchrun")
-    with socket.socket() as s:  # a free port: other test processes may run torchrun at the same time
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # other test workers may run torchrun at the same time
     proc = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "qwenvl_roi",
          *_cmd(merged_model, roi_dataset, many_boxes, two)],

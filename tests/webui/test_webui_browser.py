@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -33,12 +33,6 @@ def _chromium() -> str | None:
         if path:
             return path
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +63,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def webui(project: Path) -> Iterator[str]:
+def webui(project: Path, free_port: Callable[[], int]) -> Iterator[str]:
     """`llamafactory-cli webui` from the project folder, bound to loopback on a free port."""
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "GRADIO_SERVER_NAME": "127.0.0.1",

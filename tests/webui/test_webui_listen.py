@@ -10,10 +10,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -21,12 +21,6 @@ import pytest
 from qwenvl_roi.plugin.webui import ENV_SERVER_NAME, default_server_name, is_loopback
 
 LISTEN = "0A"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _address(hex_addr: str) -> str:
@@ -52,8 +46,7 @@ def listening_addresses(port: int) -> list[str]:
     return sorted(found)
 
 
-def _serve(command: list[str], cwd: Path, server_name: str | None) -> list[str]:
-    port = _free_port()
+def _serve(command: list[str], cwd: Path, server_name: str | None, port: int) -> list[str]:
     env = {
         **os.environ,
         "GRADIO_SERVER_PORT": str(port),
@@ -92,14 +85,16 @@ def _serve(command: list[str], cwd: Path, server_name: str | None) -> list[str]:
 
 
 @pytest.mark.slow
-def test_webui_listens_on_loopback_by_default(tmp_path: Path) -> None:
-    assert _serve(["webui"], tmp_path, None) == ["127.0.0.1"]  # stock LLaMA-Factory: 0.0.0.0
+def test_webui_listens_on_loopback_by_default(tmp_path: Path, free_port: Callable[[], int]) -> None:
+    assert _serve(["webui"], tmp_path, None, free_port()) == ["127.0.0.1"]  # stock LLaMA-Factory: 0.0.0.0
 
 
 @pytest.mark.slow
-def test_explicit_server_name_wins_for_webchat(tmp_path: Path, tiny_qwen2_5_vl: Path) -> None:
+def test_explicit_server_name_wins_for_webchat(
+    tmp_path: Path, tiny_qwen2_5_vl: Path, free_port: Callable[[], int]
+) -> None:
     command = ["webchat", "--model_name_or_path", str(tiny_qwen2_5_vl), "--template", "qwen2_vl"]
-    assert _serve(command, tmp_path, "127.0.0.2") == ["127.0.0.2"]
+    assert _serve(command, tmp_path, "127.0.0.2", free_port()) == ["127.0.0.2"]
 
 
 def test_default_and_explicit_server_name(
