@@ -17,16 +17,17 @@ from typing import Any
 from tqdm import tqdm
 
 from qwenvl_roi.jsonio import iter_jsonl
+from qwenvl_roi.locks import locked
+from qwenvl_roi.outputs import OutputError
 
 from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
 from .meta import META_FILE, DatasetMeta, build_meta, load_dataset_meta
 from .paths import relative_to_folder, resolve_image
 from .prompt import build_image_record, build_record
 from .runtime import paused_gc
-from .split import SPLITS
+from .split import IMAGE_SPLITS, SPLITS
 from .write import write_json, write_json_array
 
-IMAGE_SPLITS = ("train", "val")
 SHAREGPT_TAGS = {
     "role_tag": "role",
     "content_tag": "content",
@@ -92,9 +93,19 @@ def dataset_info_entry(file_name: str, roi_meta: dict[str, Any] | None = None) -
 
 
 def merge_dataset_info(cfg: DataConfig, meta: DatasetMeta) -> Path:
-    """Add or replace this dataset's entries in dataset_info.json; every other entry is kept as it was."""
+    """Add or replace this dataset's entries in dataset_info.json; every other entry is kept as it was.
+
+    Under a blocking lock: a second convert sharing the dataset_info folder waits, then reads the file
+    again and merges its entries into it (all of a set's entries land in one atomic replace).
+    """
+    path = cfg.dataset_info_dir / "dataset_info.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path.parent):
+        return _merge_dataset_info(cfg, meta, path)
+
+
+def _merge_dataset_info(cfg: DataConfig, meta: DatasetMeta, path: Path) -> Path:
     info_dir = cfg.dataset_info_dir
-    path = info_dir / "dataset_info.json"
     info: dict[str, Any] = {}
     if path.exists():
         try:
@@ -122,33 +133,47 @@ def build_sft(
 ) -> dict[str, Any]:
     """Write the sharegpt files and dataset_info entries; returns record counts per dataset name.
 
-    ``samples`` (split -> samples, as prepare returns them) skips re-reading regions_*.jsonl.
+    ``samples`` (split -> samples, as prepare returns them) skips re-reading regions_*.jsonl. out_dir is
+    replaced as one set (qwenvl_roi.outputs.staged), then registered in dataset_info.json.
     """
+    from .prepare import staged_out_dir
+
+    cfg = coerce_config(config)
     with paused_gc():
-        return _build_sft(coerce_config(config), progress, samples)
+        if not (cfg.out_dir / META_FILE).is_file():  # before staging: nothing to build from
+            load_dataset_meta(cfg.out_dir)
+        with staged_out_dir(cfg) as stage:
+            counts, meta = build_into(cfg, stage, progress, samples)
+        info_path = merge_dataset_info(cfg, meta)
+    return {"records": counts, "dataset_info": str(info_path), "out_dir": str(cfg.out_dir)}
 
 
-def _build_sft(
-    cfg: DataConfig, progress: bool | None, samples: dict[str, list[dict[str, Any]]] | None
-) -> dict[str, Any]:
+def build_into(
+    cfg: DataConfig,
+    write_dir: Path,
+    progress: bool | None = None,
+    samples: dict[str, list[dict[str, Any]]] | None = None,
+) -> tuple[dict[str, int], DatasetMeta]:
+    """The sharegpt files written into ``write_dir`` (the staging folder of cfg.out_dir, holding prepare's
+    outputs); image paths are computed for cfg.out_dir. Returns (records per dataset, the meta used)."""
     out_dir = cfg.out_dir
-    old = load_dataset_meta(out_dir)
+    old = load_dataset_meta(write_dir)
     meta = build_meta(cfg, old.labels, image_bit_depth=old.image_bit_depth)  # found by prepare's survey
     if meta != old:  # prompt texts or pixel limits changed since prepare: record what the files now use
-        write_json(out_dir / META_FILE, meta.model_dump())
+        write_json(write_dir / META_FILE, meta.model_dump())
     disable = None if progress is None else not progress
     counts: dict[str, int] = {}
     for sp in SPLITS:
         if samples is not None:
             split_samples = samples[sp]
         else:
-            split_samples = list(read_regions(out_dir / f"regions_{sp}.jsonl"))
+            split_samples = list(read_regions(out_dir / f"regions_{sp}.jsonl"))  # = the staged copy
         media = MediaPaths(out_dir / f"regions_{sp}.jsonl", cfg.dataset_info_dir)
         records = (
             _with_media(build_record(s, meta), media)
             for s in tqdm(split_samples, desc=f"build-sft: {sp}", unit="sample", disable=disable)
         )
-        counts[f"{cfg.dataset_prefix}_{sp}"] = write_json_array(out_dir / f"sft_{sp}.json", records)
+        counts[f"{cfg.dataset_prefix}_{sp}"] = write_json_array(write_dir / f"sft_{sp}.json", records)
         if sp in IMAGE_SPLITS:
             seen: set[str] = set()
             firsts = []
@@ -157,11 +182,10 @@ def _build_sft(
                     seen.add(s["image"])
                     firsts.append(s)
             counts[f"{cfg.dataset_prefix}_image_{sp}"] = write_json_array(
-                out_dir / f"sft_image_{sp}.json",
+                write_dir / f"sft_image_{sp}.json",
                 (_with_media(build_image_record(s, meta), media) for s in firsts),
             )
-    info_path = merge_dataset_info(cfg, meta)
-    return {"records": counts, "dataset_info": str(info_path), "out_dir": str(out_dir)}
+    return counts, meta
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -177,7 +201,7 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     try:
         summary = build_sft(load_data_config(args.config))
-    except ConvertError as exc:
+    except (ConvertError, OutputError) as exc:
         return report_error(exc)
     print("\n".join(summary_lines(summary)))
     return 0

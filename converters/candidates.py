@@ -444,7 +444,7 @@ def _count(rng: ImageRandom, policy: CandidatePolicy) -> int:
 
 
 @dataclass(frozen=True)
-class ImageJob:
+class DrawJob:
     """One image to draw samples for (see draw_samples for the fields)."""
 
     rng: ImageRandom
@@ -457,7 +457,7 @@ class ImageJob:
 
 
 def _plan(
-    job: ImageJob, policy: CandidatePolicy
+    job: DrawJob, policy: CandidatePolicy
 ) -> Iterator[tuple[list[tuple[Box, str | None, bool]], int, int, Sequence[Box], Sequence[Box]]]:
     """Per sample of the image: (positives or borrowed decoys, drawn count K, negatives needed, boxes to keep
     IoU-clear of, boxes not to cover)."""
@@ -486,7 +486,7 @@ def _plan(
         yield [(b, lab, True) for b, lab in chunk], k, k - take, all_pos, avoid
 
 
-def draw_many(jobs: Sequence[ImageJob], policy: CandidatePolicy) -> list[list[DrawnSample]]:
+def draw_many(jobs: Sequence[DrawJob], policy: CandidatePolicy) -> list[list[DrawnSample]]:
     """The samples of many images at once (the negatives of all of them drawn together, see _fill_chunk);
     each image's result depends only on its own job."""
     plans: list[tuple[int, list[tuple[Box, str | None, bool]], int, _Request]] = []
@@ -521,4 +521,4 @@ def draw_samples(
     an abnormal sample draws positives and negatives, so the boxes' layout does not tell the class.
     Same result as ``draw_many`` with this one image.
     """
-    return draw_many([ImageJob(rng, width, height, positives, pool, defects, layouts)], policy)[0]
+    return draw_many([DrawJob(rng, width, height, positives, pool, defects, layouts)], policy)[0]

@@ -14,7 +14,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from qwenvl_roi.families import FAMILIES, ModelFamily
+from qwenvl_roi.families import DEFAULT_FAMILY, FAMILIES, ModelFamily, family
+from qwenvl_roi.outputs import OutputError
+
+_DEFAULT = family(DEFAULT_FAMILY)  # the table's default family: its processor limits are the fields' defaults
 
 
 class ConvertError(Exception):
@@ -23,7 +26,7 @@ class ConvertError(Exception):
     exit_code = 2  # what the command exits with; strict mode's problems are 1 (StrictModeError)
 
 
-def report_error(exc: ConvertError) -> int:
+def report_error(exc: ConvertError | OutputError) -> int:
     """Print a converter command's error the one way they all do; returns the command's exit code."""
     print(f"error: {exc}", file=sys.stderr)
     return exc.exit_code
@@ -87,12 +90,12 @@ class DataConfig(BaseModel):
     label_map: dict[str, str] = Field(default_factory=dict)
 
     # model frame and prompts
-    model_family: ModelFamily = "qwen2_5_vl"
+    model_family: ModelFamily = DEFAULT_FAMILY
     image_max_pixels: int = Field(1048576, gt=0)
     image_min_pixels: int = Field(1024, gt=0)
     # unset: the family's released processor (qwenvl_roi/families.py), filled in by _family_defaults
-    processor_min_pixels: int = Field(3136, gt=0)
-    processor_max_pixels: int = Field(12845056, gt=0)
+    processor_min_pixels: int = Field(_DEFAULT.processor_min_pixels, gt=0)
+    processor_max_pixels: int = Field(_DEFAULT.processor_max_pixels, gt=0)
     prompt_language: Literal["zh", "en"] = "zh"
     prompts: PromptTexts = Field(default_factory=PromptTexts)
 
@@ -136,7 +139,7 @@ class DataConfig(BaseModel):
         """Unset (or null) processor pixel limits default to the model family's released processor."""
         if not isinstance(data, dict):
             return data
-        name = data.get("model_family", "qwen2_5_vl")
+        name = data.get("model_family", DEFAULT_FAMILY)
         fam = FAMILIES.get(name) if isinstance(name, str) else None
         if fam is None:  # the field's own validation names the allowed families
             return data

@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from qwenvl_roi.outputs import OutputError
+
 from . import build_sft as build_sft_mod
 from . import prepare as prepare_mod
 from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
@@ -23,10 +25,23 @@ def convert(
     Raises ConvertError on bad config or input, StrictModeError (a ConvertError) when strict finds problems.
     """
     cfg = coerce_config(config)
-    with paused_gc():
-        result = prepare_mod.prepare(cfg, strict=strict, progress=progress)
-        summary = build_sft_mod.build_sft(cfg, progress=progress, samples=result.samples)
+    result, summary = _convert(cfg, strict, progress)
     return {"prepare": result.report, "build_sft": summary}
+
+
+def _convert(
+    cfg: DataConfig, strict: bool | None, progress: bool | None
+) -> tuple[prepare_mod.PrepareResult, dict[str, Any]]:
+    """prepare and build-sft into one staging folder: out_dir gets the whole new set or keeps the old one;
+    dataset_info.json is updated (under its lock) once the set is in place."""
+    with paused_gc():
+        with prepare_mod.staged_out_dir(cfg) as stage:
+            result = prepare_mod.prepare_into(cfg, stage, strict=strict, progress=progress)
+            if not result.strict_failed:
+                counts, meta = build_sft_mod.build_into(cfg, stage, progress, samples=result.samples)
+        prepare_mod.raise_if_strict_failed(result)
+        info = build_sft_mod.merge_dataset_info(cfg, meta)
+    return result, {"records": counts, "dataset_info": str(info), "out_dir": str(cfg.out_dir)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,12 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        cfg = load_data_config(args.config)
-        with paused_gc():
-            result = prepare_mod.prepare(cfg, strict=True if args.strict else None)
-            print("\n".join(prepare_mod.summary_lines(result)))
-            summary = build_sft_mod.build_sft(cfg, samples=result.samples)
-    except ConvertError as exc:
+        result, summary = _convert(load_data_config(args.config), True if args.strict else None, None)
+    except (ConvertError, OutputError) as exc:
         return report_error(exc)
+    print("\n".join(prepare_mod.summary_lines(result)))
     print("\n".join(build_sft_mod.summary_lines(summary)))
     return 0

@@ -1,10 +1,11 @@
 """Coordinate frames: the image size the model actually sees, and boxes written in that frame.
 
-Which frame a family reads is in the family table (qwenvl_roi/families.py ``coord_frame``):
-Qwen2.5-VL reads box coordinates as absolute pixels of the image after LLaMA-Factory's resize
-(llamafactory/data/mm_plugin.py: ``BasePlugin._preprocess_image`` then ``Qwen2VLPlugin``'s override, which
-Qwen3-VL's plugin inherits) and the processor's ``smart_resize`` to multiples of the family's grid factor;
-Qwen2-VL reads them normalised to [0, 1000); Qwen3-VL and Qwen3.5 read relative integers on 0..1000.
+Which frame a family reads, and how each frame writes a coordinate, is in the family table
+(qwenvl_roi/families.py ``FRAMES``, a family's ``frame``): Qwen2.5-VL reads box coordinates as absolute
+pixels of the image after LLaMA-Factory's resize (llamafactory/data/mm_plugin.py:
+``BasePlugin._preprocess_image`` then ``Qwen2VLPlugin``'s override, which Qwen3-VL's plugin inherits) and
+the processor's ``smart_resize`` to multiples of the family's grid factor; Qwen2-VL reads them normalised to
+[0, 1000); Qwen3-VL and Qwen3.5 read relative integers on 0..1000.
 LLaMA-Factory never rescales coordinates written as text, so the converters must.
 """
 
@@ -14,10 +15,11 @@ import math
 from collections.abc import Sequence
 from functools import lru_cache
 
-from qwenvl_roi.families import ModelFamily
+from qwenvl_roi.families import DEFAULT_FAMILY, ModelFamily
 from qwenvl_roi.families import family as _family
 
-FACTOR = _family("qwen2_5_vl").grid_factor  # 28: Qwen2-VL / Qwen2.5-VL (Qwen3-VL / Qwen3.5: 32)
+# the default family's grid factor: 28 (Qwen2-VL / Qwen2.5-VL; Qwen3-VL / Qwen3.5: 32)
+FACTOR = _family(DEFAULT_FAMILY).grid_factor
 
 
 def llamafactory_resize(
@@ -68,15 +70,20 @@ def model_frame_size(
     height: int,
     image_max_pixels: int = 1048576,
     image_min_pixels: int = 1024,
-    processor_min_pixels: int = 3136,
-    processor_max_pixels: int = 12845056,
-    factor: int = FACTOR,
+    processor_min_pixels: int | None = None,
+    processor_max_pixels: int | None = None,
+    factor: int | None = None,
+    family: ModelFamily = DEFAULT_FAMILY,
 ) -> tuple[int, int]:
     """(W, H) of the pixel grid the vision tower sees for an original ``width`` x ``height`` image.
 
-    ``factor`` is the family's grid factor (``families.family(name).grid_factor``)."""
+    The processor limits and the grid ``factor`` left None are ``family``'s (the family table), so a caller
+    that names only the family cannot mix one family's grid with another's limits."""
+    fam = _family(family)
+    pmin = fam.processor_min_pixels if processor_min_pixels is None else processor_min_pixels
+    pmax = fam.processor_max_pixels if processor_max_pixels is None else processor_max_pixels
     w, h = llamafactory_resize(width, height, image_max_pixels, image_min_pixels)
-    hh, ww = smart_resize(h, w, processor_min_pixels, processor_max_pixels, factor)
+    hh, ww = smart_resize(h, w, pmin, pmax, fam.grid_factor if factor is None else factor)
     return ww, hh
 
 
@@ -89,30 +96,35 @@ def boxes_to_frame(
 ) -> list[list[int]]:
     """Original-pixel xyxy boxes of one image in the model's coordinate frame (integers).
 
-    By the family's ``coord_frame``: ``resized_pixels`` (qwen2_5_vl): absolute pixels of the resized image
-    (``frame_size`` = model_frame_size(...), required), rounded half up and clamped to the frame;
-    ``norm1000`` (qwen2_vl): ``int(v * 1000 / side)`` clamped to [0, 999]; ``rel1000`` (qwen3_vl, qwen3_5):
-    ``round(v / side * 1000)`` (Python's round, as Qwen3-VL's process_bbox tool and ms-swift's norm1000)
-    clamped to [0, 1000]. Relative coordinates do not change under the resize, so they need no frame size.
+    By the encoder of the family's ``frame`` (qwenvl_roi/families.py ``FRAMES``): ``pixels`` (Qwen2.5-VL):
+    absolute pixels of the resized image (``frame_size`` = model_frame_size(...), required), rounded half up
+    and clamped to the frame; ``floor`` (Qwen2-VL): ``int(v * 1000 / side)`` clamped to [0, 999]; ``round``
+    (Qwen3-VL, Qwen3.5): ``round(v / side * 1000)`` (Python's round, as Qwen3-VL's process_bbox tool and
+    ms-swift's norm1000) clamped to [0, 1000]. The scale (1000) and clamp come from the frame. Relative
+    coordinates do not change under the resize, so they need no frame size.
     """
-    frame = _family(family).coord_frame
-    if frame == "rel1000":
+    frame = _family(family).frame
+    if frame.encoder == "round":
+        scale, hi = frame.scale, frame.high
+        assert scale is not None and hi is not None  # a normalised frame has both (families.FRAMES)
         return [
             [
-                min(1000, max(0, round(x1 / width * 1000))),
-                min(1000, max(0, round(y1 / height * 1000))),
-                min(1000, max(0, round(x2 / width * 1000))),
-                min(1000, max(0, round(y2 / height * 1000))),
+                min(hi, max(0, round(x1 / width * scale))),
+                min(hi, max(0, round(y1 / height * scale))),
+                min(hi, max(0, round(x2 / width * scale))),
+                min(hi, max(0, round(y2 / height * scale))),
             ]
             for x1, y1, x2, y2 in boxes
         ]
-    if frame == "norm1000":
+    if frame.encoder == "floor":
+        scale, hi = frame.scale, frame.high
+        assert scale is not None and hi is not None  # a normalised frame has both (families.FRAMES)
         return [
             [
-                min(999, max(0, int(x1 * 1000 / width))),
-                min(999, max(0, int(y1 * 1000 / height))),
-                min(999, max(0, int(x2 * 1000 / width))),
-                min(999, max(0, int(y2 * 1000 / height))),
+                min(hi, max(0, int(x1 * scale / width))),
+                min(hi, max(0, int(y1 * scale / height))),
+                min(hi, max(0, int(x2 * scale / width))),
+                min(hi, max(0, int(y2 * scale / height))),
             ]
             for x1, y1, x2, y2 in boxes
         ]

@@ -19,7 +19,7 @@ import json
 import math
 import os
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from qwenvl_roi.atomic import atomic_open
 
+from .names import is_utf8, not_utf8_reason, safe_rel, shown
 from .paths import relative_to_folder
 from .write import write_json
 
@@ -41,6 +42,7 @@ _EXIF_SOURCES = ("exif", "Raw profile type exif", "XML:com.adobe.xmp", "xmp")
 
 # why a copy is made (report keys, in this order)
 REASONS = ("exif_orientation", "16_bit", "32_bit", "float", "palette", "cmyk", "alpha", "other_mode")
+REASONS += ("file_name",)  # not the pixels: a name the UTF-8 datasets cannot hold
 REASON_TEXT = {
     "exif_orientation": "EXIF orientation {orientation}: shown turned by labelling tools, not by the trainer",
     "16_bit": "16-bit grey ({mode}): the trainer's convert('RGB') clips it at 255",
@@ -50,6 +52,7 @@ REASON_TEXT = {
     "cmyk": "CMYK image",
     "alpha": "alpha channel ({mode}): composited over white",
     "other_mode": "pixel mode {mode}",
+    "file_name": "file name not UTF-8: the UTF-8 datasets cannot name it (copied under a UTF-8 name)",
 }
 
 
@@ -193,9 +196,10 @@ class ImageFixer:
     The cache keeps an index (source size, mtime, recipe), so unchanged copies are not rewritten.
     """
 
-    def __init__(self, out_dir: Path, mode: str, configured_depth: int | None):
-        self.out_dir = out_dir
-        self.cache = out_dir / CACHE_DIR
+    def __init__(self, out_dir: Path, mode: str, configured_depth: int | None, write_dir: Path | None = None):
+        self.out_dir = out_dir  # what paths are relative to
+        self.write_dir = write_dir or out_dir  # where the cache lives during this run (a staging folder)
+        self.cache = self.write_dir / CACHE_DIR
         self.mode = mode
         self.configured_depth = configured_depth
         self.inspections: dict[str, Inspection | str] = {}
@@ -234,7 +238,7 @@ class ImageFixer:
             if isinstance(insp, str) or not insp.reasons or self.mode != "fix":
                 continue
             if insp.mode in HIGH_DEPTH_MODES:
-                key = relative_to_folder(p, self.out_dir)
+                key = shown(relative_to_folder(p, self.out_dir))
                 stamp = self._stamp(p)
                 old = self._old["ranges"].get(key)
                 if isinstance(old, dict) and all(old.get(k) == v for k, v in stamp.items()):
@@ -262,6 +266,8 @@ class ImageFixer:
             insp = self.inspections[path] = inspect(path)
         if isinstance(insp, str):
             return "unreadable_image", f"cannot read image: {insp}; skipped"
+        if "file_name" not in insp.reasons and not is_utf8(path):  # GBK from a Windows zip: needs a copy
+            insp = self.inspections[path] = replace(insp, reasons=(*insp.reasons, "file_name"))
         if insp.reasons and self.mode == "flag":
             self.left_out += 1
             return "image_needs_fix", f"{insp.describe()}; left out (image_fixes: flag)"
@@ -280,11 +286,11 @@ class ImageFixer:
         recipe = f"v{CACHE_VERSION};orientation={insp.orientation};mode={insp.mode}"
         if depth_dependent:
             recipe += f";depth={self.bit_depth}"
-        copy_rel = f"{CACHE_DIR}/{source}/{rel}.png"
-        copy = self.out_dir / copy_rel
+        copy_rel = f"{CACHE_DIR}/{source}/{safe_rel(rel, '.png')}"  # UTF-8, each name <= 255 bytes
+        copy = self.write_dir / copy_rel
         stamp = self._stamp(path)
         old = self._old["copies"].get(copy_rel)
-        entry = {"source": relative_to_folder(path, self.out_dir), **stamp, "recipe": recipe}
+        entry = {"source": shown(relative_to_folder(path, self.out_dir)), **stamp, "recipe": recipe}
         clipped = 0
         if isinstance(old, dict) and copy.is_file() and {k: old.get(k) for k in entry} == entry:
             clipped = int(old.get("clipped", 0))  # unchanged source and recipe: the copy is reused
@@ -312,9 +318,12 @@ class ImageFixer:
                     "were clipped in the 8-bit copy",
                 )
             )
+        if "file_name" in insp.reasons:
+            why = f"{not_utf8_reason(rel)}; the datasets use its copy {copy_rel}"
+            problems.append(("file_name_not_utf8", why))
         self.converted.append(
             {
-                "image": f"{source}/{rel}",
+                "image": f"{source}/{shown(rel)}",
                 "copy": copy_rel,
                 "reasons": list(insp.reasons),
                 "mode": insp.mode,
@@ -335,7 +344,7 @@ class ImageFixer:
     def finish(self) -> dict[str, Any]:
         """Write the cache index, delete copies no longer used, and return the report's ``images`` section."""
         for copy_rel in set(self._old["copies"]) - set(self._new["copies"]):
-            stale = self.out_dir / copy_rel
+            stale = self.write_dir / copy_rel
             if posixpath.normpath(copy_rel).startswith(f"{CACHE_DIR}/") and stale.is_file():
                 stale.unlink()
         if self._new["copies"] or self._old["copies"] or self._new["ranges"]:

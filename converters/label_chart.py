@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl_roi.atomic import write_figure_png
+from qwenvl_roi.fonts import LITERAL_TEXT
 
 FONT_FAMILIES = (
     "DejaVu Sans",
@@ -42,14 +43,17 @@ def _drawable_chars() -> tuple[list[str], set[int]]:
     return families, chars
 
 
-def write_label_chart(merged: list[dict[str, Any]], path: str | Path) -> dict[str, str]:
-    """Horizontal bars (boxes, images) per merged label, most frequent on top; returns the #k legend."""
+def label_chart_figure(merged: list[dict[str, Any]]) -> tuple[Any, dict[str, str]]:
+    """(figure, #k legend): horizontal bars (boxes, images) per merged label, most frequent on top.
+
+    Labels are drawn literally (``LITERAL_TEXT``): a ``$`` in a label is a dollar sign, not math. Call it
+    under the font rc of ``write_label_chart`` for CJK labels."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    families, drawable = _drawable_chars()
+    _, drawable = _drawable_chars()
     legend: dict[str, str] = {}
     names = []
     for k, row in enumerate(merged, start=1):
@@ -61,20 +65,32 @@ def write_label_chart(merged: list[dict[str, Any]], path: str | Path) -> dict[st
             legend[f"#{k}"] = label
     boxes = [int(r["boxes"]) for r in merged]
     images = [int(r["images"]) for r in merged]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(merged), 1)))
+    y = list(range(len(merged)))
+    ax.barh([i - 0.2 for i in y], boxes, height=0.4, label="boxes")
+    ax.barh([i + 0.2 for i in y], images, height=0.4, label="images")
+    ax.set_yticks(y, names, **LITERAL_TEXT)
+    ax.invert_yaxis()
+    ax.set_xlabel("count")
+    title = "Defect labels (merged variants)"
+    if legend:
+        title += ": #k = see 'chart_legend' in the JSON"
+    ax.set_title(title)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    return fig, legend
+
+
+def write_label_chart(merged: list[dict[str, Any]], path: str | Path) -> dict[str, str]:
+    """Write the bar chart of ``label_chart_figure`` as PNG; returns the #k legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families, _ = _drawable_chars()
     with matplotlib.rc_context({"font.family": families or ["DejaVu Sans"]}):
-        fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(len(merged), 1)))
-        y = list(range(len(merged)))
-        ax.barh([i - 0.2 for i in y], boxes, height=0.4, label="boxes")
-        ax.barh([i + 0.2 for i in y], images, height=0.4, label="images")
-        ax.set_yticks(y, names)
-        ax.invert_yaxis()
-        ax.set_xlabel("count")
-        title = "Defect labels (merged variants)"
-        if legend:
-            title += ": #k = see 'chart_legend' in the JSON"
-        ax.set_title(title)
-        ax.legend(loc="lower right")
-        fig.tight_layout()
+        fig, legend = label_chart_figure(merged)
         write_figure_png(fig, path)
         plt.close(fig)
     return legend

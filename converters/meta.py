@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from qwenvl_roi.families import FAMILIES, ModelFamily, family
+from qwenvl_roi.families import DEFAULT_FAMILY, FAMILIES, ModelFamily, family
 from qwenvl_roi.jsonio import load_json_model
 
 from .config import ConvertError, DataConfig
@@ -22,7 +22,7 @@ META_FILE = "dataset_meta.json"
 META_VERSION = 1
 
 # Default texts per language. Templates are filled by prompt.py (str.format with named fields).
-# The wording of the coordinate frame ({coord_desc}) is the family's (qwenvl_roi/families.py coord_desc).
+# The wording of the coordinate frame ({coord_desc}) is the family's frame's (qwenvl_roi/families.py FRAMES).
 DEFAULT_TEXTS: dict[str, dict[str, str]] = {
     "zh": {
         "system": "你是工业表面缺陷检测助手。只依据图像像素作出判断。",
@@ -66,11 +66,12 @@ class DatasetMeta(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: int = META_VERSION
-    model_family: ModelFamily = "qwen2_5_vl"
+    model_family: ModelFamily = DEFAULT_FAMILY
     image_max_pixels: int = 1048576
     image_min_pixels: int = 1024
-    processor_min_pixels: int = 3136
-    processor_max_pixels: int = 12845056
+    # missing from a file: the family's released processor (qwenvl_roi/families.py), by _family_defaults
+    processor_min_pixels: int = family(DEFAULT_FAMILY).processor_min_pixels
+    processor_max_pixels: int = family(DEFAULT_FAMILY).processor_max_pixels
     prompt_language: Literal["zh", "en"] = "zh"
     system_prompt: str
     region_instruction: str
@@ -94,7 +95,7 @@ class DatasetMeta(BaseModel):
         """Processor pixel limits missing from a file default to its family's released processor."""
         if not isinstance(data, dict):
             return data
-        name = data.get("model_family", "qwen2_5_vl")
+        name = data.get("model_family", DEFAULT_FAMILY)
         fam = FAMILIES.get(name) if isinstance(name, str) else None
         if fam is None:
             return data
@@ -140,7 +141,7 @@ def build_meta(config: DataConfig, labels: Sequence[str], image_bit_depth: int |
         image_instruction=p.image_instruction if p.image_instruction is not None else d["image_instruction"],
         coord_desc=p.coord_desc
         if p.coord_desc is not None
-        else family(config.model_family).coord_desc[config.prompt_language],
+        else family(config.model_family).frame.prompt_words[config.prompt_language],
         normal_word=p.normal_word if p.normal_word is not None else d["normal_word"],
         abnormal_word=p.abnormal_word if p.abnormal_word is not None else d["abnormal_word"],
         image_key=p.image_key if p.image_key is not None else d["image_key"],

@@ -13,6 +13,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from qwenvl_roi.jsonio import split_lines
+
+from .names import gbk_reading, is_utf8, shown
+
 FULLWIDTH_SEMICOLON = "；"
 
 
@@ -75,6 +79,16 @@ def decode_text(data: bytes) -> tuple[str | None, str | None]:
         return data.decode("gb18030"), "gbk"
     except UnicodeDecodeError:
         return None, None
+
+
+def image_name_keys(image_name: str) -> set[str]:
+    """The name_keys a txt line's filename column may use for this image: the name with or without its
+    extension; for a name that is not UTF-8 (a GBK name from a Windows zip) also its GBK reading, which is
+    how the txt (decoded as GBK) writes it."""
+    names = [image_name]
+    if not is_utf8(image_name):
+        names += [n for n in (gbk_reading(image_name), shown(image_name)) if n is not None]
+    return {name_key(k) for n in names for k in (n, posixpath.splitext(n)[0])}
 
 
 def name_key(name: str) -> str:
@@ -170,7 +184,7 @@ def parse_text(
 ) -> ParsedTxt:
     """Parse decoded txt content. ``image_name`` is the image this txt belongs to (for the filename check)."""
     out = ParsedTxt(encoding=encoding)
-    wanted = {name_key(image_name), name_key(posixpath.splitext(image_name)[0])} if image_name else set()
+    wanted = image_name_keys(image_name) if image_name else set()
     if "\ufeff" in text:
         text = text.replace("\ufeff", "")
 
@@ -178,7 +192,7 @@ def parse_text(
         out.problems.append(Problem(file_label, lineno, kind, reason))
         out.lines_dropped += 1
 
-    for lineno, raw in enumerate(text.splitlines(), start=1):
+    for lineno, raw in enumerate(split_lines(text), start=1):  # U+2028 in a label does not end a line
         line = raw.strip()
         if not line:
             continue
@@ -193,8 +207,11 @@ def parse_text(
         fname, coords, label = cols
         values, bad = parser.numbers(coords)
         if bad:
-            shown = ", ".join(repr(b) for b in bad[:5])
-            drop("non_numeric", f"non-numeric coordinate token(s) {shown}; line skipped")
+            tokens = ", ".join(repr(b if len(b) <= 40 else f"{b[:20]}...({len(b)} chars)") for b in bad[:5])
+            drop(
+                "non_numeric",
+                f"coordinate token(s) {tokens} not a number, or too large for one; line skipped",
+            )
             continue
         if not values:
             drop("no_coords", "no coordinates in the coords column; line skipped")
@@ -206,6 +223,9 @@ def parse_text(
             )
             continue
         boxes = [RawBox(lineno, parser.to_xyxy(values[i : i + 4]), label) for i in range(0, len(values), 4)]
+        if not all(math.isfinite(v) for b in boxes for v in b.coords):  # cx + w/2 beyond the float range
+            drop("coord_overflow", "a box's corners are too large for a number (cx, cy, w, h); line skipped")
+            continue
         if not label and not parser.label_optional:
             out.problems.append(
                 Problem(file_label, lineno, "empty_label", "empty defect_type column; boxes dropped")
@@ -228,7 +248,8 @@ def parse_text(
                     file_label,
                     lineno,
                     "filename_mismatch",
-                    f"filename column names {fname!r} but this txt belongs to {image_name!r}; boxes dropped",
+                    f"filename column names {fname!r} but this txt belongs to {shown(image_name or '')!r}; "
+                    "boxes dropped",
                 )
             )
             out.rejected += [(b, "filename column names another image") for b in boxes]

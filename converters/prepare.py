@@ -11,19 +11,22 @@ import os
 import posixpath
 import warnings
 from collections import Counter, defaultdict
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from qwenvl_roi.outputs import OutputError, staged
+
 from .audit import position_audit
 from .candidates import (
     Box,
     BoxPool,
     CandidatePolicy,
+    DrawJob,
     DrawnSample,
-    ImageJob,
     Layout,
     box_pool,
     compensation,
@@ -34,14 +37,22 @@ from .config import ConvertError, DataConfig, coerce_config, load_data_config, r
 from .images import ImageFixer, Outcome
 from .labels import LabelResolver
 from .meta import META_FILE, DatasetMeta, build_meta
+from .names import shown
 from .parse import CheckedBox, LineParser, Problem, RawBox, check_box, parse_txt
 from .report import BoxLedger, split_stats, split_warnings
 from .runtime import paused_gc
-from .split import SPLITS, assign_split, group_key, holdout_matches
+from .split import IMAGE_SPLITS, SPLITS, assign_split, group_key, holdout_matches
 from .write import write_json, write_jsonl
 
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 REPORT_FILE = "prepare_report.json"
+# every dataset file of a converted set, which a new prepare replaces or removes
+DERIVED_FILES = (
+    *(f"regions_{sp}.jsonl" for sp in SPLITS),
+    *(f"sft_{sp}.json" for sp in SPLITS),
+    *(f"sft_image_{sp}.json" for sp in IMAGE_SPLITS),
+    META_FILE,
+)
 
 
 class StrictModeError(ConvertError):
@@ -66,7 +77,7 @@ class ImageEntry:
     """
 
     source: str
-    rel: str
+    rel: str  # relative to its root, as names.shown writes it (a non-UTF-8 name's bytes as \xNN)
     image: str  # relative to out_dir
     width: int
     height: int
@@ -85,24 +96,79 @@ class PrepareResult:
     report: dict[str, Any]
     meta: DatasetMeta
     out_dir: Path
+    strict_failed: list[Problem] = field(default_factory=list)  # strict mode's problems (nothing else kept)
 
 
-def walk_files(root: Path) -> tuple[list[str], list[str]]:
-    """(image paths, txt paths) under root, relative POSIX, sorted; hidden files and folders are skipped."""
+def walk_files(root: Path, problems: list[Problem] | None = None) -> tuple[list[str], list[str]]:
+    """(image paths, txt paths) under root, relative POSIX; hidden files and folders are skipped.
+
+    Order: a folder's files sorted, then its sub-folders in sorted order, each walked whole. Symlinked folders
+    are followed (users link batch folders in), and each real folder (device, inode) is read once: a link
+    back into a folder being read (a loop) or to a folder already read is not followed, and ``problems``
+    gets it, named by the link; so does a folder that cannot be listed. Names are the file system's: a
+    non-UTF-8 name (GBK from a Windows zip) is a str with surrogate escapes, which open() takes but JSON
+    does not (report it with names.shown).
+    """
     images: list[str] = []
     txts: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = Path(dirpath).relative_to(root).as_posix()
-        for name in sorted(filenames):
+    seen: dict[tuple[int, int], str] = {}  # real folder -> the relative path it was read under
+    # (folder path, its path relative to root ("" for root), the real folders it lies in)
+    stack: list[tuple[str, str, tuple[tuple[int, int], ...]]] = [(os.fspath(root), "", ())]
+
+    def report(rel: str, kind: str, reason: str) -> None:
+        if problems is not None:
+            label = f"{Path(root).as_posix()}/{shown(rel)}" if rel else Path(root).as_posix()
+            problems.append(Problem(label, None, kind, reason))
+
+    while stack:
+        path, rel_dir, inside = stack.pop()
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            report(rel_dir, "folder_unreadable", f"cannot read folder ({exc.strerror or exc}); skipped")
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in inside:
+            where = seen.get(key, "")
+            report(
+                rel_dir,
+                "folder_link_loop",
+                f"link back to the folder {shown(where) or '.'!r} that contains it (a loop); not followed",
+            )
+            continue
+        if key in seen:
+            report(
+                rel_dir,
+                "folder_link_duplicate",
+                f"links to the folder already read as {shown(seen[key]) or '.'!r}; not read twice",
+            )
+            continue
+        seen[key] = rel_dir
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            report(rel_dir, "folder_unreadable", f"cannot list folder ({exc.strerror or exc}); skipped")
+            continue
+        subdirs: list[tuple[str, str]] = []
+        for entry in entries:
+            name = entry.name
             if name.startswith("."):
                 continue
-            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            try:
+                is_dir = entry.is_dir()  # follows symlinks
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append((entry.path, rel))
+                continue
             ext = posixpath.splitext(name)[1].lower()
             if ext in IMAGE_EXTS:
                 images.append(rel)
             elif ext == ".txt":
                 txts.append(rel)
+        stack += [(p, r, (*inside, key)) for p, r in reversed(subdirs)]
     return images, txts
 
 
@@ -131,10 +197,10 @@ def stem_key(rel: str) -> str:
 class _Collector:
     """Reads both input folders into ImageEntry objects while recording every problem and box."""
 
-    def __init__(self, cfg: DataConfig, progress: bool | None):
+    def __init__(self, cfg: DataConfig, progress: bool | None, write_dir: Path):
         self.cfg = cfg
         self.progress = progress
-        self.fixer = ImageFixer(cfg.out_dir, cfg.image_fixes, cfg.image_bit_depth)
+        self.fixer = ImageFixer(cfg.out_dir, cfg.image_fixes, cfg.image_bit_depth, write_dir=write_dir)
         self.found: dict[str, tuple[list[str], list[str]]] = {}
         self.problems: list[Problem] = []
         self.ledger = BoxLedger()
@@ -144,8 +210,9 @@ class _Collector:
         self.lines: Counter[str] = Counter({"read": 0, "skipped": 0})  # non-blank lines of matched txt files
 
     def _label(self, root: Path, rel: str) -> str:
-        """How problems name a file: the configured root (as written) joined with the relative path."""
-        return f"{root.as_posix()}/{rel}"
+        """How problems name a file: the configured root (as written) joined with the relative path (a
+        non-UTF-8 name with its undecodable bytes as \\xNN, so the report can be written)."""
+        return f"{root.as_posix()}/{shown(rel)}"
 
     def _drop_all(self, boxes: list[RawBox], kind: str) -> None:
         for _ in boxes:
@@ -157,14 +224,14 @@ class _Collector:
         root = self.cfg.abnormal_dir
         if not root.is_dir():
             raise ConvertError(f"abnormal_dir {root} does not exist or is not a folder")
-        self.found["abnormal"] = walk_files(root)
+        self.found["abnormal"] = walk_files(root, self.problems)
         normal = self.cfg.normal_dir
         if normal is not None:
             if not normal.is_dir():
                 raise ConvertError(
                     f"normal_dir {normal} does not exist or is not a folder (set it to null for none)"
                 )
-            self.found["normal"] = walk_files(normal)
+            self.found["normal"] = walk_files(normal, self.problems)
         paths = [
             f"{os.path.abspath(r)}/{rel}"
             for source, r in (("abnormal", root), ("normal", normal))
@@ -220,7 +287,7 @@ class _Collector:
             stem = stem_of[rel]
             txt_rels = txt_by_stem.get(stem, [])
             if len(by_stem[stem]) > 1:
-                others = ", ".join(by_stem[stem])
+                others = ", ".join(map(shown, by_stem[stem]))
                 self.problems.append(
                     Problem(
                         label,
@@ -245,7 +312,7 @@ class _Collector:
                         label,
                         None,
                         "ambiguous_txt",
-                        f"several txt files match ({', '.join(txt_rels)}); skipped",
+                        f"several txt files match ({', '.join(map(shown, txt_rels))}); skipped",
                     )
                 )
                 for t in txt_rels:
@@ -283,7 +350,7 @@ class _Collector:
                 self._drop_all(parsed.boxes, "image_unreadable")
                 continue
             self._commit(checked, txt_label)
-            entry = ImageEntry("abnormal", rel, used.image, w, h)
+            entry = ImageEntry("abnormal", shown(rel), used.image, w, h)
             entry.raw_boxes = [(c.box, c.raw, txt_label) for c in checked if c.box is not None]
             unlabelled = [b for b, why in parsed.rejected if why == "empty defect_type"]
             for raw in parsed.boxes + unlabelled:  # every box marks a defect, even one dropped
@@ -312,7 +379,7 @@ class _Collector:
                 continue
             used = self._use(path, "normal", rel, label)
             if used is not None:
-                entries.append(ImageEntry("normal", rel, used.image, used.width, used.height))
+                entries.append(ImageEntry("normal", shown(rel), used.image, used.width, used.height))
         return entries
 
     def _disable(self) -> bool | None:
@@ -425,7 +492,7 @@ def _samples(
     for e in entries:
         pool, layouts = sources[e.split] if len(sources[e.split][0]) else sources[None]
         rng = image_rng(cfg.seed, f"{e.source}/{e.rel}")
-        jobs.append(ImageJob(rng, e.width, e.height, e.boxes, pool, e.defects, layouts))
+        jobs.append(DrawJob(rng, e.width, e.height, e.boxes, pool, e.defects, layouts))
     batch = 4096  # images drawn together (progress granularity; the result does not depend on it)
     drawn_per_image: list[list[DrawnSample]] = []
     with tqdm(total=len(jobs), desc="prepare: candidates", unit="img", disable=disable) as bar:
@@ -455,14 +522,36 @@ def _samples(
 def prepare(
     config: DataConfig | str | Path | dict, strict: bool | None = None, progress: bool | None = None
 ) -> PrepareResult:
-    """Run prepare; raises ConvertError on bad config/input and StrictModeError when strict finds problems."""
-    with paused_gc():
-        return _prepare(coerce_config(config), strict, progress)
+    """Run prepare; raises ConvertError on bad config/input and StrictModeError when strict finds problems.
+
+    out_dir is replaced as one set (qwenvl_roi.outputs.staged): the sharegpt files of an earlier build-sft
+    go with it, since they no longer match the new regions.
+    """
+    cfg = coerce_config(config)
+    with paused_gc(), staged_out_dir(cfg) as stage:
+        result = prepare_into(cfg, stage, strict, progress)
+    raise_if_strict_failed(result)
+    return result
 
 
-def _prepare(cfg: DataConfig, strict: bool | None, progress: bool | None) -> PrepareResult:
+def staged_out_dir(cfg: DataConfig) -> AbstractContextManager[Path]:
+    """The staging folder that becomes cfg.out_dir when the converters succeed (see qwenvl_roi.outputs)."""
+    return staged(cfg.out_dir, "convert", legacy=(REPORT_FILE, META_FILE, "regions_train.jsonl"))
+
+
+def raise_if_strict_failed(result: PrepareResult) -> None:
+    """Strict mode with problems: the report (alone) is in out_dir now; the command fails."""
+    if result.strict_failed:
+        raise StrictModeError(result.strict_failed, result.out_dir / REPORT_FILE)
+
+
+def prepare_into(
+    cfg: DataConfig, write_dir: Path, strict: bool | None = None, progress: bool | None = None
+) -> PrepareResult:
+    """prepare writing into ``write_dir`` (a staging folder that becomes cfg.out_dir); paths inside the
+    outputs are computed for cfg.out_dir. Strict mode's problems leave the report alone in the set."""
     strict = cfg.strict if strict is None else strict
-    col = _Collector(cfg, progress)
+    col = _Collector(cfg, progress, write_dir)
     from PIL import Image
 
     with warnings.catch_warnings():  # huge industrial images are fine: only headers are read
@@ -526,13 +615,15 @@ def _prepare(cfg: DataConfig, strict: bool | None, progress: bool | None) -> Pre
         "problems": [p.as_dict() for p in col.problems],
     }
     by_split = {sp: [s for s in samples if s["split"] == sp] for sp in SPLITS}
+    for name in DERIVED_FILES:  # the previous run's datasets: rewritten below, or gone with a strict failure
+        (write_dir / name).unlink(missing_ok=True)
     if strict and col.problems:
-        write_json(out_dir / REPORT_FILE, report)
-        raise StrictModeError(col.problems, out_dir / REPORT_FILE)
+        write_json(write_dir / REPORT_FILE, report)
+        return PrepareResult(by_split, report, meta, out_dir, strict_failed=col.problems)
     for sp in SPLITS:
-        write_jsonl(out_dir / f"regions_{sp}.jsonl", by_split[sp])
-    write_json(out_dir / META_FILE, meta.model_dump())
-    write_json(out_dir / REPORT_FILE, report)
+        write_jsonl(write_dir / f"regions_{sp}.jsonl", by_split[sp])
+    write_json(write_dir / META_FILE, meta.model_dump())
+    write_json(write_dir / REPORT_FILE, report)
     return PrepareResult(by_split, report, meta, out_dir)
 
 
@@ -578,7 +669,7 @@ def summary_lines(result: PrepareResult) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     try:
         result = prepare(load_data_config(args.config), strict=True if args.strict else None)
-    except ConvertError as exc:
+    except (ConvertError, OutputError) as exc:
         return report_error(exc)
     print("\n".join(summary_lines(result)))
     return 0

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from qwenvl_roi.jsonio import split_lines
+
 from .frames import boxes_to_frame
 from .meta import DatasetMeta
 
@@ -157,7 +159,7 @@ def parse_answer(text: str, meta: DatasetMeta) -> ParsedAnswer:
     out = ParsedAnswer()
     allowed = {meta.normal_word, *meta.labels}
     rid = re.compile(rf"^{re.escape(meta.region_id_prefix)}\d+$")
-    for raw in text.splitlines():
+    for raw in split_lines(text):  # lines as image_line/answers write them: a label may hold U+2028
         if not raw.strip():
             continue
         m = _LINE.match(raw)

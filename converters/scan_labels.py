@@ -17,7 +17,8 @@ from tqdm import tqdm
 from .config import ConvertError, report_error
 from .label_chart import write_label_chart
 from .labels import count_labels, scan_summary
-from .parse import LineParser, parse_txt
+from .names import shown
+from .parse import LineParser, Problem, parse_txt
 from .prepare import walk_files
 from .write import dumps, write_json
 
@@ -32,12 +33,13 @@ def scan_labels(
     if not column_delim or not column_delim.strip():
         raise ConvertError("--column-delim must be a visible character such as ';'")
     parser = LineParser(column_delim)
-    _, txts = walk_files(root)
+    problems: list[Problem] = []  # the walk's first (symlink loops, folders linked twice)
+    _, txts = walk_files(root, problems)
     pairs: list[tuple[str, str]] = []
-    problems = []
     disable = None if progress is None else not progress
     for rel in tqdm(txts, desc="scan-labels", unit="txt", disable=disable):
-        parsed = parse_txt(root / rel, (root / rel).as_posix(), None, parser)
+        # a non-UTF-8 name (GBK from a Windows zip) is opened as is and reported as its \xNN form
+        parsed = parse_txt(root / rel, f"{root.as_posix()}/{shown(rel)}", None, parser)
         problems += parsed.problems
         pairs += [(b.label, rel) for b in parsed.boxes]
     boxes, images = count_labels(pairs)

@@ -12,6 +12,7 @@ import hashlib
 import posixpath
 
 SPLITS = ("train", "val", "test")
+IMAGE_SPLITS = ("train", "val")  # splits that also get whole-image datasets (sft_image_*.json)
 
 
 def group_key(source: str, rel_path: str, split_by_parent: bool, depth: int | None = None) -> str:

@@ -23,13 +23,9 @@ from typing import Any
 
 from qwenvl_roi.families import FAMILIES, find_family
 
-DATA_CONFIG = "dataset_info.json"
+from . import compat
 
-FRAME_WORDS = {
-    "resized_pixels": "absolute pixels of the resized image",
-    "norm1000": "coordinates normalised to 0-1000",
-    "rel1000": "relative coordinates on 0..1000",
-}
+DATA_CONFIG = "dataset_info.json"
 
 
 class DatasetMismatchError(ValueError):
@@ -107,8 +103,9 @@ def check_pixel_limits(
 
 
 def _frame(name: str) -> str:
+    """The words for a family's coordinate frame in a mismatch error (the family table's frame entry)."""
     fam = FAMILIES.get(name)
-    return FRAME_WORDS[fam.coord_frame] if fam else "an unknown frame"
+    return fam.frame.words if fam else "an unknown frame"
 
 
 def check_model_family(dataset_dir: str, datasets: list[str], model: str, model_type: str) -> None:
@@ -141,11 +138,12 @@ def check_model_family(dataset_dir: str, datasets: list[str], model: str, model_
 
 def check_template(dataset_dir: str, datasets: list[str], data_args: Any, recipe: str) -> None:
     """Refuse a reasoning template with thinking on for ROI datasets (it trains a think block)."""
-    from llamafactory.data.template import TEMPLATES, ReasoningTemplate
+    templates = compat.get("llamafactory.data.template", "TEMPLATES")
+    reasoning_template = compat.get("llamafactory.data.template", "ReasoningTemplate")
 
     entries = roi_entries(dataset_dir, datasets)[1]
-    template = TEMPLATES.get(getattr(data_args, "template", None) or "")
-    if entries and isinstance(template, ReasoningTemplate) and getattr(data_args, "enable_thinking", True):
+    template = templates.get(getattr(data_args, "template", None) or "")
+    if entries and isinstance(template, reasoning_template) and getattr(data_args, "enable_thinking", True):
         raise DatasetMismatchError(
             f"{recipe}: template {data_args.template!r} with enable_thinking: true puts an empty think block "
             f"into every trained answer of {', '.join(sorted(entries))}; set enable_thinking: false (web UI: "

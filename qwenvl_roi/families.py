@@ -36,16 +36,20 @@ from typing import Any, Literal, get_args
 # The family names, for pydantic fields and type checkers (tests check it lists exactly FAMILIES' keys).
 ModelFamily = Literal["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5"]
 
-# How a box is written in the prompt (converters/frames.py implements each):
-# "resized_pixels": absolute pixels of the image after LLaMA-Factory's resize and the processor's rounding
-#                   to the grid factor, rounded half up and clamped to the frame (Qwen2.5-VL);
-# "norm1000":       int(v * 1000 / side) clamped to [0, 999] (Qwen2-VL);
-# "rel1000":        round(v / side * 1000) clamped to [0, 1000] (Qwen3-VL, Qwen3.5).
+# The coordinate frames a prompt can write boxes in (the entries of FRAMES below).
 CoordFrame = Literal["resized_pixels", "norm1000", "rel1000"]
 COORD_FRAMES: tuple[str, ...] = get_args(CoordFrame)
 
-# Shape of the tiny models' vision config keys (transformers names them differently per generation).
-VisionSchema = Literal["qwen2_vl", "qwen2_5_vl", "qwen3"]
+# How converters/frames.py turns an original-pixel coordinate v on a side of length `side` into the frame:
+# "pixels": v * frame side / side, rounded half up, clamped to [0, frame side] (needs the resized size);
+# "floor":  int(v * scale / side) clamped to [0, high];
+# "round":  round(v / side * scale) (Python's round: halves to even) clamped to [0, high].
+FrameEncoder = Literal["pixels", "floor", "round"]
+
+# Shape of the tiny models' vision config keys (transformers names them differently per generation):
+# "qwen2": Qwen2VLVisionConfig (embed_dim, mlp_ratio); "qwen2_5": Qwen2_5_VLVisionConfig (window attention);
+# "qwen3": Qwen3VLVisionConfig (also Qwen3.5's).
+VisionSchema = Literal["qwen2", "qwen2_5", "qwen3"]
 
 
 class UnknownFamilyError(ValueError):
@@ -54,6 +58,63 @@ class UnknownFamilyError(ValueError):
 
 def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     return MappingProxyType(dict(mapping or {}))
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A coordinate frame, described once: the numbers converters/frames.py writes, the prompt's wording of
+    them (``{coord_desc}``) and the plugin's words for them in a dataset/model mismatch error."""
+
+    name: CoordFrame
+    encoder: FrameEncoder
+    scale: int | None  # side of the normalised grid (1000); None: pixels of the resized image
+    high: int | None  # the largest coordinate written (clamp); None: the frame's own width / height
+    words: str  # English, for messages
+    prompt_words: Mapping[str, str]  # prompt_language ("zh" | "en") -> the prompt's {coord_desc}
+
+    @property
+    def needs_size(self) -> bool:
+        """Whether coordinates depend on the resized image size (and so on the pixel limits)."""
+        return self.encoder == "pixels"
+
+
+FRAMES: Mapping[str, Frame] = MappingProxyType(
+    {
+        # absolute pixels of the image after LLaMA-Factory's resize and the processor's rounding to the grid
+        # factor (Qwen2.5-VL)
+        "resized_pixels": Frame(
+            name="resized_pixels",
+            encoder="pixels",
+            scale=None,
+            high=None,
+            words="absolute pixels of the resized image",
+            prompt_words=_frozen({"zh": "缩放后图像的像素坐标", "en": "pixels of the resized image"}),
+        ),
+        # ints normalised to [0, 1000), truncated (Qwen2-VL)
+        "norm1000": Frame(
+            name="norm1000",
+            encoder="floor",
+            scale=1000,
+            high=999,
+            words="coordinates normalised to 0-1000",
+            prompt_words=_frozen({"zh": "归一化到 0-1000 的坐标", "en": "normalised to 0-1000"}),
+        ),
+        # relative ints on 0..1000, rounded (Qwen3-VL, Qwen3.5)
+        "rel1000": Frame(
+            name="rel1000",
+            encoder="round",
+            scale=1000,
+            high=1000,
+            words="relative coordinates on 0..1000",
+            prompt_words=_frozen(
+                {
+                    "zh": "相对坐标：0-1000 的整数，按图像宽、高的千分比",
+                    "en": "relative coordinates: integers 0-1000, thousandths of the image width and height",
+                }
+            ),
+        ),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -95,9 +156,8 @@ class Family:
     merge_size: int
     processor_min_pixels: int
     processor_max_pixels: int
-    # coordinates in the prompt and how the prompt words them (prompt_language -> text)
-    coord_frame: CoordFrame
-    coord_desc: Mapping[str, str]  # prompt_language ("zh" | "en") -> text
+    # how box coordinates are written in the prompt and worded (an entry of FRAMES)
+    frame: Frame
     # LLaMA-Factory template, its thinking setting (None: not a reasoning template) and the turn end
     template: str
     enable_thinking: bool | None
@@ -125,7 +185,7 @@ class Family:
     @property
     def frame_needs_size(self) -> bool:
         """Whether prompt coordinates depend on the resized image size (and so on the pixel limits)."""
-        return self.coord_frame == "resized_pixels"
+        return self.frame.needs_size
 
     @property
     def template_args(self) -> dict[str, Any]:
@@ -151,14 +211,11 @@ class Family:
         )
 
 
-_ZH_PIXELS = "缩放后图像的像素坐标"
-_EN_PIXELS = "pixels of the resized image"
-_ZH_REL1000 = "相对坐标：0-1000 的整数，按图像宽、高的千分比"
-_EN_REL1000 = "relative coordinates: integers 0-1000, thousandths of the image width and height"
-
-# Qwen2-VL / Qwen2.5-VL released processors: min_pixels 56*56, max_pixels 28*28*16384.
+# The released checkpoints' preprocessor_config.json, not transformers 5.6's class defaults: every family
+# uses Qwen2VLImageProcessor, whose defaults (56*56 .. 28*28*1280 = 1003520, patch 14) the checkpoints
+# override. Qwen2-VL / Qwen2.5-VL: min_pixels 56*56, max_pixels 28*28*16384.
 _QWEN2_LIMITS = {"processor_min_pixels": 3136, "processor_max_pixels": 12845056}
-# Qwen3-VL / Qwen3.5 released processors: 256*256 .. 4096*4096 (patch 16, merge 2).
+# Qwen3-VL / Qwen3.5: size shortest_edge 256*256, longest_edge 4096*4096 (patch 16, merge 2).
 _QWEN3_LIMITS = {"processor_min_pixels": 65536, "processor_max_pixels": 16777216}
 _CHATML = {"end_of_turn": "<|im_end|>", "assistant_suffix": "<|im_end|>\n"}
 _QWEN_VISION = {
@@ -189,15 +246,14 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
             patch_size=14,
             merge_size=2,
             **_QWEN2_LIMITS,
-            coord_frame="resized_pixels",
-            coord_desc=_frozen({"zh": _ZH_PIXELS, "en": _EN_PIXELS}),
+            frame=FRAMES["resized_pixels"],
             template="qwen2_vl",
             enable_thinking=None,
             default_system="You are a helpful assistant.",
             **_CHATML,
             **_QWEN_VISION,
             projector_lists=(),
-            vision_schema="qwen2_5_vl",
+            vision_schema="qwen2_5",
             added_tokens=(),
             tiny=(
                 TinyArch(
@@ -218,15 +274,14 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
             patch_size=14,
             merge_size=2,
             **_QWEN2_LIMITS,
-            coord_frame="norm1000",
-            coord_desc=_frozen({"zh": "归一化到 0-1000 的坐标", "en": "normalised to 0-1000"}),
+            frame=FRAMES["norm1000"],
             template="qwen2_vl",
             enable_thinking=None,
             default_system="You are a helpful assistant.",
             **_CHATML,
             **_QWEN_VISION,
             projector_lists=(),
-            vision_schema="qwen2_vl",
+            vision_schema="qwen2",
             added_tokens=(),
             tiny=(
                 TinyArch(
@@ -247,8 +302,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
             patch_size=16,
             merge_size=2,
             **_QWEN3_LIMITS,
-            coord_frame="rel1000",
-            coord_desc=_frozen({"zh": _ZH_REL1000, "en": _EN_REL1000}),
+            frame=FRAMES["rel1000"],
             template="qwen3_vl_nothink",
             enable_thinking=None,
             default_system=None,
@@ -292,8 +346,7 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
             patch_size=16,
             merge_size=2,
             **_QWEN3_LIMITS,
-            coord_frame="rel1000",
-            coord_desc=_frozen({"zh": _ZH_REL1000, "en": _EN_REL1000}),
+            frame=FRAMES["rel1000"],
             template="qwen3_5",
             enable_thinking=False,
             default_system=None,
@@ -336,7 +389,10 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
 )
 
 FAMILY_NAMES: tuple[str, ...] = tuple(FAMILIES)
-DEFAULT_FAMILY = "qwen2_5_vl"
+# the family everything uses when none is given (configs/data.yaml model_family, dataset_meta.json, demo)
+DEFAULT_FAMILY: ModelFamily = "qwen2_5_vl"
+# its first tiny-model architecture: the default `--arch` of `qwenvl-roi tiny-model` and `qwenvl-roi demo`
+DEFAULT_TINY_ARCH: str = FAMILIES[DEFAULT_FAMILY].tiny[0].model_type
 # model_type -> family name, for every model type a family covers
 MODEL_TYPES: Mapping[str, str] = MappingProxyType(
     {model_type: fam.name for fam in FAMILIES.values() for model_type in fam.model_types}

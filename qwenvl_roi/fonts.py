@@ -46,6 +46,12 @@ KNOWN_CJK_PATHS = (
 #: a character every CJK label font must have (checked in the font's character map)
 _PROBE = "缺"
 
+#: matplotlib Text properties for user text (labels, file names): drawn as written. By default ``$...$``
+#: is math (``a$\frac$b`` is a parse error that kills the figure, ``$x$`` shows an italic x) and
+#: ``text.usetex: True`` in a user's matplotlibrc sends it through LaTeX, where ``_ % # &`` are markup.
+#: Turning both off on the Text object covers every character, unlike escaping ``$`` alone.
+LITERAL_TEXT: dict[str, bool] = {"parse_math": False, "usetex": False}
+
 
 @dataclass(frozen=True)
 class LabelFont:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from PIL import Image, ImageDraw, ImageFont
 
 from qwenvl_roi.converters.frames import box_to_frame, model_frame_size
-from qwenvl_roi.families import ModelFamily, family
+from qwenvl_roi.families import DEFAULT_FAMILY, ModelFamily, family
 
 if TYPE_CHECKING:
     from qwenvl_roi.converters.meta import DatasetMeta
@@ -32,13 +32,23 @@ DRAFT_SLACK = 0.9
 
 @dataclass(frozen=True)
 class FrameSettings:
-    """The pixel limits and model family a dataset was converted with (dataset_meta.json)."""
+    """The pixel limits and model family a dataset was converted with (dataset_meta.json).
 
-    model_family: ModelFamily = "qwen2_5_vl"
+    Processor limits left None are the family's released processor's (the family table), so settings made
+    from a family name alone never pair one family's grid with another family's limits."""
+
+    model_family: ModelFamily = DEFAULT_FAMILY
     image_max_pixels: int = 1048576
     image_min_pixels: int = 1024
-    processor_min_pixels: int = 3136
-    processor_max_pixels: int = 12845056
+    processor_min_pixels: int | None = None
+    processor_max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        fam = family(self.model_family)
+        if self.processor_min_pixels is None:
+            object.__setattr__(self, "processor_min_pixels", fam.processor_min_pixels)
+        if self.processor_max_pixels is None:
+            object.__setattr__(self, "processor_max_pixels", fam.processor_max_pixels)
 
     @classmethod
     def from_meta(cls, meta: DatasetMeta) -> FrameSettings:
@@ -64,15 +74,18 @@ class FrameSettings:
         )
 
 
-def frame_settings(regions_file: str | Path) -> tuple[FrameSettings, str | None]:
-    """Settings from dataset_meta.json beside the regions file; (defaults, warning) when it is missing."""
+def frame_settings(
+    regions_file: str | Path, model_family: ModelFamily = DEFAULT_FAMILY
+) -> tuple[FrameSettings, str | None]:
+    """Settings from dataset_meta.json beside the regions file; when it is missing, (``model_family``'s
+    defaults, warning): LLaMA-Factory's default pixel limits and that family's processor limits and grid."""
     from qwenvl_roi.converters.config import ConvertError
     from qwenvl_roi.converters.meta import load_dataset_meta
 
     try:
         meta = load_dataset_meta(regions_file)
     except ConvertError as exc:
-        return FrameSettings(), f"pictures use LLaMA-Factory's default pixel limits ({exc})"
+        return FrameSettings(model_family), f"pictures use LLaMA-Factory's default pixel limits ({exc})"
     return FrameSettings.from_meta(meta), None
 
 
@@ -144,13 +157,14 @@ def box_in_frame(
     read integers on 0..1000 (the family table's coordinate frame), mapped back onto the frame here. Each
     is what the prompt told the model.
     """
-    if not family(model_family).frame_needs_size:
+    scale = family(model_family).frame.scale
+    if scale is not None:
         v = box_to_frame(box, original[0], original[1], model_family)
         return [
-            v[0] * frame[0] / 1000,
-            v[1] * frame[1] / 1000,
-            v[2] * frame[0] / 1000,
-            v[3] * frame[1] / 1000,
+            v[0] * frame[0] / scale,
+            v[1] * frame[1] / scale,
+            v[2] * frame[0] / scale,
+            v[3] * frame[1] / scale,
         ]
     return [float(c) for c in box_to_frame(box, original[0], original[1], model_family, frame)]
 

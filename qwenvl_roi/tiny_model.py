@@ -5,7 +5,8 @@ processors, chat template) that LLaMA-Factory loads exactly like a hub checkpoin
 The tokenizer is a small byte-level BPE trained locally with the Qwen pre-tokenizer, wrapped as the family's
 tokenizer class (the Qwen-VL processors check the class) and carrying the Qwen special tokens.
 Architectures (``--arch``, HF model_types) and their family-specific keys come from the family table
-(qwenvl_roi/families.py): qwen2_5_vl, qwen2_vl, qwen3_vl, qwen3_vl_moe, qwen3_5, qwen3_5_moe.
+(qwenvl_roi/families.py ``TINY_ARCHES``): every model type of Qwen2.5-VL, Qwen2-VL, Qwen3-VL and Qwen3.5,
+the MoE ones included.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import argparse
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
 from qwenvl_roi.atomic import atomic_dir
-from qwenvl_roi.families import TINY_ARCHES, Family, TinyArch, tiny_arch
+from qwenvl_roi.families import DEFAULT_TINY_ARCH, TINY_ARCHES, Family, TinyArch, tiny_arch
+from qwenvl_roi.outputs import OutputError, claim, mark
 
 ARCHES = TINY_ARCHES
 
@@ -220,7 +223,7 @@ def _layer_types(layers: int) -> list[str]:
 def _vision_config(fam: Family, arch: TinyArch, dims: dict[str, int]) -> dict[str, Any]:
     """The vision config keys of the family's generation (transformers names them differently)."""
     depth = dims["vision_depth"]
-    if fam.vision_schema == "qwen2_vl":
+    if fam.vision_schema == "qwen2":
         return {
             "depth": depth,
             "embed_dim": dims["vision_hidden"],
@@ -238,7 +241,7 @@ def _vision_config(fam: Family, arch: TinyArch, dims: dict[str, int]) -> dict[st
         "patch_size": fam.patch_size,
         "spatial_merge_size": fam.merge_size,
     }
-    if fam.vision_schema == "qwen2_5_vl":
+    if fam.vision_schema == "qwen2_5":
         vision.update(
             {
                 "window_size": 112,
@@ -333,7 +336,7 @@ def _processor(fam: Family, arch: TinyArch, tokenizer: Any) -> Any:
 
 def build_tiny_model(
     out_dir: str | os.PathLike[str],
-    arch: str = "qwen2_5_vl",
+    arch: str = DEFAULT_TINY_ARCH,
     *,
     size: str | dict[str, int] = "test",
     seed: int = 0,
@@ -344,6 +347,7 @@ def build_tiny_model(
     ``vocab_texts``: extra texts whose words (and the same words after a space) become single tokens, so
     prompt and verdict words are one token each. Same arguments -> same weights and tokenizer.
     The folder is written to a temporary sibling and moved into place, so a half-built model never exists.
+    ``out_dir`` must be new, empty or a tiny model built before (its marker file); otherwise OutputError.
     """
     import torch
     import transformers
@@ -351,6 +355,7 @@ def build_tiny_model(
     fam, spec = tiny_arch(arch)
     dims = _resolve_dims(size)
     out = Path(out_dir).resolve()
+    claim(out, "tiny-model")  # never a folder it did not make: a user's real model looks just like one
     texts = list(BASE_CORPUS)
     for text in vocab_texts or []:
         words = re.findall(r"\S+", text)
@@ -368,6 +373,7 @@ def build_tiny_model(
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         _processor(fam, spec, tokenizer).save_pretrained(tmp)
+        mark(tmp, "tiny-model")
     return out
 
 
@@ -376,10 +382,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--arch",
         choices=ARCHES,
-        default="qwen2_5_vl",
-        help="architecture (HF model_type; families in qwenvl_roi/families.py), default qwen2_5_vl",
+        default=DEFAULT_TINY_ARCH,
+        help=f"architecture (HF model_type; families in qwenvl_roi/families.py), default {DEFAULT_TINY_ARCH}",
     )
-    parser.add_argument("--out", required=True, help="output folder (replaced if it exists)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="output folder: new, empty or an earlier tiny model's (replaced); any other folder is refused",
+    )
     parser.add_argument("--size", choices=sorted(SIZES), default="test", help="size preset (default test)")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
     parser.add_argument(
@@ -392,7 +402,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build the model and print its folder."""
-    path = build_tiny_model(args.out, args.arch, size=args.size, seed=args.seed, vocab_texts=args.vocab_text)
+    """Build the model and print its folder; a folder that is not ours is refused (exit 2)."""
+    try:
+        path = build_tiny_model(
+            args.out, args.arch, size=args.size, seed=args.seed, vocab_texts=args.vocab_text
+        )
+    except OutputError as exc:
+        print(f"qwenvl-roi tiny-model: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     print(path)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from qwenvl_roi.families import TINY_ARCHES
+from qwenvl_roi.families import DEFAULT_TINY_ARCH, TINY_ARCHES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,9 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--arch",
-        default="qwen2_5_vl",
+        default=DEFAULT_TINY_ARCH,
         choices=TINY_ARCHES,
-        help="model architecture of the tiny model, its family's data frame and recipes (default qwen2_5_vl)",
+        help=f"model architecture of the tiny model, its family's data frame and recipes "
+        f"(default {DEFAULT_TINY_ARCH})",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress output")
 

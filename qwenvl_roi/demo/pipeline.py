@@ -27,11 +27,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from qwenvl_roi.atomic import write_text
-from qwenvl_roi.families import TINY_ARCHES, tiny_arch
+from qwenvl_roi.families import DEFAULT_TINY_ARCH, TINY_ARCHES, tiny_arch
+from qwenvl_roi.outputs import OutputError, claim, mark
 
-from .synth import LABEL_SPELLINGS, SynthConfig, generate
+from .synth import LABEL_SPELLINGS, MANIFEST, SynthConfig, generate
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# the folders every demo run starts over in (its data, prepared set and preview are replaced by their steps)
+DEMO_STEP_FOLDERS = ("train", "models", "predictions", "eval", "tokenized", "preview")
+DEMO_LEGACY = (f"data/{MANIFEST}", "report.json")  # a demo folder written before the marker file
 
 
 class PhaseSpec(BaseModel):
@@ -57,7 +63,7 @@ class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     synth: SynthConfig = SynthConfig()
-    arch: Literal[TINY_ARCHES] = "qwen2_5_vl"  # type: ignore[valid-type]  # tiny-model architecture
+    arch: Literal[TINY_ARCHES] = DEFAULT_TINY_ARCH  # type: ignore[valid-type]  # tiny-model architecture
     model_size: str | dict[str, int] = "demo"
     seed: int = 42
     split_seed: int = 42
@@ -191,7 +197,8 @@ class Runner:
 
 
 def family_recipe(recipe: str, arch: str) -> str:
-    """The family's copy of a recipe: ``recipes/phase1.yaml`` -> ``recipes/qwen3_vl/phase1.yaml``."""
+    """The family's copy of a recipe: ``recipes/phase1.yaml`` -> ``recipes/<family>/phase1.yaml`` (its
+    ``recipes_dir``; the Qwen2 families' is ``recipes/`` itself)."""
     fam = tiny_arch(arch)[0]
     return f"{fam.recipes_dir}/{Path(recipe).name}"
 
@@ -274,82 +281,146 @@ def _train_overrides(cfg: DemoConfig, phase: PhaseSpec, model: Path, out_dir: Pa
 
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = False) -> dict[str, Any]:
     """Run every step into ``out``; returns the report dict (also written as report.json / report.md)."""
-    import torch
+    return DemoRun(Path(out), cfg or DemoConfig(), quiet).run()
 
-    from qwenvl_roi.cli import main as qwenvl_roi_main
-    from qwenvl_roi.converters.convert import convert
-    from qwenvl_roi.tiny_model import build_tiny_model
 
-    from .report import collect_phase, read_metrics, write_report
+class DemoRun:
+    """The demo, step by step: `run` reads top to bottom; each step is one method."""
 
-    cfg = cfg or DemoConfig()
-    # predict runs in this process: one thread, like the training subprocesses (OMP_NUM_THREADS=1); on a
-    # small shared CPU two spinning threads made each scoring pass up to 10x slower
-    torch.set_num_threads(1)
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    run = Runner(out, quiet)
-    wall = time.perf_counter()
-    for stale in ("train", "models", "predictions", "eval", "tokenized", "preview"):
-        shutil.rmtree(out / stale, ignore_errors=True)
+    def __init__(self, out: Path, cfg: DemoConfig, quiet: bool) -> None:
+        out = out.resolve()
+        try:  # only a new or empty folder, or an earlier demo's: `demo --out .` must not delete ./data
+            claim(out, "demo", legacy=DEMO_LEGACY)
+        except OutputError as exc:
+            raise DemoError(str(exc)) from None
+        out.mkdir(parents=True, exist_ok=True)
+        mark(out, "demo")
+        self.out, self.cfg = out, cfg
+        self.runner = Runner(out, quiet)
+        self.prepared = out / "prepared"
+        self.preview = out / "preview"
+        from qwenvl_roi.cli import main
 
-    manifest = run.timed("synth", generate, out / "data", cfg.synth, progress=not quiet)
-    scan_json = out / "scan_labels.json"
-    run.timed(
-        "scan-labels",
-        _cli,
-        qwenvl_roi_main,
-        ["scan-labels", "--abnormal-dir", str(out / "data" / "abnormal"), "--out", str(scan_json)],
-    )
-    data_cfg = data_config(out, cfg)
-    _write_yaml(out / "data.yaml", data_cfg)
-    conv = run.timed("convert", convert, data_cfg, progress=not quiet)
-    prepared = out / "prepared"
-    preview = out / "preview"
-    if cfg.preview_limit:
+        self.main = main
+
+    def run(self) -> dict[str, Any]:
+        import torch
+
+        from qwenvl_roi.tiny_model import build_tiny_model
+
+        from .report import write_report
+
+        out, cfg, run = self.out, self.cfg, self.runner
+        # predict runs in this process: one thread, like the training subprocesses (OMP_NUM_THREADS=1); on
+        # a small shared CPU two spinning threads made each scoring pass up to 10x slower
+        torch.set_num_threads(1)
+        wall = time.perf_counter()
+        for stale in DEMO_STEP_FOLDERS:  # the demo's own folders: it starts over in them
+            shutil.rmtree(out / stale, ignore_errors=True)
+
+        manifest, conv, meta = self.data()
+        base = out / "models" / "base"
         run.timed(
-            "preview",
-            _cli,
-            qwenvl_roi_main,
-            ["preview", "--config", str(out / "data.yaml"), "--out", str(preview),
-             "--limit", str(cfg.preview_limit)],
+            "tiny-model", build_tiny_model, base, cfg.arch,
+            size=cfg.model_size, seed=cfg.seed, vocab_texts=vocab_texts(meta),
         )  # fmt: skip
-    meta = json.loads((prepared / "dataset_meta.json").read_text(encoding="utf-8"))
+        untrained = self.predict_and_eval("untrained", base)
+        model, phases, checks = self.train(base)
+        trained = self.predict_and_eval("trained", model, store_in_model=True)
+        run.timings["total"] = round(time.perf_counter() - wall, 2)
+        report = {
+            "out": str(out),
+            "config": cfg.model_dump(mode="json"),
+            "data": {
+                **_data_summary(manifest, conv, out / "scan_labels.json"),
+                "preview": str(self.preview / "index.html") if cfg.preview_limit else None,
+            },
+            "phases": phases,
+            "stage_check": checks,
+            "metrics": {"untrained": untrained, "trained": trained},
+            "timings_s": run.timings,
+        }
+        write_report(out, report)
+        run.say(f"report: {out / 'report.md'}")
+        return report
 
-    base = out / "models" / "base"
-    run.timed(
-        "tiny-model",
-        build_tiny_model,
-        base,
-        cfg.arch,
-        size=cfg.model_size,
-        seed=cfg.seed,
-        vocab_texts=vocab_texts(meta),
-    )
+    def cli(self, step: str, argv: list[str]) -> None:
+        """A timed qwenvl-roi subcommand, run in this process."""
+        self.runner.timed(step, _cli, self.main, argv)
 
-    def predict_and_eval(tag: str, model: Path, store_in_model: bool = False) -> dict[str, Any]:
-        preds = out / "predictions" / tag
-        for split in ("val", "test"):
-            run.timed(
-                f"predict-{tag}-{split}",
-                _cli,
-                qwenvl_roi_main,
-                [
-                    "predict", "--model", str(model), "--regions", str(prepared / f"regions_{split}.jsonl"),
-                    "--out", str(preds / f"{split}.jsonl"), "--batch-size", str(cfg.predict_batch_size),
-                    "--device", "cpu", "--no-progress",
-                ],
+    def data(self) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """Generate the data, scan its labels, convert it, preview it: (manifest, convert result, meta)."""
+        from qwenvl_roi.converters.convert import convert
+
+        out, cfg, run = self.out, self.cfg, self.runner
+        manifest = run.timed("synth", generate, out / "data", cfg.synth, progress=not run.quiet)
+        scan = ["scan-labels", "--abnormal-dir", str(out / "data" / "abnormal")]
+        self.cli("scan-labels", [*scan, "--out", str(out / "scan_labels.json")])
+        data_cfg = data_config(out, cfg)
+        _write_yaml(out / "data.yaml", data_cfg)
+        conv = run.timed("convert", convert, data_cfg, progress=not run.quiet)
+        if cfg.preview_limit:
+            self.cli(
+                "preview",
+                ["preview", "--config", str(out / "data.yaml"), "--out", str(self.preview),
+                 "--limit", str(cfg.preview_limit)],
             )  # fmt: skip
-        eval_dir = out / "eval" / tag
-        run.timed(
+        meta = json.loads((self.prepared / "dataset_meta.json").read_text(encoding="utf-8"))
+        return manifest, conv, meta
+
+    def train(self, base: Path) -> tuple[Path, list[dict[str, Any]], dict[str, Any]]:
+        """Every phase through the real llamafactory-cli train and export: (final model, phases, check)."""
+        from .report import collect_phase
+
+        out, cfg, run = self.out, self.cfg, self.runner
+        phases: list[dict[str, Any]] = []
+        model = base
+        checks: dict[str, Any] = {}
+        for phase in cfg.phases:
+            train_dir = out / "train" / phase.name
+            merged = out / "models" / f"{phase.name}-merged"
+            run.command(
+                f"train-{phase.name}",
+                [_bin("llamafactory-cli"), "train", family_recipe(phase.recipe, cfg.arch),
+                 *_train_overrides(cfg, phase, model, train_dir, out)],
+            )  # fmt: skip
+            run.command(
+                f"export-{phase.name}",
+                [_bin("llamafactory-cli"), "export", family_recipe(phase.export_recipe, cfg.arch),
+                 f"model_name_or_path={model}", f"adapter_name_or_path={train_dir}", f"export_dir={merged}",
+                 "export_device=cpu", "export_size=5", "trust_remote_code=false"],
+            )  # fmt: skip
+            phases.append(collect_phase(phase, train_dir, merged, run.timings))
+            model = merged
+            if phase.name == "phase2":
+                checks = self.stage_check(model)
+        return model, phases, checks
+
+    def predict(self, step: str, model: Path, split: str, preds: Path) -> None:
+        """Score one split's regions with `qwenvl-roi predict` on the CPU."""
+        self.cli(
+            step,
+            ["predict", "--model", str(model), "--regions", str(self.prepared / f"regions_{split}.jsonl"),
+             "--out", str(preds), "--batch-size", str(self.cfg.predict_batch_size), "--device", "cpu",
+             "--no-progress"],
+        )  # fmt: skip
+
+    def predict_and_eval(self, tag: str, model: Path, store_in_model: bool = False) -> dict[str, Any]:
+        """Val and test predictions, then eval with the threshold chosen on val."""
+        from .report import read_metrics
+
+        preds = self.out / "predictions" / tag
+        for split in ("val", "test"):
+            self.predict(f"predict-{tag}-{split}", model, split, preds / f"{split}.jsonl")
+        eval_dir = self.out / "eval" / tag
+        self.cli(
             f"eval-{tag}",
-            _cli,
-            qwenvl_roi_main,
             [
                 "eval",
-                "--predictions", str(preds / "test.jsonl"), "--gold", str(prepared / "regions_test.jsonl"),
+                "--predictions", str(preds / "test.jsonl"),
+                "--gold", str(self.prepared / "regions_test.jsonl"),
                 "--val-predictions", str(preds / "val.jsonl"),
-                "--val-gold", str(prepared / "regions_val.jsonl"),
+                "--val-gold", str(self.prepared / "regions_val.jsonl"),
                 "--out", str(eval_dir),
                 # the final model keeps its val threshold and prompt settings (README: use it elsewhere)
                 *(["--model-dir", str(model)] if store_in_model else []),
@@ -357,78 +428,27 @@ def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = Fa
         )  # fmt: skip
         return read_metrics(eval_dir)
 
-    untrained = predict_and_eval("untrained", base)
+    def stage_check(self, model: Path) -> dict[str, Any]:
+        """After the image-level stage: image AUROC on VAL only (the blind test split is not looked at)."""
+        from .report import read_metrics
 
-    phases = []
-    model = base
-    checks: dict[str, Any] = {}
-    for phase in cfg.phases:
-        train_dir = out / "train" / phase.name
-        merged = out / "models" / f"{phase.name}-merged"
-        run.command(
-            f"train-{phase.name}",
-            [_bin("llamafactory-cli"), "train", family_recipe(phase.recipe, cfg.arch),
-             *_train_overrides(cfg, phase, model, train_dir, out)],
+        cfg = self.cfg
+        preds = self.out / "predictions" / "after-phase2" / "val.jsonl"
+        self.predict("predict-after-phase2-val", model, "val", preds)
+        eval_dir = self.out / "eval" / "after-phase2-val"
+        self.cli(
+            "eval-after-phase2-val",
+            ["eval", "--predictions", str(preds), "--gold", str(self.prepared / "regions_val.jsonl"),
+             "--threshold", "0.5", "--out", str(eval_dir)],
         )  # fmt: skip
-        run.command(
-            f"export-{phase.name}",
-            [_bin("llamafactory-cli"), "export", family_recipe(phase.export_recipe, cfg.arch),
-             f"model_name_or_path={model}", f"adapter_name_or_path={train_dir}", f"export_dir={merged}",
-             "export_device=cpu", "export_size=5", "trust_remote_code=false"],
-        )  # fmt: skip
-        phases.append(collect_phase(phase, train_dir, merged, run.timings))
-        model = merged
-        if phase.name == "phase2":
-            checks = _stage_check(run, qwenvl_roi_main, cfg, out, model, prepared)
-
-    trained = predict_and_eval("trained", model, store_in_model=True)
-    run.timings["total"] = round(time.perf_counter() - wall, 2)
-    report = {
-        "out": str(out),
-        "config": cfg.model_dump(mode="json"),
-        "data": {
-            **_data_summary(manifest, conv, scan_json),
-            "preview": str(preview / "index.html") if cfg.preview_limit else None,
-        },
-        "phases": phases,
-        "stage_check": checks,
-        "metrics": {"untrained": untrained, "trained": trained},
-        "timings_s": run.timings,
-    }
-    write_report(out, report)
-    run.say(f"report: {out / 'report.md'}")
-    return report
-
-
-def _stage_check(
-    run: Runner, main: Any, cfg: DemoConfig, out: Path, model: Path, prepared: Path
-) -> dict[str, Any]:
-    """After the image-level stage: image AUROC on VAL only (the blind test split is not looked at)."""
-    from .report import read_metrics
-
-    preds = out / "predictions" / "after-phase2" / "val.jsonl"
-    run.timed(
-        "predict-after-phase2-val",
-        _cli,
-        main,
-        ["predict", "--model", str(model), "--regions", str(prepared / "regions_val.jsonl"),
-         "--out", str(preds), "--batch-size", str(cfg.predict_batch_size), "--device", "cpu",
-         "--no-progress"],
-    )  # fmt: skip
-    eval_dir = out / "eval" / "after-phase2-val"
-    run.timed(
-        "eval-after-phase2-val",
-        _cli,
-        main,
-        ["eval", "--predictions", str(preds), "--gold", str(prepared / "regions_val.jsonl"),
-         "--threshold", "0.5", "--out", str(eval_dir)],
-    )  # fmt: skip
-    metrics = read_metrics(eval_dir)
-    auroc = metrics["image"]["auroc"]
-    ok = auroc is not None and auroc >= cfg.stage_check_auroc
-    if not ok:
-        run.say(f"WARNING: val image AUROC after phase 2 is {auroc}, below {cfg.stage_check_auroc}")
-    return {"val_image_auroc": auroc, "threshold": cfg.stage_check_auroc, "passed": ok}
+        metrics = read_metrics(eval_dir)
+        auroc = metrics["image"]["auroc"]
+        ok = auroc is not None and auroc >= cfg.stage_check_auroc
+        if not ok:
+            self.runner.say(
+                f"WARNING: val image AUROC after phase 2 is {auroc}, below {cfg.stage_check_auroc}"
+            )
+        return {"val_image_auroc": auroc, "threshold": cfg.stage_check_auroc, "passed": ok}
 
 
 def _cli(main: Any, argv: list[str]) -> None:

@@ -12,10 +12,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from qwenvl_roi.outputs import OutputError, claim, staged
+
 if TYPE_CHECKING:
     from qwenvl_roi.evaluation.gallery import GalleryOptions
 
 METRICS_JSON = "metrics.json"
+EVAL_LEGACY = (METRICS_JSON,)  # an eval folder written before the marker file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -93,6 +96,10 @@ def evaluate(
         raise InputError("--val-predictions and --val-gold go together")
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"--threshold {threshold} is outside [0, 1]")
+    for folder in model_dirs or []:  # checked before anything is computed or written
+        if not Path(folder).is_dir():
+            raise InputError(f"--model-dir {folder}: not a folder")
+    claim(out_dir, "eval", legacy=EVAL_LEGACY)  # a folder we may not write is refused before the work
 
     val_info = None
     if val_predictions:
@@ -118,21 +125,20 @@ def evaluate(
     if val_predictions:
         metrics["inputs"].update({"val_predictions": str(val_predictions), "val_gold": str(val_gold)})
 
-    out = Path(out_dir)
     gallery = gallery or GalleryOptions()
-    if gallery.limit > 0:
-        metrics["gallery"] = write_gallery(metrics, regions, gold, out, gallery)
-        metrics["warnings"] += [f"gallery: {w}" for w in metrics["gallery"]["warnings"]]
-    write_json_atomic(out / METRICS_JSON, metrics)
-    write_report(metrics, regions, out)
     config = InferenceConfig(
         threshold=threshold, threshold_source=source, val_f1=None if val_info is None else val_info["f1"]
     )
-    save_inference_config(config, out)
+    # every output lands as one set: the folder holds the complete old set or the complete new one
+    with staged(out_dir, "eval", legacy=EVAL_LEGACY) as out:
+        if gallery.limit > 0:
+            metrics["gallery"] = write_gallery(metrics, regions, gold, out, gallery)
+            metrics["warnings"] += [f"gallery: {w}" for w in metrics["gallery"]["warnings"]]
+        write_json_atomic(out / METRICS_JSON, metrics)
+        write_report(metrics, regions, out)
+        save_inference_config(config, out)
     meta_file = Path(gold).parent / "dataset_meta.json"
     for folder in model_dirs or []:
-        if not Path(folder).is_dir():
-            raise InputError(f"--model-dir {folder}: not a folder")
         save_inference_config(config, folder)
         if meta_file.is_file():
             write_text_atomic(Path(folder) / meta_file.name, meta_file.read_text(encoding="utf-8"))
@@ -170,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
             model_dirs=args.model_dir,
             gallery=options,
         )
-    except (InputError, MetricsError) as exc:
+    except (InputError, MetricsError, OutputError) as exc:
         print(f"qwenvl-roi eval: error: {exc}", file=sys.stderr)
         return 2
     roi, image = metrics["roi"], metrics["image"]

@@ -8,11 +8,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from qwenvl_roi.converters.paths import resolve_image
 from qwenvl_roi.evaluation.files import InputError, iter_jsonl
+
+
+def _fits_float(value: Any) -> Any:
+    """An integer too big for a float (a 400-digit coordinate: ``float()`` raises OverflowError) is the
+    line's error, not a traceback."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError("Input should be a finite number (too large for a float)") from None
+    return value
+
+
+#: a finite float: ``Infinity``/``NaN`` (Python's json reads them) would pass as float and break the
+#: pictures (inf) or the metrics (NaN, silently), so they are the line's error like any bad value
+Finite = Annotated[float, BeforeValidator(_fits_float), AllowInfNan(False)]
 
 
 class GoldRegion(BaseModel):
@@ -23,7 +40,7 @@ class GoldRegion(BaseModel):
     id: str
     label: str | None = None
     positive: bool
-    box: tuple[float, float, float, float] | None = None  # original pixels of the picture, xyxy
+    box: tuple[Finite, Finite, Finite, Finite] | None = None  # original pixels of the picture, xyxy
 
 
 class GoldSample(BaseModel):
@@ -44,7 +61,7 @@ class PredRegion(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     id: str
-    score: float | None = Field(None, ge=0.0, le=1.0)
+    score: Finite | None = Field(None, ge=0.0, le=1.0)
     label: str | None = None
 
 
@@ -56,7 +73,7 @@ class PredSample(BaseModel):
     sample_id: str | None = None
     image: str
     regions: list[PredRegion]
-    image_line_score: float | None = Field(None, ge=0.0, le=1.0)
+    image_line_score: Finite | None = Field(None, ge=0.0, le=1.0)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ missing instead of drawing a meaningless line.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,8 @@ def write_curves(metrics: dict, regions: Sequence[JoinedRegion], out_dir: str | 
 def confusion_figure(confusion: dict, names: dict[str, str]) -> Any:
     """Two panels, gold class by row and predicted class by column: counts and row-normalised shares.
 
-    ``names`` maps each class to the text drawn for it (``#k`` for one the font cannot draw).
+    ``names`` maps each class to the text drawn for it (``#k`` for one the font cannot draw), drawn as
+    written (``LITERAL_TEXT``: a ``$`` in a label is not math).
     """
     import matplotlib
 
@@ -91,7 +93,7 @@ def confusion_figure(confusion: dict, names: dict[str, str]) -> Any:
     import numpy as np
     from matplotlib import font_manager
 
-    from qwenvl_roi.fonts import find_label_font
+    from qwenvl_roi.fonts import LITERAL_TEXT, find_label_font
 
     classes = confusion["labels"]
     counts = np.asarray(confusion["counts"], dtype=float)
@@ -105,8 +107,8 @@ def confusion_figure(confusion: dict, names: dict[str, str]) -> Any:
     panels = (("counts", counts, "{:.0f}"), ("row-normalised (share of each gold class)", shares, "{:.2f}"))
     for ax, (title, values, pattern) in zip(axes, panels, strict=True):
         ax.imshow(values, cmap="Blues", vmin=0)
-        ax.set_xticks(range(n), ticks, rotation=45, ha="right", fontproperties=label_font)
-        ax.set_yticks(range(n), ticks, fontproperties=label_font)
+        ax.set_xticks(range(n), ticks, rotation=45, ha="right", fontproperties=label_font, **LITERAL_TEXT)
+        ax.set_yticks(range(n), ticks, fontproperties=label_font, **LITERAL_TEXT)
         ax.set(xlabel="predicted", ylabel="gold", title=title)
         if n > 30:  # too many cells to annotate legibly; the colours and report.md's table remain
             continue
@@ -152,9 +154,20 @@ def _gallery_line(gallery: dict) -> str:
     )
 
 
-def _cell(text: str) -> str:
-    """A label as a Markdown table cell (a ``|`` in a label must not split the row)."""
-    return text.replace("|", "\\|")
+#: characters that start Markdown inline markup (emphasis, code, links, strikethrough, GitHub math) or
+#: split a table row; ``<``, ``>``, ``&`` and quotes become HTML entities instead
+_MARKDOWN_PUNCTUATION = frozenset("\\`*_[]~|$")
+
+
+def _md(text: object) -> str:
+    """User text (a label, a file name in a warning) as inert Markdown: shown as written wherever the
+    report is rendered. HTML in a label would stay live in most renderers (``<img onerror=...>``), and a
+    ``|`` would split a table row, so markup characters are backslash-escaped (CommonMark allows it for any
+    ASCII punctuation) and ``< > & " '`` written as entities. A line break (possible in a JSON label) would
+    end the row: it is written as a space."""
+    one_line = " ".join(str(text).splitlines())
+    escaped = "".join("\\" + ch if ch in _MARKDOWN_PUNCTUATION else ch for ch in one_line)
+    return html.escape(escaped, quote=True)
 
 
 def _confusion_lines(confusion: dict, legend: dict[str, str]) -> list[str]:
@@ -164,16 +177,16 @@ def _confusion_lines(confusion: dict, legend: dict[str, str]) -> list[str]:
         "",
         "Rows: gold class; columns: predicted class (normal below the threshold).",
         "",
-        "| gold \\ predicted | " + " | ".join(_cell(c) for c in classes) + " |",
+        "| gold \\ predicted | " + " | ".join(_md(c) for c in classes) + " |",
         "|---" * (len(classes) + 1) + "|",
     ]
     lines += [
-        f"| {_cell(c)} | " + " | ".join(str(v) for v in row) + " |"
+        f"| {_md(c)} | " + " | ".join(str(v) for v in row) + " |"
         for c, row in zip(classes, counts, strict=True)
     ]
     lines += ["", f"![Confusion matrix]({CONFUSION_PNG})", ""]
     if legend:
-        lines += ["In the picture: " + ", ".join(f"{k} = {v}" for k, v in legend.items()) + ".", ""]
+        lines += ["In the picture: " + ", ".join(f"{_md(k)} = {_md(v)}" for k, v in legend.items()) + ".", ""]
     return lines
 
 
@@ -227,7 +240,8 @@ def render_markdown(
         lines += ["", "| label | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for label, m in metrics["per_label"].items():
             lines.append(
-                f"| {label} | {fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['f1'])} | {m['support']} |"
+                f"| {_md(label)} | {fmt(m['precision'])} | {fmt(m['recall'])} | {fmt(m['f1'])} | "
+                f"{m['support']} |"
             )
     lines.append("")
     if "confusion" in metrics:
@@ -239,7 +253,7 @@ def render_markdown(
         lines.append(f"No curve for {', '.join(missing)}: only one class in gold.")
         lines.append("")
     if metrics["warnings"]:
-        lines += ["Warnings:", ""] + [f"- {w}" for w in metrics["warnings"]] + [""]
+        lines += ["Warnings:", ""] + [f"- {_md(w)}" for w in metrics["warnings"]] + [""]
     return "\n".join(lines)
 
 

@@ -10,7 +10,9 @@ adapter folder, else the model folder, else 0.5).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +64,12 @@ def load_samples(path: str | Path) -> list[dict[str, Any]]:
 
     from qwenvl_roi.converters.paths import resolve_image
     from qwenvl_roi.evaluation.files import InputError, iter_jsonl
+    from qwenvl_roi.evaluation.records import Finite
 
     class _Region(BaseModel):
         model_config = ConfigDict(extra="allow")
         id: str
-        box: list[float]
+        box: list[Finite]  # Infinity / NaN / a 400-digit integer: this line's error, not a traceback
 
     class _Sample(BaseModel):
         model_config = ConfigDict(extra="allow")
@@ -96,6 +99,31 @@ def load_samples(path: str | Path) -> list[dict[str, Any]]:
     return samples
 
 
+def check_out(out: str | Path) -> None:
+    """Refuse an ``--out`` that cannot be written before the model loads and everything is scored (minutes
+    to hours of work lost at the last step otherwise). Its folder must exist or be creatable, and be
+    writable: probed with a real temporary file, since permission bits say nothing for root and nothing
+    about a read-only mount. Nothing is left behind (missing folders are created only when writing)."""
+    from qwenvl_roi.evaluation.files import InputError
+
+    path = Path(out).absolute()
+    if path.is_dir():
+        raise InputError(f"--out {out}: is a folder; give the path of the predictions file to write")
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--out {out}: cannot create the folder {folder}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".qwenvl-roi-write-check-", dir=existing)
+    except OSError as exc:
+        where = f"the folder {existing}" + ("" if existing == folder else f" (to create {folder})")
+        raise InputError(f"--out {out}: cannot write in {where}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of `qwenvl-roi predict`."""
     from qwenvl_roi.converters.config import ConvertError
@@ -107,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--batch-size must be >= 1, got {args.batch_size}")
         if (args.regions is None) == (args.boxes is None):
             raise InputError("give either --regions (a converters' regions file) or --boxes (detector boxes)")
+        check_out(args.out)
         if args.boxes is not None:
             return _run_boxes(args)
         if args.images is not None or args.meta is not None or args.strict:

@@ -27,6 +27,7 @@ from typing import Any
 from PIL import Image
 
 from qwenvl_roi.converters.meta import DatasetMeta
+from qwenvl_roi.converters.names import is_utf8, not_utf8_reason, shown
 from qwenvl_roi.evaluation.files import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -51,34 +52,54 @@ def _box(value: Any) -> list[float] | None:
         return None
     try:
         box = [float(v) for v in value]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too big for a float
         return None
     return box if all(math.isfinite(v) for v in box) else None
 
 
+def _path(image: str) -> Path:
+    """A JSONL line's image path, ``~`` expanded where it can be (``~nosuchuser`` stays as written)."""
+    try:
+        return Path(image).expanduser()
+    except RuntimeError:
+        return Path(image)
+
+
 def read_jsonl(path: Path, root: Path) -> list[ImageJob]:
-    """Jobs from a JSONL file of detections, one per non-blank line."""
+    """Jobs from a JSONL file of detections, one per non-blank line (lines end at "\\n" only, so a
+    U+2028 inside a string does not shift the line numbers; a line that is not UTF-8 is its own error)."""
     jobs: list[ImageJob] = []
     seen: dict[str, str] = {}
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise InputError(f"{path}: cannot read the boxes file ({exc})") from None
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
+    data = data.removeprefix(b"\xef\xbb\xbf")
+    for lineno, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
             continue
-        where = f"{path}:{lineno}"
+        where = f"{shown(str(path))}:{lineno}"
         try:
-            obj = json.loads(raw)
+            obj = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            error = f"{where}: not UTF-8 ({exc.reason} at byte {exc.start + 1})"
+            jobs.append(ImageJob(f"<line {lineno}>", "", where, error=error))
+            continue
         except json.JSONDecodeError as exc:
             jobs.append(ImageJob(f"<line {lineno}>", "", where, error=f"{where}: not valid JSON ({exc.msg})"))
+            continue
+        except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+            error = f"{where}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})"
+            jobs.append(ImageJob(f"<line {lineno}>", "", where, error=error))
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not obj["image"]:
             jobs.append(ImageJob(f"<line {lineno}>", "", where, error=f'{where}: needs an "image" string'))
             continue
-        key = str(obj["id"]) if obj.get("id") is not None else obj["image"]
-        image = Path(obj["image"]).expanduser()
-        job = ImageJob(key, obj["image"], where, image if image.is_absolute() else root / image)
+        key = shown(str(obj["id"]) if obj.get("id") is not None else obj["image"])
+        image = _path(obj["image"])
+        job = ImageJob(key, shown(obj["image"]), where, image if image.is_absolute() else root / image)
+        if not is_utf8(obj["image"]):  # "\\udcc8": a Python tool's json.dumps of a GBK file name
+            job.problems.append(f"{where}: image {not_utf8_reason(obj['image'])}")
         if key in seen:
             job.error = f"{where}: {key!r} was already given at {seen[key]}"
         elif not isinstance(obj.get("boxes"), list):
@@ -100,30 +121,41 @@ def read_txt_folder(folder: Path, root: Path) -> list[ImageJob]:
     Files are found and paired as the converters pair annotations with images (converters/prepare.py:
     extensions in any case, hidden files skipped, the same relative path without its last extension).
     """
-    from qwenvl_roi.converters.parse import LineParser, parse_txt
+    from qwenvl_roi.converters.parse import LineParser, Problem, parse_txt
     from qwenvl_roi.converters.prepare import stem_key, walk_files
 
     parser = LineParser(label_optional=True)
     by_stem: dict[str, list[str]] = {}
-    for rel in walk_files(root)[0]:
+    folder_problems: list[Problem] = []  # symlink loops, folders linked twice, unreadable folders
+    for rel in walk_files(root, folder_problems)[0]:
         by_stem.setdefault(stem_key(rel), []).append(rel)
     jobs: list[ImageJob] = []
-    for rel_txt in walk_files(folder)[1]:
+    for rel_txt in walk_files(folder, folder_problems)[1]:
         txt = folder / rel_txt
+        where = shown(str(txt))  # names that are not UTF-8 (GBK from a Windows zip) as \xNN
         stem = rel_txt[: -len(".txt")]
         matches = by_stem.get(stem_key(rel_txt), [])
         image = matches[0] if len(matches) == 1 else stem
-        job = ImageJob(image, image, str(txt), root / image if len(matches) == 1 else None)
+        job = ImageJob(shown(image), shown(image), where, root / image if len(matches) == 1 else None)
+        if not is_utf8(image):
+            job.problems.append(f"{where}: image {not_utf8_reason(image)}")
         if not matches:
-            job.error = f"{txt}: no image {stem}.<{'|'.join(s[1:] for s in IMAGE_SUFFIXES)}> under {root}"
+            exts = "|".join(s[1:] for s in IMAGE_SUFFIXES)
+            job.error = f"{where}: no image {shown(stem)}.<{exts}> under {shown(str(root))}"
         elif len(matches) > 1:
-            job.error = f"{txt}: several images under {root} have its name: {', '.join(matches)}"
+            names = ", ".join(map(shown, matches))
+            job.error = f"{where}: several images under {shown(str(root))} have its name: {names}"
         else:
-            parsed = parse_txt(txt, str(txt), Path(image).name, parser)
+            parsed = parse_txt(txt, where, Path(image).name, parser)
             job.problems += [str(p) for p in parsed.problems]
             job.boxes = [list(raw.coords) for raw in parsed.boxes]
-            job.box_sources = [f"{txt}:{raw.line}" for raw in parsed.boxes]
+            job.box_sources = [f"{where}:{raw.line}" for raw in parsed.boxes]
         jobs.append(job)
+    reported: set[tuple[str, str]] = set()  # --images and --boxes may be one folder, walked twice
+    for p in folder_problems:
+        if (p.file, p.kind) not in reported:
+            reported.add((p.file, p.kind))
+            jobs.append(ImageJob(f"<{p.file}>", "", p.file, error=str(p)))
     return jobs
 
 
@@ -195,11 +227,11 @@ def check(job: ImageJob) -> PreparedImage:
         return prepared
     assert job.path is not None
     if not job.path.is_file():
-        job.error = f"{job.source}: image {job.path} not found"
+        job.error = f"{job.source}: image {shown(str(job.path))} not found"
         return prepared
     insp = inspect(job.path)
     if isinstance(insp, str):
-        job.error = f"{job.source}: cannot read image {job.path}: {insp}"
+        job.error = f"{job.source}: cannot read image {shown(str(job.path))}: {insp}"
         return prepared
     if insp.note:
         job.problems.append(f"{job.source}: {insp.note}")
@@ -228,12 +260,13 @@ def load(prepared: PreparedImage, meta: DatasetMeta) -> None:
     if job.error is not None or insp is None:
         return
     assert job.path is not None
+    name = shown(str(job.path))  # for messages: UTF-8 even when the file name is not
     if not insp.reasons:  # decoded as LLaMA-Factory decodes a path (Image.open), but here: a broken file
         try:  # is this image's error row, not a crash of its whole batch
             image = Image.open(job.path)
             image.load()  # (not `with`: closing an image frees its pixels; load() closes the file)
         except Exception as exc:  # PIL raises many types for broken files
-            job.error = f"{job.source}: cannot decode image {job.path} ({type(exc).__name__}: {exc})"
+            job.error = f"{job.source}: cannot decode image {name} ({type(exc).__name__}: {exc})"
             return
         prepared.picture = image
         return
@@ -243,7 +276,7 @@ def load(prepared: PreparedImage, meta: DatasetMeta) -> None:
             depth = depth_for(pixel_range(job.path)[1])
         rendered = render(job.path, insp, depth or 8)
     except Exception as exc:  # PIL raises many types for broken files
-        job.error = f"{job.source}: cannot convert image {job.path} ({type(exc).__name__}: {exc})"
+        job.error = f"{job.source}: cannot convert image {name} ({type(exc).__name__}: {exc})"
         return
     prepared.picture = rendered.image
     job.problems.append(f"{job.source}: {insp.describe()}: read upright as 8-bit RGB, as for training")
@@ -252,9 +285,11 @@ def load(prepared: PreparedImage, meta: DatasetMeta) -> None:
 def output_row(prepared: PreparedImage, scored: list[dict[str, Any]], threshold: float) -> dict[str, Any]:
     """The predictions row of one input image: every input box in order, then the image-level verdict."""
     job = prepared.job
-    row: dict[str, Any] = {"id": job.key, "image": job.image}
+    # every text as UTF-8 can write it (a message may quote a path whose name is not UTF-8)
+    row: dict[str, Any] = {"id": shown(job.key), "image": shown(job.image)}
+    problems = [shown(p) for p in job.problems]
     if job.error is not None:
-        return {**row, "error": job.error, "problems": job.problems}
+        return {**row, "error": shown(job.error), "problems": problems}
     by_index = {}
     regions = [r for s in scored for r in s["regions"]]
     for (index, _), region in zip(prepared.usable, regions, strict=True):
@@ -281,7 +316,7 @@ def output_row(prepared: PreparedImage, scored: list[dict[str, Any]], threshold:
             "image_score": max(scores) if scores else None,
             "image_abnormal": (max(scores) >= threshold) if scores else None,
             "image_line_score": max(lines) if lines else None,
-            "problems": job.problems,
+            "problems": problems,
         }
     )
     return row

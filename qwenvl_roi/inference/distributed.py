@@ -8,8 +8,12 @@ over gloo whatever the device: no tensor ever crosses between them. Each rank sc
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,28 @@ class Ranks:
             import torch.distributed as dist
 
             dist.barrier()
+
+    def from_first(self, compute: Callable[[], T]) -> T:
+        """``compute()`` run on rank 0 only and its value handed to every rank: work done once per job
+        (hashing a model's weights) instead of once per rank. An error on rank 0 is raised on every rank,
+        so none waits for a value that never comes."""
+        if self.world == 1:
+            return compute()
+        import torch.distributed as dist
+
+        box: list[Any] = [None]
+        if self.rank == 0:
+            try:
+                box = [(True, compute())]
+            except Exception as exc:
+                box = [(False, f"{type(exc).__name__}: {exc}")]
+                dist.broadcast_object_list(box, src=0)
+                raise
+        dist.broadcast_object_list(box, src=0)
+        ok, value = box[0]
+        if not ok:
+            raise RuntimeError(f"rank 0 failed: {value}")
+        return value
 
     def close(self) -> None:
         if self.world > 1:

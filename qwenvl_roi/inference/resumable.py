@@ -3,11 +3,12 @@
 The work is a fixed list of batches (input order, fixed size), so every batch is scored with the same
 neighbours whatever the number of processes or restarts: the finished file is byte-identical to one
 uninterrupted run's. While running, results live in ``<out>.partial/``: one part file per process and run,
-a header line with the run's fingerprint, then one line per result tagged with its batch, each batch
-written and flushed (fsync) at once. A rerun reads every part file, keeps the batches that are complete
-(a torn last line or a half-written batch is redone), and scores the rest. When all batches are done, the
-first process writes ``<out>`` atomically, in input order, and removes the partial folder. So ``<out>``
-exists only when it is whole.
+a header line with the run's fingerprint (job.py: the model by the bytes of its weights, not only its path,
+so a model retrained in place is never mixed with the old one's results), then one line per result tagged
+with its batch, each batch written and flushed (fsync) at once. A rerun reads every part file, keeps the
+batches that are complete (a torn last line or a half-written batch is redone), and scores the rest. When
+all batches are done, the first process writes ``<out>`` atomically, in input order, and removes the
+partial folder. So ``<out>`` exists only when it is whole.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from qwenvl_roi.atomic import atomic_open
 from qwenvl_roi.evaluation.files import InputError
 
 HEADER_KEY = "qwenvl_roi_predict_partial"
+#: what a differing fingerprint key means, where its name alone does not say it
+_WHY = {
+    "model_weights": "the model's weight files are not the ones these results were scored with (rebuilt or "
+    "retrained at the same path?)",
+    "adapter_weights": "the adapter's weight files are not the ones these results were scored with",
+}
 
 
 class ResumeError(InputError):
@@ -48,9 +55,10 @@ def _read_part(path: Path, fingerprint: dict[str, Any]) -> list[tuple[int, dict[
             if obj.get(HEADER_KEY) != fingerprint:
                 theirs = obj.get(HEADER_KEY) or {}
                 differ = sorted(k for k in {*theirs, *fingerprint} if theirs.get(k) != fingerprint.get(k))
+                why = "".join(f"; {_WHY[k]}" for k in differ if k in _WHY)
                 raise ResumeError(
-                    f"{path} holds results of a run with other settings (differs in: {', '.join(differ)}); "
-                    f"rerun with the same settings, or delete {path.parent} to start over"
+                    f"{path} holds results of a run with other settings (differs in: {', '.join(differ)}"
+                    f"{why}); rerun with the same settings, or delete {path.parent} to start over"
                 )
             continue
         rows.append((int(obj["batch"]), obj["row"]))

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from qwenvl_roi.converters.split import SPLITS
 
+PREVIEW_LEGACY = ("preview.json",)  # a preview folder written before the marker file
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="data.yaml the data was converted with")
@@ -32,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from qwenvl_roi.converters.config import ConvertError, load_data_config, report_error
+    from qwenvl_roi.outputs import OutputError, claim, staged
     from qwenvl_roi.picture_pages import PageOptions
 
     from .page import write_preview
@@ -47,9 +50,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"qwenvl-roi preview: error: {flag}: {err['msg']}", file=sys.stderr)
         return 2
     try:
+        claim(args.out, "preview", legacy=PREVIEW_LEGACY)  # refused before the work, not after
         data = load_preview(load_data_config(args.config), args.config, args.split)
-        summary = write_preview(data, args.config, args.out, options)
-    except ConvertError as exc:
+        with staged(args.out, "preview", legacy=PREVIEW_LEGACY) as stage:
+            summary = write_preview(data, args.config, stage, options)
+    except (ConvertError, OutputError) as exc:
         return report_error(exc)
     index = Path(args.out) / summary["index"]
     print(

@@ -194,7 +194,7 @@ def _card(item: PreviewSample, thumb: Thumb, data: PreviewData, settings: FrameS
     for m in item.marks:
         if id(m) in used:
             continue
-        tag = f"L{m.line}" if m.line is not None else "file"
+        tag = f"L{esc(m.line)}" if m.line is not None else "file"  # the report's value: text, never markup
         if m.status == "line":
             what = f"<td>{esc(m.kind)}</td>"
         else:
@@ -277,7 +277,7 @@ def _header(
         lines.append(
             "<p>Problems the converters reported ("
             f'<a href="{esc(report_link)}">{REPORT_FILE}</a>): '
-            + ", ".join(f"{esc(k)} {v}" for k, v in problem_counts.items())
+            + ", ".join(f"{esc(k)} {esc(v)}" for k, v in problem_counts.items())
             + "</p>"
         )
     if legend:

@@ -166,6 +166,16 @@ def _found_boxes(
     return found
 
 
+def _file_order(mark: LineMark) -> tuple[int, int, str]:
+    """Sort key: file-wide problems, then lines by number; a line the report does not give as a number
+    (a hand-edited or foreign report) goes last instead of breaking the sort."""
+    if mark.line is None:
+        return (0, 0, "")
+    if isinstance(mark.line, int) and not isinstance(mark.line, bool):
+        return (1, mark.line, "")
+    return (2, 0, str(mark.line))
+
+
 def _line_marks(
     problems: list[dict[str, Any]], found: list[tuple[int, str, str | None, str, Box | None]]
 ) -> tuple[list[LineMark], int]:
@@ -197,7 +207,7 @@ def _line_marks(
             status = "clipped" if h[3] == "clipped" else "dropped"
             not_drawn = "" if h[4] is not None else "lies outside the picture"
             marks.append(LineMark(line, kind, reason, status, h[4], not_drawn))
-    marks.sort(key=lambda m: -1 if m.line is None else m.line)  # in file order (stable within a line)
+    marks.sort(key=_file_order)  # in file order (stable within a line)
     return marks, stale
 
 

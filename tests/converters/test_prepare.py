@@ -132,7 +132,7 @@ def test_strict_mode_cli_exits_non_zero_and_writes_only_the_report(
     assert proc.returncode == 1
     assert "a1.txt:4:" in proc.stderr and "13 problem(s)" in proc.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["prepare_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".qwenvl-roi.json", "prepare_report.json"]  # + marker
     assert json.loads((out / "prepare_report.json").read_text())["ok"] is False
     with pytest.raises(StrictModeError):
         prepare(load_data_config(make_config(strict=True)))
