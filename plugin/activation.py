@@ -6,8 +6,14 @@ of the modules named in :data:`PATCHES` is imported (by ``llamafactory-cli``, a 
 web UI's training subprocess or export), the module runs as usual and its patch function is called on it
 right after. Processes that never import llamafactory only pay for this file.
 
+Before any patch, when the ``llamafactory`` package itself is first imported, compat.py checks LLaMA-Factory's
+source for every internal the plugin uses (none of LLaMA-Factory's code runs for that). If one is missing or
+has other parameters, the plugin stays off for the whole process, with one message on stderr: another
+LLaMA-Factory version keeps working stock instead of failing on import or running half-patched.
+
 To add a patch, add one entry to :data:`PATCHES`: ``"<module imported by LLaMA-Factory>": "<module>:<func>"``;
-the function receives the freshly executed module object. ``QWENVL_ROI_PLUGIN=0`` turns the plugin off.
+the function receives the freshly executed module object and changes it only through ``compat.replace``
+(the symbol must be listed in ``compat.SYMBOLS``). ``QWENVL_ROI_PLUGIN=0`` turns the plugin off.
 """
 
 from __future__ import annotations
@@ -34,7 +40,10 @@ PATCHES: dict[str, str] = {
 
 ENV_SWITCH = "QWENVL_ROI_PLUGIN"
 _APPLIED_ATTR = "__qwenvl_roi_patched__"
+_PACKAGE = "llamafactory"  # its import runs the compatibility check (compat.PACKAGE)
 _lock = threading.RLock()
+# None: LLaMA-Factory not checked yet in this process; True: it matches compat.SYMBOLS; False: plugin off
+_compatible: bool | None = None
 
 
 def enabled() -> bool:
@@ -42,10 +51,27 @@ def enabled() -> bool:
     return os.environ.get(ENV_SWITCH, "1").strip().lower() not in {"0", "false", "off", "no"}
 
 
+def compatible(package_dirs: list[str] | None = None) -> bool:
+    """Whether the installed LLaMA-Factory has everything compat.SYMBOLS lists; checked once per process,
+    from the source in ``package_dirs`` (default: the imported package's); prints the one message."""
+    global _compatible
+    with _lock:
+        if _compatible is None:
+            if package_dirs is None:
+                package_dirs = list(getattr(sys.modules.get(_PACKAGE), "__path__", None) or [])
+            from . import compat  # here, not at start-up: processes without LLaMA-Factory never pay for it
+
+            ok, message = compat.check(package_dirs)
+            if message:
+                print(message, file=sys.stderr, flush=True)
+            _compatible = ok
+        return _compatible
+
+
 def apply_patch(module: ModuleType) -> None:
-    """Run the registered patch function for ``module`` once."""
+    """Run the registered patch function for ``module`` once (never when LLaMA-Factory did not match)."""
     target = PATCHES.get(module.__name__)
-    if target is None or getattr(module, _APPLIED_ATTR, False):
+    if target is None or getattr(module, _APPLIED_ATTR, False) or not compatible():
         return
     module_name, func_name = target.split(":", 1)
     patch = getattr(importlib.import_module(module_name), func_name)
@@ -71,19 +97,23 @@ class _PatchingLoader(importlib.abc.Loader):
 
 
 class _PatchingFinder(importlib.abc.MetaPathFinder):
-    """Finds only the registered modules, by asking the finders behind it, and wraps their loader."""
+    """Finds only llamafactory and the registered modules, by asking the finders behind it: checks
+    compatibility when it finds the package (before any of it runs), wraps the registered modules' loader."""
 
     def find_spec(self, fullname: str, path: Any, target: ModuleType | None = None) -> Any:
-        if fullname not in PATCHES:
+        if fullname != _PACKAGE and fullname not in PATCHES:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _PatchingLoader(spec.loader)
-                return spec
+            if spec is None:
+                continue
+            if fullname == _PACKAGE:
+                compatible(list(spec.submodule_search_locations or []))
+            elif spec.loader is not None and hasattr(spec.loader, "exec_module") and compatible():
+                spec.loader = _PatchingLoader(spec.loader)
+            return spec
         return None
 
 

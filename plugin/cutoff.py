@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from . import dataset_match
+from . import compat, dataset_match
 
 LENGTH_COLUMN = "_qwenvl_roi_full_length"
 
@@ -70,9 +70,7 @@ _MEASURED = {
 @functools.cache
 def _measured(name: str) -> type:
     """The measuring subclass of one LLaMA-Factory processor (built on first use: no import-time cost)."""
-    from llamafactory.data import processor as lf
-
-    base = getattr(lf, _MEASURED[name])
+    base = compat.get("llamafactory.data.processor", _MEASURED[name])
     # packed rows hold several samples, so the length column cannot follow them: fail on the first one
     attrs = {"__module__": __name__, "__qualname__": name, "_fail_fast": "Packed" in name}
     return dataclass(type(name, (_FullLength, base), attrs))
@@ -94,8 +92,8 @@ def _measuring_class(processor: Any) -> type | None:
 
 def patch_loader(module: ModuleType) -> None:
     """Measure ROI samples in the SFT processor; refuse the run when one is longer than cutoff_len."""
-    original_processor = module._get_dataset_processor
-    original_preprocess = module._get_preprocessed_dataset
+    original_processor = compat.get(module, "_get_dataset_processor")
+    original_preprocess = compat.get(module, "_get_preprocessed_dataset")
 
     @functools.wraps(original_processor)
     def _get_dataset_processor(data_args: Any, stage: str, *args: Any, **kwargs: Any) -> Any:
@@ -130,5 +128,5 @@ def patch_loader(module: ModuleType) -> None:
             )
         return result.remove_columns(LENGTH_COLUMN)
 
-    module._get_dataset_processor = _get_dataset_processor
-    module._get_preprocessed_dataset = _get_preprocessed_dataset
+    compat.replace(module, "_get_dataset_processor", _get_dataset_processor)
+    compat.replace(module, "_get_preprocessed_dataset", _get_preprocessed_dataset)

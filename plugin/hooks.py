@@ -1,7 +1,8 @@
 """Patch functions, one per LLaMA-Factory module, registered in activation.PATCHES.
 
 Each wrapper calls LLaMA-Factory's own function first or instead only when ``roi_`` settings are active,
-so a recipe without ``roi_`` keys runs exactly the stock code paths.
+so a recipe without ``roi_`` keys runs exactly the stock code paths. LLaMA-Factory's functions are read and
+replaced through compat.py, which lists them with the parameters these wrappers rely on.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import re
 from types import ModuleType
 from typing import Any
 
-from . import dataset_match, label_logits, optim, selection, settings, vision_backprop
+from . import compat, dataset_match, label_logits, optim, selection, settings, vision_backprop
 
 # LLaMA-Factory options that build their own optimizer; the plugin's groups cannot be combined with them.
 _OWN_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
@@ -54,12 +55,13 @@ def check_compatible(roi: settings.RoiSettings, model_args: Any, finetuning_args
 
 def patch_parser(module: ModuleType) -> None:
     """Take roi_ keys out before HfArgumentParser sees them; check them and the pixel limits after."""
-    original_parse = module._parse_args
-    original_train = module._parse_train_args
+    original_parse = compat.get(module, "_parse_args")
+    original_train = compat.get(module, "_parse_train_args")
+    read_args = compat.get(module, "read_args")
 
     @functools.wraps(original_parse)
     def _parse_args(parser: Any, args: Any = None, allow_extra_keys: bool = False) -> Any:
-        args = module.read_args(args)
+        args = read_args(args)
         args, roi = settings.extract(args)
         settings.set_active(roi)
         return original_parse(parser, args, allow_extra_keys)
@@ -74,13 +76,13 @@ def patch_parser(module: ModuleType) -> None:
         dataset_match.check_from_args(model_args, data_args, settings._recipe_name())
         return parsed
 
-    module._parse_args = _parse_args
-    module._parse_train_args = _parse_train_args
+    compat.replace(module, "_parse_args", _parse_args)
+    compat.replace(module, "_parse_train_args", _parse_train_args)
 
 
 def patch_visual(module: ModuleType) -> None:
     """Exact vision LoRA targets and modules_to_save, after LLaMA-Factory's own target selection."""
-    original = module.patch_target_modules
+    original = compat.get(module, "patch_target_modules")
 
     @functools.wraps(original)
     def patch_target_modules(model: Any, finetuning_args: Any, target_modules: list[str]) -> list[str]:
@@ -95,14 +97,14 @@ def patch_visual(module: ModuleType) -> None:
             finetuning_args.additional_target = existing + [m for m in extra if m not in existing]
         return targets
 
-    module.patch_target_modules = patch_target_modules
+    compat.replace(module, "patch_target_modules", patch_target_modules)
 
 
 def patch_trainer_utils(module: ModuleType) -> None:
     """Per-group learning rates at LLaMA-Factory's custom-optimizer hook (all trainers import it by name);
     also runs the vision tower backwards only as far down as something trains (vision_backprop.py) and
     computes the language-model head only where the loss scores (label_logits.py)."""
-    original = module.create_custom_optimizer
+    original = compat.get(module, "create_custom_optimizer")
 
     @functools.wraps(original)
     def create_custom_optimizer(model: Any, training_args: Any, finetuning_args: Any) -> Any:
@@ -115,7 +117,7 @@ def patch_trainer_utils(module: ModuleType) -> None:
             label_logits.register(model, finetuning_args)
         return optim.create_optimizer(model, training_args, roi)
 
-    module.create_custom_optimizer = create_custom_optimizer
+    compat.replace(module, "create_custom_optimizer", create_custom_optimizer)
 
 
 def patch_quantization(module: ModuleType) -> None:
@@ -123,7 +125,7 @@ def patch_quantization(module: ModuleType) -> None:
 
     The projector keys are the family's (qwenvl_roi/families.py): the merger, and for Qwen3-VL also the
     deepstack mergers, which LLaMA-Factory's own projector keys leave out."""
-    original = module.configure_quantization
+    original = compat.get(module, "configure_quantization")
 
     @functools.wraps(original)
     def configure_quantization(
@@ -145,4 +147,4 @@ def patch_quantization(module: ModuleType) -> None:
         quant.llm_int8_skip_modules = skip + [p for p in patterns if p not in skip]
         return result
 
-    module.configure_quantization = configure_quantization
+    compat.replace(module, "configure_quantization", configure_quantization)

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from . import compat
 from .selection import base_model, classify, effective_lora_blocks, layout_or_none
 
 GROUPS: tuple[str, ...] = ("language", "projector", "vision_lora", "vision_unfrozen")
@@ -87,9 +88,8 @@ def format_table(rows: list[dict]) -> str:
 
 def report(model: Any, training_args: Any, settings: Any, rows: list[dict]) -> None:
     """Log the table on rank 0 and write output_dir/trainable_params.json atomically."""
-    from llamafactory.extras import logging
-
-    logger = logging.get_logger("llamafactory.qwenvl_roi")  # under LLaMA-Factory's configured root logger
+    get_logger = compat.get("llamafactory.extras.logging", "get_logger")
+    logger = get_logger("llamafactory.qwenvl_roi")  # under LLaMA-Factory's configured root logger
     logger.info_rank0("qwenvl-roi trainable parameters:\n" + format_table(rows))
     if not getattr(training_args, "should_save", True):
         return

@@ -17,6 +17,8 @@ from typing import Any
 
 from qwenvl_roi.families import Family, find_family
 
+from . import compat
+
 # Names peft and LLaMA-Factory put into parameter names of wrapped modules; removed to get the model's path.
 _WRAPPER_SEGMENT = re.compile(
     r"\.(?:modules_to_save|original_module)\.[^.]+(?=\.)"
@@ -54,14 +56,14 @@ class VisionLayout:
 
 
 def _composite_info(model_type: str) -> Any:
-    from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
+    composite = compat.get("llamafactory.model.model_utils.visual", "COMPOSITE_MODELS")
 
-    if model_type not in COMPOSITE_MODELS:
+    if model_type not in composite:
         raise ValueError(
             f"model_type {model_type!r} is not a vision-language model LLaMA-Factory knows "
             f"(COMPOSITE_MODELS); the roi_ vision/projector keys need one"
         )
-    return COMPOSITE_MODELS[model_type]
+    return composite[model_type]
 
 
 def projector_keys(model_type: str) -> list[str]:
@@ -155,11 +157,11 @@ def base_model(model: Any) -> Any:
 
 def layout_or_none(model: Any) -> VisionLayout | None:
     """The vision layout of a (possibly peft-wrapped) composite model; None for a text-only model."""
-    from llamafactory.model.model_utils.visual import COMPOSITE_MODELS
+    composite = compat.get("llamafactory.model.model_utils.visual", "COMPOSITE_MODELS")
 
     base = base_model(model)
     model_type = getattr(base.config, "model_type", None)
-    if find_family(model_type) is None and model_type not in COMPOSITE_MODELS:
+    if find_family(model_type) is None and model_type not in composite:
         return None
     return find_layout(base)
 

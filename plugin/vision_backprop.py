@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from . import compat
 from .selection import VisionLayout, base_model, layout_or_none, module_path
 
 # Names of the forward hooks that transformers (make_inputs_require_grads) and peft
@@ -31,7 +32,7 @@ from .selection import VisionLayout, base_model, layout_or_none, module_path
 _INPUT_GRAD_HOOKS = frozenset({"make_inputs_require_grads", "make_inputs_require_grad"})
 # LLaMA-Factory's checkpointing wrapper (model_utils/checkpointing.py): checkpoints only blocks with
 # trainable parameters and makes their hidden-state input require grad.
-_LF_CHECKPOINT_WRAPPER = "custom_gradient_checkpointing_func"
+_LF_CHECKPOINT_WRAPPER = compat.CHECKPOINT_WRAPPER.name.rsplit(".", 1)[1]
 
 
 def lowest_trained_block(model: Any, layout: VisionLayout) -> int | None:

@@ -7,6 +7,12 @@ everyone on the network. :func:`patch_webui_interface` wraps both so that an uns
 ``GRADIO_SERVER_NAME`` means ``127.0.0.1`` (``[::1]`` with ``GRADIO_IPV6``); an explicit value still
 wins, with a warning when it is not a loopback address.
 
+Share links: ``GRADIO_SHARE=1`` makes the stock web UI open a public ``gradio.live`` tunnel to that page,
+reachable by anyone with the link, whatever the listening address. A variable left over in a shell
+profile must not do that silently, so the wrapper honours it only together with
+``QWENVL_ROI_ALLOW_SHARE=1`` (and logs that a public link is being opened); otherwise it removes
+``GRADIO_SHARE`` from the environment before LLaMA-Factory reads it and logs that it was ignored.
+
 Data dir: started inside a qwenvl-roi project, the web UI opens on its datasets.
 
 Why: the stock web UI's "Data dir" box starts at ``data`` (``llamafactory.webui.common.DEFAULT_DATA_DIR``),
@@ -32,15 +38,24 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-#: the module whose import triggers the patch
-TARGET_MODULE = "llamafactory.webui.common"
-#: the module with run_web_ui / run_web_demo
-INTERFACE_MODULE = "llamafactory.webui.interface"
+from . import compat
+
 #: gradio's environment variable for the listening address (LLaMA-Factory reads it too)
 ENV_SERVER_NAME = "GRADIO_SERVER_NAME"
 EXPOSED_WARNING = (
     "{var}={value} exposes a page that can start processes on your machine (and write files on it) to "
     "the network: only do that behind your own access control"
+)
+#: gradio's / LLaMA-Factory's switch for a public share link, and the opt-in the plugin requires with it
+ENV_SHARE = "GRADIO_SHARE"
+ENV_ALLOW_SHARE = "QWENVL_ROI_ALLOW_SHARE"
+SHARE_IGNORED = (
+    "{var}={value} is ignored: a share link makes the web UI public on the internet; set "
+    f"{ENV_ALLOW_SHARE}=1 as well to open one deliberately"
+)
+SHARE_OPENED = (
+    "{var}={value} and " + ENV_ALLOW_SHARE + "=1: opening a public gradio.live link to this web UI; anyone "
+    "with the link can start processes on this machine and write files on it"
 )
 logger = logging.getLogger(__name__)
 #: environment variable that names the data dir explicitly (wins over the project detection)
@@ -64,8 +79,8 @@ def project_data_dir(cwd: Path | None = None) -> str | None:
 def patch_webui_common(module: ModuleType) -> None:
     """Point ``DEFAULT_DATA_DIR`` of ``llamafactory.webui.common`` at the project's dataset folder."""
     data_dir = project_data_dir()
-    if data_dir is not None and hasattr(module, "DEFAULT_DATA_DIR"):
-        module.DEFAULT_DATA_DIR = data_dir
+    if data_dir is not None:
+        compat.replace(module, "DEFAULT_DATA_DIR", data_dir)
 
 
 def _env_enabled(name: str) -> bool:
@@ -96,18 +111,33 @@ def default_server_name() -> str:
     return value
 
 
+def share_allowed() -> bool:
+    """Whether the web UI may open a public share link: only when GRADIO_SHARE asks for it (as LLaMA-Factory
+    and gradio read it) and QWENVL_ROI_ALLOW_SHARE opts in. Otherwise GRADIO_SHARE is removed from the
+    environment (so neither reads it), with a log line when it was set."""
+    value = os.environ.get(ENV_SHARE, "")
+    if not _env_enabled(ENV_SHARE):
+        return False
+    if _env_enabled(ENV_ALLOW_SHARE):
+        logger.warning(SHARE_OPENED.format(var=ENV_SHARE, value=value))
+        return True
+    os.environ.pop(ENV_SHARE)
+    logger.warning(SHARE_IGNORED.format(var=ENV_SHARE, value=value))
+    return False
+
+
 def _loopback_by_default(run: Callable[[], None]) -> Callable[[], None]:
     @functools.wraps(run)
     def wrapper() -> None:
         default_server_name()
+        share_allowed()
         run()
 
     return wrapper
 
 
 def patch_webui_interface(module: ModuleType) -> None:
-    """Make ``run_web_ui`` and ``run_web_demo`` listen on loopback unless GRADIO_SERVER_NAME says else."""
+    """Make ``run_web_ui`` and ``run_web_demo`` listen on loopback unless GRADIO_SERVER_NAME says else, and
+    open a public share link only with QWENVL_ROI_ALLOW_SHARE=1 besides GRADIO_SHARE."""
     for name in ("run_web_ui", "run_web_demo"):
-        run = getattr(module, name, None)
-        if callable(run):
-            setattr(module, name, _loopback_by_default(run))
+        compat.replace(module, name, _loopback_by_default(compat.get(module, name)))

@@ -9,7 +9,8 @@ import pytest
 
 SNIPPET_IDLE = (
     "import sys, json; print(json.dumps({'hook': 'qwenvl_roi.plugin.activation' in sys.modules, "
-    "'heavy': sorted(m for m in ('torch', 'transformers', 'llamafactory', 'pydantic') if m in sys.modules)}))"
+    "'heavy': sorted(m for m in ('torch', 'transformers', 'llamafactory', 'pydantic', "
+    "'qwenvl_roi.plugin.compat') if m in sys.modules)}))"
 )
 SNIPPET_PATCHED = (
     "import json; import llamafactory.hparams.parser as p, llamafactory.train.trainer_utils as t; "
