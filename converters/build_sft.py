@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from qwenvl_roi.jsonio import iter_jsonl
 from qwenvl_roi.locks import locked
 from qwenvl_roi.outputs import OutputError
+from qwenvl_roi.schemas import errors_text
+from qwenvl_roi.schemas.regions import RegionSample
 
 from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
 from .meta import META_FILE, DatasetMeta, build_meta, load_dataset_meta
@@ -38,12 +41,15 @@ SHAREGPT_TAGS = {
 
 
 def read_regions(path: Path) -> Iterator[dict[str, Any]]:
-    """Samples of a regions_*.jsonl file; a bad line is an error naming file and line."""
+    """Samples of a regions_*.jsonl file, each checked against the regions contract (qwenvl_roi.schemas:
+    what prepare writes); a bad line is an error naming file, line and field. The samples are yielded as
+    read (dicts), the form prepare hands build-sft in memory."""
     not_found = f"{path} not found (run `qwenvl-roi prepare` first)"
     for lineno, sample in iter_jsonl(path, ConvertError, not_found):
-        missing = {"image", "width", "height", "regions", "source"} - set(sample)
-        if missing:
-            raise ConvertError(f"{path}:{lineno}: sample lacks {', '.join(sorted(missing))}")
+        try:
+            RegionSample.model_validate(sample)
+        except ValidationError as exc:
+            raise ConvertError(f"{path}:{lineno}: not a regions sample ({errors_text(exc)})") from None
         yield sample
 
 

@@ -1,25 +1,32 @@
 """dataset_meta.json: everything needed to rebuild a prompt exactly, written beside the regions files.
 
 Inference and the plugin load it (``load_dataset_meta``) so nobody has to repeat the pixel limits, the model
-family or the prompt texts, and a mismatch with a training recipe can be caught.
+family or the prompt texts, and a mismatch with a training recipe can be caught. The model of the file,
+``DatasetMeta``, is one of the file contracts in ``qwenvl_roi.schemas`` (re-exported here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from qwenvl_roi.families import DEFAULT_FAMILY, FAMILIES, ModelFamily, family
+from qwenvl_roi.families import family
 from qwenvl_roi.jsonio import load_json_model
+from qwenvl_roi.schemas.dataset_meta import META_VERSION, DatasetMeta
 
 from .config import ConvertError, DataConfig
-from .frames import box_to_frame, model_frame_size
+
+__all__ = [
+    "DEFAULT_TEXTS",
+    "META_FILE",
+    "META_VERSION",
+    "DatasetMeta",
+    "build_meta",
+    "check_meta",
+    "load_dataset_meta",
+]
 
 META_FILE = "dataset_meta.json"
-META_VERSION = 1
 
 # Default texts per language. Templates are filled by prompt.py (str.format with named fields).
 # The wording of the coordinate frame ({coord_desc}) is the family's frame's (qwenvl_roi/families.py FRAMES).
@@ -58,69 +65,6 @@ DEFAULT_TEXTS: dict[str, dict[str, str]] = {
         "label_sep": ", ",
     },
 }
-
-
-class DatasetMeta(BaseModel):
-    """The resolved prompt texts, words, labels and coordinate-frame settings of one converted dataset."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    version: int = META_VERSION
-    model_family: ModelFamily = DEFAULT_FAMILY
-    image_max_pixels: int = 1048576
-    image_min_pixels: int = 1024
-    # missing from a file: the family's released processor (qwenvl_roi/families.py), by _family_defaults
-    processor_min_pixels: int = family(DEFAULT_FAMILY).processor_min_pixels
-    processor_max_pixels: int = family(DEFAULT_FAMILY).processor_max_pixels
-    prompt_language: Literal["zh", "en"] = "zh"
-    system_prompt: str
-    region_instruction: str
-    image_instruction: str
-    coord_desc: str
-    normal_word: str
-    abnormal_word: str
-    image_key: str
-    label_sep: str
-    region_id_prefix: str = "R"
-    labels: list[str] = Field(default_factory=list)
-    dataset_prefix: str = "roi"
-    # what inference on new images must repeat: at most this many candidates per prompt, and the bit depth
-    # that scaled 16/32-bit images to 8 bits (None: the dataset had none)
-    max_boxes_per_image: int = 8
-    image_bit_depth: int | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _family_defaults(cls, data: object) -> object:
-        """Processor pixel limits missing from a file default to its family's released processor."""
-        if not isinstance(data, dict):
-            return data
-        name = data.get("model_family", DEFAULT_FAMILY)
-        fam = FAMILIES.get(name) if isinstance(name, str) else None
-        if fam is None:
-            return data
-        return {**{k: getattr(fam, k) for k in ("processor_min_pixels", "processor_max_pixels")}, **data}
-
-    def frame_size(self, width: int, height: int) -> tuple[int, int]:
-        """(W, H) the model sees for an original image of this size (the family's grid factor)."""
-        return model_frame_size(
-            width,
-            height,
-            self.image_max_pixels,
-            self.image_min_pixels,
-            self.processor_min_pixels,
-            self.processor_max_pixels,
-            family(self.model_family).grid_factor,
-        )
-
-    def frame_size_for_coords(self, width: int, height: int) -> tuple[int, int] | None:
-        """The frame size when the family's coordinates depend on it (resized pixels), else None."""
-        return self.frame_size(width, height) if family(self.model_family).frame_needs_size else None
-
-    def box_in_frame(self, box: Sequence[float], width: int, height: int) -> list[int]:
-        """An original-pixel xyxy box written in the model's coordinate frame."""
-        size = self.frame_size_for_coords(width, height)
-        return box_to_frame(box, width, height, self.model_family, size)
 
 
 def build_meta(config: DataConfig, labels: Sequence[str], image_bit_depth: int | None = None) -> DatasetMeta:

@@ -466,22 +466,24 @@ def _write_yaml(path: Path, data: dict[str, Any]) -> None:
 
 def _data_summary(manifest: dict[str, Any], conv: dict[str, Any], scan_json: Path) -> dict[str, Any]:
     """Counts a reader wants: images, defects per kind, splits, the bad lines and whether all were flagged."""
-    rep = conv["prepare"]
-    flagged = {(Path(p["file"]).as_posix(), p["line"]) for p in rep.get("problems", [])}
+    from qwenvl_roi.schemas.prepare_report import PrepareReport
+
+    rep = PrepareReport.model_validate(conv["prepare"])  # prepare_report.json's contract (qwenvl_roi/schemas)
+    flagged = {(Path(p.file).as_posix(), p.line) for p in rep.problems}
     planted = [(b["file"], b["line"]) for b in manifest["bad_lines"]]
     found = sum(any(f.endswith(file) and ln == line for f, ln in flagged) for file, line in planted)
     return {
         "images": manifest["n_images"],
         "defects_per_kind": manifest["defects_per_kind"],
-        "boxes": rep["boxes"],
+        "boxes": rep.boxes.model_dump(mode="json"),
         "splits": {
-            k: {kk: v[kk] for kk in ("images", "abnormal_images", "normal_images", "samples")}
-            for k, v in rep["splits"].items()
+            name: {k: getattr(split, k) for k in ("images", "abnormal_images", "normal_images", "samples")}
+            for name, split in rep.splits
         },
         "sft_records": conv["build_sft"]["records"],
         "bad_lines_planted": len(planted),
         "bad_lines_flagged": found,
-        "problem_counts": rep.get("problem_counts", {}),
+        "problem_counts": dict(rep.problem_counts),
         "scan_labels": str(scan_json),
         "label_chart": str(scan_json.with_suffix(".png")),
     }

@@ -2,7 +2,8 @@
 
 Why: the demo exists to show, honestly and at a glance, that the pipeline works and the model learns;
 everything here is read back from files the real tools wrote (prepare report, trainable_params.json,
-trainer_log.jsonl, metrics.json), nothing is recomputed or typed in.
+trainer_log.jsonl, metrics.json), nothing is recomputed or typed in; the project's own files are read through
+their contracts (qwenvl_roi/schemas), so a renamed or missing figure fails here instead of printing "None".
 """
 
 from __future__ import annotations
@@ -14,13 +15,25 @@ from typing import Any
 
 from qwenvl_roi.atomic import write_text
 from qwenvl_roi.evaluation.report import fmt
+from qwenvl_roi.jsonio import load_json_model
+from qwenvl_roi.schemas import ContractError
+from qwenvl_roi.schemas.metrics import Metrics
+from qwenvl_roi.schemas.prepare_report import Boxes
+
+EVAL_DIR = "eval_dir"  # the key read_metrics adds to the file's own
 
 
 def read_metrics(eval_dir: Path) -> dict[str, Any]:
-    """The metrics.json `qwenvl-roi eval` wrote (plus where its pictures are)."""
-    metrics = json.loads((Path(eval_dir) / "metrics.json").read_text(encoding="utf-8"))
-    metrics["eval_dir"] = str(eval_dir)
-    return metrics
+    """The metrics.json `qwenvl-roi eval` wrote, checked against its contract (qwenvl_roi/schemas), as the
+    file holds it (plus where its pictures are): report.json keeps it whole."""
+    path = Path(eval_dir) / "metrics.json"
+    metrics = load_json_model(path, Metrics, ContractError, "metrics.json", f"{path}: not found")
+    return {**metrics.model_dump(mode="json", exclude_unset=True), EVAL_DIR: str(eval_dir)}
+
+
+def _metrics(entry: dict[str, Any]) -> Metrics:
+    """One report.json metrics entry (read_metrics) as its model: every figure read by name, checked."""
+    return Metrics.model_validate({k: v for k, v in entry.items() if k != EVAL_DIR})
 
 
 def _losses(train_dir: Path) -> list[dict[str, float]]:
@@ -90,14 +103,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     """report.md: short, tables first, links to the pictures."""
     out = Path(report["out"])
     d = report["data"]
+    boxes = Boxes.model_validate(d["boxes"])  # prepare_report.json's boxes section, as the summary kept it
     lines = ["# qwenvl-roi CPU demo", ""]
     lines += [
         "## Data (synthetic, generated in the users' messy format)",
         "",
         f"- {d['images']} images; defects drawn per kind: "
         + ", ".join(f"{k} {v}" for k, v in d["defects_per_kind"].items()),
-        f"- boxes read {d['boxes'].get('read')}, kept {d['boxes'].get('kept')},"
-        f" dropped {d['boxes'].get('dropped')}",
+        f"- boxes read {boxes.read}, kept {boxes.kept}, dropped {boxes.dropped}",
         f"- deliberately broken txt lines: {d['bad_lines_planted']}, flagged by the converters with file and"
         f" line: {d['bad_lines_flagged']} (see prepared/prepare_report.json);"
         f" problems by kind: {d['problem_counts']}",
@@ -154,16 +167,16 @@ def render_markdown(report: dict[str, Any]) -> str:
         "images | threshold | pictures |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for tag, m in report["metrics"].items():
-        img, roi = m["image"], m["roi"]
-        within = m.get("roi_within_abnormal", {})
-        ev = _rel(m["eval_dir"], out)
+    for tag, entry in report["metrics"].items():
+        m = _metrics(entry)
+        img, roi = m.image, m.roi
+        ev = _rel(entry[EVAL_DIR], out)
         lines.append(
-            f"| {tag} | {_fmt(img.get('auroc'))} | {_fmt(img['precision'])} / {_fmt(img['recall'])} / "
-            f"{_fmt(img['f1'])} | {_fmt(roi['precision'])} / {_fmt(roi['recall'])} / {_fmt(roi['f1'])} | "
-            f"{_fmt(roi.get('auroc'))} | {_fmt(within.get('auroc'))} | {_fmt(m.get('threshold'))} | "
+            f"| {tag} | {_fmt(img.auroc)} | {_fmt(img.precision)} / {_fmt(img.recall)} / "
+            f"{_fmt(img.f1)} | {_fmt(roi.precision)} / {_fmt(roi.recall)} / {_fmt(roi.f1)} | "
+            f"{_fmt(roi.auroc)} | {_fmt(m.roi_within_abnormal.auroc)} | {_fmt(m.threshold)} | "
             f"[ROC]({ev}/roc.png) [PR]({ev}/pr.png) [confusion]({ev}/confusion.png)"
-            + (f" [gallery]({ev}/{m['gallery']['index']})" if m.get("gallery") else "")
+            + (f" [gallery]({ev}/{m.gallery.index})" if m.gallery else "")
             + f" [report]({ev}/report.md) |"
         )
     t = report["timings_s"]
@@ -182,9 +195,9 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def _verdict_lines(report: dict[str, Any]) -> list[str]:
     """Plain-language reading of the numbers, derived from them (never a fixed claim)."""
-    m = report["metrics"]
-    before, after = m["untrained"]["image"].get("auroc"), m["trained"]["image"].get("auroc")
-    roi_after = m["trained"]["roi"].get("auroc")
+    untrained, trained = (_metrics(report["metrics"][tag]) for tag in ("untrained", "trained"))
+    before, after = untrained.image.auroc, trained.image.auroc
+    roi_after = trained.roi.auroc
     if before is None or after is None:
         return ["- The test split has a single class here, so AUROC is undefined (a scaled-down run)."]
     lines = [f"- Blind test image AUROC went from {before:.3f} (untrained random model) to {after:.3f}."]

@@ -89,6 +89,7 @@ def evaluate(
     from qwenvl_roi.evaluation.records import join
     from qwenvl_roi.evaluation.report import write_report
     from qwenvl_roi.inference.config import InferenceConfig, save_inference_config
+    from qwenvl_roi.schemas import check_record
 
     if threshold is not None and (val_predictions or val_gold):
         raise InputError("give either --threshold or --val-predictions/--val-gold, not both")
@@ -134,6 +135,7 @@ def evaluate(
         if gallery.limit > 0:
             metrics["gallery"] = write_gallery(metrics, regions, gold, out, gallery)
             metrics["warnings"] += [f"gallery: {w}" for w in metrics["gallery"]["warnings"]]
+        check_record("metrics", metrics)  # the file's contract (qwenvl_roi/schemas/metrics.py), checked
         write_json_atomic(out / METRICS_JSON, metrics)
         write_report(metrics, regions, out)
         save_inference_config(config, out)

@@ -231,7 +231,8 @@ def sweep_threshold(regions: Sequence[JoinedRegion]) -> tuple[float, dict[str, f
 def compute_metrics(
     regions: Sequence[JoinedRegion], threshold: float, labels: Sequence[str] = ()
 ) -> dict[str, object]:
-    """All figures of metrics.json for one set of joined regions at a fixed threshold."""
+    """All figures of metrics.json for one set of joined regions at a fixed threshold (the file's contract:
+    qwenvl_roi/schemas/metrics.py ``Metrics``, checked by `eval` on the whole file before it is written)."""
     if not regions:
         raise MetricsError("no regions to evaluate: every sample has an empty region list")
     warnings: list[str] = []

@@ -8,72 +8,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AllowInfNan, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from qwenvl_roi.converters.paths import resolve_image
 from qwenvl_roi.evaluation.files import InputError, iter_jsonl
+from qwenvl_roi.schemas import errors_text
+from qwenvl_roi.schemas.predictions import GeneratedPrediction, RegionsPrediction, RegionsPredictionRow
+from qwenvl_roi.schemas.regions import RegionSample
+from qwenvl_roi.schemas.types import Number as Finite
 
+__all__ = ["Finite", "GoldSample", "JoinedRegion", "PredSample", "join", "load_gold", "load_predictions"]
 
-def _fits_float(value: Any) -> Any:
-    """An integer too big for a float (a 400-digit coordinate: ``float()`` raises OverflowError) is the
-    line's error, not a traceback."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            float(value)
-        except OverflowError:
-            raise ValueError("Input should be a finite number (too large for a float)") from None
-    return value
-
-
-#: a finite float: ``Infinity``/``NaN`` (Python's json reads them) would pass as float and break the
-#: pictures (inf) or the metrics (NaN, silently), so they are the line's error like any bad value
-Finite = Annotated[float, BeforeValidator(_fits_float), AllowInfNan(False)]
-
-
-class GoldRegion(BaseModel):
-    """One candidate region as the converters wrote it (only the fields evaluation needs)."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    label: str | None = None
-    positive: bool
-    box: tuple[Finite, Finite, Finite, Finite] | None = None  # original pixels of the picture, xyxy
-
-
-class GoldSample(BaseModel):
-    """One line of regions_{train,val,test}.jsonl."""
-
-    model_config = ConfigDict(extra="allow")
-
-    sample_id: str
-    image: str
-    regions: list[GoldRegion]
-    width: int | None = None
-    height: int | None = None
-
-
-class PredRegion(BaseModel):
-    """One region of a prediction: score = P(abnormal), None when a generated answer was unparseable."""
-
-    model_config = ConfigDict(extra="allow")
-
-    id: str
-    score: Finite | None = Field(None, ge=0.0, le=1.0)
-    label: str | None = None
-
-
-class PredSample(BaseModel):
-    """One line written by `qwenvl-roi predict`."""
-
-    model_config = ConfigDict(extra="allow")
-
-    sample_id: str | None = None
-    image: str
-    regions: list[PredRegion]
-    image_line_score: Finite | None = Field(None, ge=0.0, le=1.0)
+#: gold and predictions are read through the published file contracts (qwenvl_roi/schemas): a box of three
+#: numbers, a score as a string, NaN or a missing region list is the line's error
+GoldSample = RegionSample
+PredSample = RegionsPrediction | GeneratedPrediction
+_PREDICTION: TypeAdapter[Any] = TypeAdapter(RegionsPredictionRow)
 
 
 @dataclass(frozen=True)
@@ -92,14 +44,6 @@ class JoinedRegion:
     image_size: tuple[int, int] | None = None  # (width, height) the gold file records for the picture
 
 
-def _short(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"])
-        parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
-
-
 def load_gold(path: str | Path) -> list[tuple[int, GoldSample]]:
     """Read a regions_*.jsonl file; raise InputError when it is empty or malformed. Images are resolved the
     way `predict` resolves them (converters/paths.py: relative to the regions file's folder)."""
@@ -107,19 +51,16 @@ def load_gold(path: str | Path) -> list[tuple[int, GoldSample]]:
     seen: dict[str, int] = {}
     for lineno, obj in iter_jsonl(path):
         try:
-            sample = GoldSample.model_validate(obj)
+            sample = RegionSample.model_validate(obj)
         except ValidationError as exc:
-            raise InputError(f"{path}:{lineno}: not a regions sample ({_short(exc)})") from None
+            raise InputError(f"{path}:{lineno}: not a regions sample ({errors_text(exc)})") from None
         sample.image = str(resolve_image(sample.image, path))  # as predict resolved it
         if sample.sample_id in seen:
             raise InputError(
                 f"{path}:{lineno}: duplicate sample_id {sample.sample_id!r} "
                 f"(first on line {seen[sample.sample_id]})"
             )
-        seen[sample.sample_id] = lineno
-        ids = [r.id for r in sample.regions]
-        if len(set(ids)) != len(ids):
-            raise InputError(f"{path}:{lineno}: duplicate region ids in sample {sample.sample_id!r}: {ids}")
+        seen[sample.sample_id] = lineno  # unique region ids are part of the contract (RegionSample)
         out.append((lineno, sample))
     if not out:
         raise InputError(f"{path}: no samples (the file is empty)")
@@ -131,9 +72,9 @@ def load_predictions(path: str | Path) -> list[tuple[int, PredSample]]:
     out: list[tuple[int, PredSample]] = []
     for lineno, obj in iter_jsonl(path):
         try:
-            out.append((lineno, PredSample.model_validate(obj)))
+            out.append((lineno, _PREDICTION.validate_python(obj)))
         except ValidationError as exc:
-            raise InputError(f"{path}:{lineno}: not a prediction ({_short(exc)})") from None
+            raise InputError(f"{path}:{lineno}: not a prediction ({errors_text(exc)})") from None
     if not out:
         raise InputError(f"{path}: no predictions (the file is empty)")
     return out
@@ -202,8 +143,8 @@ def join(pred_path: str | Path, gold_path: str | Path) -> list[JoinedRegion]:
                     gold_label=r.label,
                     score=pr.score,
                     pred_label=pr.label,
-                    image_line_score=p.image_line_score,
-                    box=r.box,
+                    image_line_score=getattr(p, "image_line_score", None),  # scoring mode only
+                    box=tuple(r.box),
                     image_size=None if g.width is None or g.height is None else (g.width, g.height),
                 )
             )

@@ -1,34 +1,28 @@
 """The small inference config that `eval` writes and `predict` / the Python API read by default.
 
 It carries the decision threshold chosen on validation, so that the threshold used on the blind test set
-and in the user's other project is the one fixed on val, never re-tuned on test.
+and in the user's other project is the one fixed on val, never re-tuned on test. The model of the file,
+``InferenceConfig``, is one of the file contracts in ``qwenvl_roi.schemas`` (re-exported here).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from qwenvl_roi.evaluation.files import InputError, write_json_atomic
 from qwenvl_roi.jsonio import load_json_model
+from qwenvl_roi.schemas.inference_config import DEFAULT_THRESHOLD, InferenceConfig
+
+__all__ = [
+    "CONFIG_FILE_NAME",
+    "DEFAULT_THRESHOLD",
+    "InferenceConfig",
+    "find_inference_config",
+    "load_inference_config",
+    "save_inference_config",
+]
 
 CONFIG_FILE_NAME = "qwenvl_roi_inference.json"
-DEFAULT_THRESHOLD = 0.5
-
-
-class InferenceConfig(BaseModel):
-    """Decision settings applied to P(abnormal) scores."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    threshold: float = Field(
-        DEFAULT_THRESHOLD, ge=0.0, le=1.0, description="abnormal when score >= threshold"
-    )
-    threshold_source: str = Field(
-        "default", description="'val' (F1-best on validation), 'given' or 'default'"
-    )
-    val_f1: float | None = Field(None, description="ROI F1 on validation at the chosen threshold")
 
 
 def load_inference_config(path: str | Path) -> InferenceConfig:

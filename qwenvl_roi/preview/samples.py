@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from qwenvl_roi.converters.config import ConvertError, DataConfig
 from qwenvl_roi.converters.images import REASON_TEXT
 from qwenvl_roi.converters.meta import META_FILE, DatasetMeta, load_dataset_meta
@@ -26,6 +28,9 @@ from qwenvl_roi.converters.paths import resolve_image
 from qwenvl_roi.converters.prepare import REPORT_FILE, defect_box, stem_key
 from qwenvl_roi.converters.split import SPLITS
 from qwenvl_roi.jsonio import iter_jsonl
+from qwenvl_roi.schemas import errors_text
+from qwenvl_roi.schemas.prepare_report import PrepareReport
+from qwenvl_roi.schemas.regions import RegionSample
 
 Box = tuple[float, float, float, float]
 #: problems that stand for boxes (drawn where the txt puts them); every other kind is a note on its line
@@ -34,7 +39,6 @@ BOX_KINDS = frozenset(
 )
 #: problem kind of a line parse_txt rejects whole, by the reason it gives its boxes
 #: what every regions sample has (docs/architecture.md "Files the converters write")
-SAMPLE_KEYS = ("sample_id", "image", "width", "height", "split", "group", "regions")
 REJECTED_KIND = {
     "empty defect_type": "empty_label",
     "filename column names another image": "filename_mismatch",
@@ -238,9 +242,13 @@ def load_preview(cfg: DataConfig, config_path: str, split: str | None = None) ->
         report = json.loads(report_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConvertError(f"{report_path}:{exc.lineno}: invalid JSON ({exc.msg})") from None
-    problems = report.get("problems") if isinstance(report, dict) else None
-    if not isinstance(problems, list):
-        raise ConvertError(f"{report_path}: not a prepare report (no 'problems' list); run convert again")
+    try:  # the published contract (qwenvl_roi/schemas/prepare_report.py)
+        PrepareReport.model_validate(report)
+    except ValidationError as exc:
+        raise ConvertError(
+            f"{report_path}: not a prepare report ({errors_text(exc)}); run convert again"
+        ) from None
+    problems = report["problems"]
     index = _ProblemIndex(problems, _roots(cfg))
     converted = {c["image"]: c for c in (report.get("images") or {}).get("converted_images", [])}
     roots = {"abnormal": cfg.abnormal_dir, "normal": cfg.normal_dir}
@@ -250,14 +258,17 @@ def load_preview(cfg: DataConfig, config_path: str, split: str | None = None) ->
     for sp in SPLITS:  # every split, so problems of images in other splits are not listed as left out
         not_found = f"{regions[sp]} not found"
         for lineno, s in iter_jsonl(regions[sp], ConvertError, not_found):
-            source, _, rest = str(s.get("sample_id", "")).partition("/")
-            rel = rest.rpartition("#")[0]
-            missing = [k for k in SAMPLE_KEYS if k not in s]
-            if missing or not rel or s.get("split") not in SPLITS:
+            try:  # the published contract (qwenvl_roi/schemas/regions.py)
+                RegionSample.model_validate(s)
+            except ValidationError as exc:
                 raise ConvertError(
-                    f"{regions[sp]}:{lineno}: not a regions sample ("
-                    + (f"missing {', '.join(missing)}" if missing else "sample_id or split malformed")
-                    + "); run convert again"
+                    f"{regions[sp]}:{lineno}: not a regions sample ({errors_text(exc)}); run convert again"
+                ) from None
+            source, _, rest = str(s["sample_id"]).partition("/")
+            rel = rest.rpartition("#")[0]
+            if not rel:
+                raise ConvertError(
+                    f"{regions[sp]}:{lineno}: not a regions sample (sample_id malformed); run convert again"
                 )
             width, height = int(s["width"]), int(s["height"])
             txt_problems, image_problems = index.for_sample(source, rel)

@@ -217,9 +217,10 @@ def test_prompt_overrides_are_checked(tmp_path: Path, files, make_config) -> Non
 def test_bad_regions_lines_name_the_file_and_line(tmp_path: Path) -> None:
     regions = tmp_path / "regions_train.jsonl"
     regions.write_text('{"image": "a.jpg"}\n\n[1, 2]\n', encoding="utf-8")
-    lacks = r"regions_train\.jsonl:1: sample lacks height, regions, source, width"
-    with pytest.raises(ConvertError, match=lacks):
+    lacks = r"regions_train\.jsonl:1: not a regions sample \(sample_id: Field required; width: Field required"
+    with pytest.raises(ConvertError, match=lacks) as err:
         list(read_regions(regions))
+    assert "regions: Field required" in str(err.value) and "source: Field required" in str(err.value)
     regions.write_text("\n[1, 2]\n", encoding="utf-8")
     with pytest.raises(ConvertError, match=r"regions_train\.jsonl:2: expected a JSON object, got list"):
         list(read_regions(regions))

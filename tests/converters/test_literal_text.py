@@ -11,6 +11,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
+import pytest
 import yaml
 
 from qwenvl_roi.cli import main
@@ -63,7 +64,9 @@ class _Text(HTMLParser):
         self.parts.append(data)
 
 
-def test_preview_shows_labels_and_report_values_as_text(tmp_path: Path, files) -> None:
+def test_preview_shows_labels_and_report_values_as_text(
+    tmp_path: Path, files, capsys: pytest.CaptureFixture
+) -> None:
     _abnormal(tmp_path, files)
     for k in range(3):
         files.image(tmp_path / "nor" / f"n{k}.png", (160, 120))
@@ -82,14 +85,22 @@ def test_preview_shows_labels_and_report_values_as_text(tmp_path: Path, files) -
     report["problems"].append(dict(problem))  # a second problem of the same txt, with a numbered line
     problem["line"] = SCRIPT  # a hand-edited (or foreign) report: its values are text, never markup
     report["problem_counts"]["coord_count"] = "<img src=y onerror=alert(2)>"
+    original = report_path.read_bytes()
     report_path.write_text(json.dumps(report, ensure_ascii=False), encoding="utf-8")
 
+    # a hand-edited (or foreign) report breaks the published contract: refused, naming the fields
     out = tmp_path / "preview"
+    assert main(["preview", "--config", str(tmp_path / "data.yaml"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "not a prepare report" in err and "problem_counts.coord_count" in err and "line" in err
+    assert not out.exists()
+
+    # the report as prepare wrote it: user text (labels, file names, reasons quoting them) is shown as text
+    report_path.write_bytes(original)
     assert main(["preview", "--config", str(tmp_path / "data.yaml"), "--out", str(out)]) == 0
     page = _Text((out / "index.html").read_text(encoding="utf-8"))
     assert not [t for t, _ in page.tags if t == "script"]
     assert all((a.get("src") or "").startswith("img/") for t, a in page.tags if t == "img")
     text = "".join(page.parts)
-    assert f"L{SCRIPT}" in text and "coord_count <img src=y onerror=alert(2)>" in text
     for label in MARKUP:
         assert label in text

@@ -90,19 +90,26 @@ def evaluated(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 image.save(path)
         image_field = name if name.startswith("images/") else str(path)
         sid = f"{Path(name).name}#0"
+        positive = [r["id"] for r in regions if r["positive"]]
         gold.append(
-            {"sample_id": sid, "image": image_field, "width": size[0], "height": size[1], "regions": regions}
-        )
+            {"sample_id": sid, "image": image_field, "width": size[0], "height": size[1], "split": "test",
+             "group": "g", "source": "abnormal" if positive else "normal", "regions": regions,
+             "positive_region_ids": positive}
+        )  # fmt: skip
+        # scoring mode always names the most likely label, also for a region it scores normal
         preds.append(
             {
                 "sample_id": sid,
                 "image": image_field,
                 "regions": [
-                    {"id": r["id"], "score": s, "label": lab}
+                    {"id": r["id"], "score": s, "label": lab or LABELS[0], "abnormal": s >= THRESHOLD,
+                     "greedy": lab or "正常"}
                     for r, (s, lab) in zip(regions, predicted, strict=True)
                 ],
+                "image_line_score": max(s for s, _ in predicted),
+                "image_verdict": "异常",
             }
-        )
+        )  # fmt: skip
     (data / "regions_test.jsonl").write_text(
         "".join(json.dumps(g, ensure_ascii=False) + "\n" for g in gold), "utf-8"
     )

@@ -37,10 +37,31 @@ def _gold(sample_id: str, image: str, regions: list[tuple[str, bool, str | None]
 
 
 def _pred(sample_id: str, image: str, regions: list[tuple[str, float | None, str | None]]) -> dict:
+    """A row as `predict --regions` writes it: scoring mode, or generate mode when a score is None
+    (an unparsed line), so eval reads it through the published contract."""
+    if any(s is None for _, s, _ in regions):
+        return {
+            "sample_id": sample_id,
+            "image": image,
+            "regions": [
+                {"id": i, "score": s, "label": lab, "abnormal": None if s is None else s >= 0.5}
+                for i, s, lab in regions
+            ],
+            "image_verdict": None,
+            "text": "",
+            "unparsed": [],
+            "missing": [i for i, s, _ in regions if s is None],
+            "extra": [],
+        }
     return {
         "sample_id": sample_id,
         "image": image,
-        "regions": [{"id": i, "score": s, "label": lab} for i, s, lab in regions],
+        "regions": [
+            {"id": i, "score": s, "label": lab or "crack", "abnormal": s >= 0.5, "greedy": "正常"}
+            for i, s, lab in regions
+        ],
+        "image_line_score": max(s for _, s, _ in regions),
+        "image_verdict": "正常",
     }
 
 

@@ -41,10 +41,14 @@ def _case(root: Path) -> tuple[Path, Path]:
                 "image": str(path),
                 "width": 64,
                 "height": 48,
+                "split": "test",
+                "group": "g",
+                "source": "abnormal",
                 "regions": [
                     {"id": "R1", "box": [4, 4, 20, 20], "label": label, "positive": True},
                     {"id": "R2", "box": [30, 10, 50, 30], "label": None, "positive": False},
                 ],
+                "positive_region_ids": ["R1"],
             }
         )
         wrong = TRICKY[(k + 1) % len(TRICKY)]
@@ -53,11 +57,14 @@ def _case(root: Path) -> tuple[Path, Path]:
                 "sample_id": sid,
                 "image": str(path),
                 "regions": [
-                    {"id": "R1", "score": 0.9, "label": label},
-                    {"id": "R2", "score": 0.7 if k % 2 else 0.2, "label": wrong},
+                    {"id": "R1", "score": 0.9, "label": label, "abnormal": True, "greedy": label},
+                    {"id": "R2", "score": 0.7 if k % 2 else 0.2, "label": wrong, "abnormal": k % 2 == 1,
+                     "greedy": wrong},
                 ],
+                "image_line_score": 0.9,
+                "image_verdict": "abnormal",
             }
-        )
+        )  # fmt: skip
     return _write_jsonl(root / "pred.jsonl", preds), _write_jsonl(root / "regions_test.jsonl", gold)
 
 
@@ -138,17 +145,20 @@ def test_labels_that_look_like_markup_are_drawn_and_written_literally(tmp_path: 
 def _gold_line(sid: str, image: Path, box: str) -> str:
     """A regions line written by hand, so the box may hold JSON literals json.dumps would not write."""
     return (
-        f'{{"sample_id": "{sid}", "image": "{image}", "width": 64, "height": 48, "regions": '
+        f'{{"sample_id": "{sid}", "image": "{image}", "width": 64, "height": 48, "split": "test", '
+        f'"group": "g", "source": "abnormal", "regions": '
         f'[{{"id": "R1", "box": {box}, "label": "crack", "positive": true}}, '
-        f'{{"id": "R2", "box": [30, 10, 50, 30], "label": null, "positive": false}}]}}\n'
+        f'{{"id": "R2", "box": [30, 10, 50, 30], "label": null, "positive": false}}], '
+        f'"positive_region_ids": ["R1"]}}\n'
     )
 
 
 def _pred_line(sid: str, image: Path, score: str = "0.9", line_score: str = "0.5") -> str:
     return (
-        f'{{"sample_id": "{sid}", "image": "{image}", "image_line_score": {line_score}, "regions": '
-        f'[{{"id": "R1", "score": {score}, "label": "crack"}}, '
-        f'{{"id": "R2", "score": 0.1, "label": null}}]}}\n'
+        f'{{"sample_id": "{sid}", "image": "{image}", "regions": '
+        f'[{{"id": "R1", "score": {score}, "label": "crack", "abnormal": true, "greedy": "crack"}}, '
+        f'{{"id": "R2", "score": 0.1, "label": "crack", "abnormal": false, "greedy": "normal"}}], '
+        f'"image_line_score": {line_score}, "image_verdict": "abnormal"}}\n'
     )
 
 

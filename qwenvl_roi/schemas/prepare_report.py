@@ -1,0 +1,217 @@
+"""prepare_report.json: every input file and box accounted for, every problem with its file and line.
+
+Written by `qwenvl-roi prepare` (converters/prepare.py ``prepare_into``, its pieces from converters/
+report.py, images.py and audit.py); read by the demo's report. Fields are declared in the order prepare
+writes them, so a report dumped from the model is the file it was read from.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from qwenvl_roi.converters.images import REASONS
+
+from .types import Contract, Count, DigitKey, Number, Omittable, Probability, digit_keys, omitted
+
+#: why an image was given an upright 8-bit RGB copy (converters/images.py REASONS)
+ConversionReason = Literal[REASONS]  # type: ignore[valid-type]
+
+
+def _candidate_counts() -> Any:
+    return Field(
+        description="candidate count (as text) -> samples with that many candidates",
+        json_schema_extra=digit_keys,
+    )
+
+
+class Inputs(Contract):
+    """What the input folders held and what was used."""
+
+    abnormal_images_found: Count = Field(description="images under abnormal_dir")
+    normal_images_found: Omittable[Count] = omitted("images under normal_dir (left out without normal_dir)")
+    txt_files_found: Count = Field(description="txt files under abnormal_dir")
+    abnormal_images_used: Count = Field(description="abnormal images that gave samples")
+    normal_images_used: Count = Field(description="normal images that gave samples")
+    txt_encodings: dict[StrictStr, Count] = Field(description="encoding -> txt files read in it")
+
+
+class Lines(Contract):
+    """Non-blank lines of the txt files matched to an image."""
+
+    read: Count = Field(description="lines read")
+    skipped: Count = Field(description="lines skipped (each one is a problem below)")
+
+
+class BitDepth(Contract):
+    """How 16/32-bit images were scaled to 8 bits."""
+
+    used: Annotated[StrictInt, Field(ge=8, le=32)] = Field(description="the bit depth that scaled them")
+    how: Literal["configured (image_bit_depth)", "detected"] = Field(description="where it came from")
+    max_value: Number | None = Field(description="the largest pixel value of those read as counts")
+    images: Count = Field(description="high-bit-depth images read as counts")
+
+
+class ConvertedImage(Contract):
+    """One image given an upright 8-bit RGB copy."""
+
+    # "copy" in the file; not the attribute name, which would shadow BaseModel.copy
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)
+
+    image: StrictStr = Field(description="<source>/<path relative to its root>")
+    copy_: StrictStr = Field(alias="copy", description="the copy, relative to out_dir (under cache_dir)")
+    reasons: list[ConversionReason] = Field(description="why it needed one")
+    mode: StrictStr = Field(description="the original's PIL mode")
+    orientation: Annotated[StrictInt, Field(ge=1, le=8)] = Field(description="its EXIF orientation (1: none)")
+
+
+class Images(Contract):
+    """The images as the trainer will load them (docs/converters.md)."""
+
+    image_fixes: Literal["fix", "flag"] = Field(
+        description="fix: copies made; flag: such images reported and left out"
+    )
+    used_as_is: Count = Field(description="images used as they are (headers read, no pixels decoded)")
+    converted: Count = Field(description="images given an upright 8-bit RGB copy")
+    converted_by_reason: dict[ConversionReason, Count] = Field(description="reason -> images copied for it")
+    left_out: Count = Field(description="images left out (image_fixes: flag)")
+    bit_depth: BitDepth | None = Field(description="null when the dataset has no 16/32-bit image")
+    cache_dir: StrictStr = Field(description="the folder of the copies, relative to out_dir")
+    converted_images: list[ConvertedImage] = Field(description="every copy, sorted by image")
+
+
+class Boxes(Contract):
+    """Every box read is counted once: kept, clipped (kept after a fix) or dropped with a reason."""
+
+    read: Count = Field(description="kept + clipped + dropped")
+    kept: Count = Field(description="boxes kept as written")
+    clipped: Count = Field(description="boxes kept after a fix (clipped to the image, corners swapped)")
+    dropped: Count = Field(description="boxes dropped")
+    dropped_by_reason: dict[StrictStr, Count] = Field(description="problem kind -> boxes dropped for it")
+
+
+class LabelVariants(Contract):
+    """The raw labels that became one canonical label."""
+
+    variants: list[StrictStr] = Field(description="raw label texts, sorted")
+
+
+class ShortBySource(Contract):
+    """Samples that got fewer candidates than drawn, per source."""
+
+    abnormal: Count = Field(description="abnormal samples")
+    normal: Count = Field(description="normal samples")
+
+
+class CandidatePolicy(Contract):
+    """How candidates were drawn (the config's settings and what came out)."""
+
+    count_range: Annotated[list[Count], Field(min_length=2, max_length=2)] = Field(
+        description="[lo, max_boxes_per_image]: candidates per sample, the same for both classes"
+    )
+    abnormal_neg_per_pos: Count = Field(description="negatives per positive in abnormal samples")
+    max_neg_iou: Probability = Field(description="a negative's largest IoU with an annotated box")
+    max_neg_cover: Probability = Field(description="a negative's largest cover of an annotated box")
+    samples_short_of_candidates: Count = Field(description="samples that got fewer candidates than drawn")
+    samples_short_by_source: ShortBySource = Field(description="the same per source")
+
+
+class AuditRegions(Contract):
+    """Positive vs negative regions of the abnormal samples, from each box alone."""
+
+    auroc: Probability | None = Field(description="cross-validated AUROC; null when not computable")
+    regions: Count = Field(description="regions audited")
+
+
+class AuditSamples(Contract):
+    """Abnormal vs normal samples, from their boxes' layout."""
+
+    auroc: Probability | None = Field(description="cross-validated AUROC; null when not computable")
+    samples: Count = Field(description="samples audited")
+
+
+class PositionAudit(Contract):
+    """Can a classifier tell the answer from where the boxes sit, without the pixels? Near 0.5 is good."""
+
+    limit: Probability = Field(description="prepare warns when an AUROC is above it")
+    classifier: StrictStr = Field(description="the adversary and its cross-validation")
+    images: Count = Field(description="images audited")
+    skipped: StrictStr | None = Field(description="why the audit was skipped; null when it ran")
+    positive_vs_negative: AuditRegions = Field(description="regions of abnormal samples")
+    abnormal_vs_normal: AuditSamples = Field(description="samples")
+
+
+class SplitPolicy(Contract):
+    """How images were grouped for the split."""
+
+    split_by_parent: StrictBool = Field(description="a folder is one group (false: every image its own)")
+    split_group_depth: Annotated[StrictInt, Field(ge=1)] | None = Field(
+        description="the folder depth that makes a group; null: the image's parent folder"
+    )
+    groups: Count = Field(description="groups in all splits")
+
+
+class LabelCount(Contract):
+    """Positive boxes of one label in one split."""
+
+    boxes: Count = Field(description="positive regions with this label")
+    images: Count = Field(description="images with such a region")
+
+
+class CandidatesBySource(Contract):
+    """Samples per candidate count, per source."""
+
+    abnormal: dict[DigitKey, Count] = _candidate_counts()
+    normal: dict[DigitKey, Count] = _candidate_counts()
+
+
+class SplitStats(Contract):
+    """One split."""
+
+    images: Count = Field(description="distinct images")
+    abnormal_images: Count = Field(description="abnormal images")
+    normal_images: Count = Field(description="normal images")
+    samples: Count = Field(description="samples (lines of its regions file)")
+    groups: Count = Field(description="groups")
+    group_keys: list[StrictStr] = Field(description="the groups, sorted")
+    labels: dict[StrictStr, LabelCount] = Field(description="label -> its positive boxes and images")
+    candidates_per_sample: CandidatesBySource = Field(description="samples per candidate count")
+
+
+class Splits(Contract):
+    """Per split."""
+
+    train: SplitStats = Field(description="the training split")
+    val: SplitStats = Field(description="the validation split")
+    test: SplitStats = Field(description="the blind test split")
+
+
+class Problem(Contract):
+    """One thing a person must know about: where and why."""
+
+    file: StrictStr = Field(description="the file (or setting) concerned, as configured")
+    line: Annotated[StrictInt, Field(ge=1)] | None = Field(description="1-based line; null for a whole file")
+    kind: StrictStr = Field(description="the kind of problem (the keys of problem_counts)")
+    reason: StrictStr = Field(description="what is wrong and what was done, for a person to read")
+
+
+class PrepareReport(Contract):
+    """prepare_report.json: the outcome of one `qwenvl-roi prepare`."""
+
+    ok: StrictBool = Field(
+        description="false when strict mode found problems (then no datasets were written)"
+    )
+    strict: StrictBool = Field(description="whether strict mode was on")
+    inputs: Inputs = Field(description="what the input folders held and what was used")
+    lines: Lines = Field(description="txt lines read and skipped")
+    images: Images = Field(description="images as the trainer will load them")
+    boxes: Boxes = Field(description="every box read, accounted for")
+    labels: dict[StrictStr, LabelVariants] = Field(description="canonical label -> its raw variants")
+    candidate_policy: CandidatePolicy = Field(description="how candidates were drawn")
+    position_audit: PositionAudit = Field(description="whether box positions give the answer away")
+    split_policy: SplitPolicy = Field(description="how images were grouped")
+    splits: Splits = Field(description="per split counts")
+    warnings: list[StrictStr] = Field(description="what a person should read")
+    problem_counts: dict[StrictStr, Count] = Field(description="problem kind -> problems, sorted by kind")
+    problems: list[Problem] = Field(description="every problem, with its file and line")

@@ -1,0 +1,89 @@
+"""Value types the file contracts share: finite numbers, probabilities, counts, boxes, keys left out.
+
+Why strict: every file is JSON this project writes. A score that arrives as the string "0.5", a width as
+3.0, a box of three numbers or a NaN (Python's json reads ``NaN`` and ``Infinity``) means a writer or a hand
+edit went wrong, and lax coercion would carry it into the metrics or the pictures. Numbers keep the JSON
+type they were written with (an integer coordinate stays an integer), so a file read through a model and
+dumped again is the same file.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, StrictInt, WithJsonSchema
+from pydantic.json_schema import SkipJsonSchema
+
+T = TypeVar("T")
+
+
+def _finite(value: Any) -> int | float:
+    """A JSON number that fits a float: not a bool, not a string, not NaN or infinite, not a 400-digit int."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("Input should be a finite number")
+    if isinstance(value, int):
+        try:
+            float(value)
+        except OverflowError:
+            raise ValueError("Input should be a finite number (too large for a float)") from None
+    elif not math.isfinite(value):
+        raise ValueError("Input should be a finite number")
+    return value
+
+
+def _probability(value: Any) -> int | float:
+    number = _finite(value)
+    if not 0 <= number <= 1:
+        raise ValueError("Input should be a probability in [0, 1]")
+    return number
+
+
+def _not_null(value: Any) -> Any:
+    if value is None:
+        raise ValueError("null is not allowed here: the writer leaves the key out instead")
+    return value
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)
+
+
+#: a finite JSON number (integer or not, kept as written)
+Number = Annotated[int | float, PlainValidator(_finite), WithJsonSchema({"type": "number"})]
+#: a finite number in [0, 1]: a probability, a ratio (precision, recall, F1), an AUROC, a threshold
+Probability = Annotated[
+    int | float,
+    PlainValidator(_probability),
+    WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1}),
+]
+#: how many of something: an integer >= 0 (never a bool, never 3.0)
+Count = Annotated[StrictInt, Field(ge=0)]
+#: a size in pixels: an integer >= 1
+Pixels = Annotated[StrictInt, Field(ge=1)]
+#: [x1, y1, x2, y2]: exactly four finite numbers
+Box = Annotated[list[Number], Field(min_length=4, max_length=4)]
+#: a key the writer leaves out when it has nothing to say (never written as null); use with ``omitted()``
+Omittable = Annotated[T | SkipJsonSchema[None], BeforeValidator(_not_null)]
+
+
+def omitted(description: str) -> Any:
+    """The Field of an ``Omittable`` key: absent by default, its JSON Schema the value's alone."""
+    return Field(None, description=description, json_schema_extra=_no_default)
+
+
+def digit_keys(schema: dict[str, Any]) -> None:
+    """JSON Schema of a dict keyed by integers written as text: no other keys (pydantic's patternProperties
+    alone would let any key through)."""
+    schema["additionalProperties"] = False
+
+
+#: a dict key that is a non-negative integer written as text ("4": four candidates)
+DigitKey = Annotated[str, Field(pattern=r"^[0-9]+$")]
+
+
+class Contract(BaseModel):
+    """Base of every model of a file the project owns entirely: unknown keys are errors (a typo or a
+    stale writer, never silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
