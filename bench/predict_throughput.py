@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: shared helpers (host.py)
 
@@ -108,7 +107,7 @@ def measure(model: Path, boxes: Path, batch_size: int, out: Path, device: str, d
         predictor = original_load(*args, **kwargs)
         images = predictor.encoder.images
         images.original = pre.wrap(images.original)  # LLaMA-Factory's resize + the image processor
-        forward = predictor.engine.model.forward
+        forward = predictor.backend.model.forward  # the "hf" backend's transformers model
 
         def counted(*a, **k):  # noqa: ANN002, ANN003, ANN202
             passes[0] += 1
@@ -119,19 +118,18 @@ def measure(model: Path, boxes: Path, batch_size: int, out: Path, device: str, d
                 torch.cuda.synchronize()
             return result
 
-        predictor.engine.model.forward = fwd.wrap(counted)
+        predictor.backend.model.forward = fwd.wrap(counted)
         return predictor
 
     RegionPredictor.load = loading.wrap(load)  # type: ignore[method-assign]
     detections.load = pre.wrap(original_read)  # reading the file, EXIF turn, 8-bit conversion
     try:
-        args = SimpleNamespace(
-            model=str(model), adapter=None, meta=None, inference_config=None, device=device, dtype=dtype,
-            boxes=str(boxes), images=str(boxes.parent), out=str(out), batch_size=batch_size,
-            strict=False, no_progress=True,
+        predict = job.PredictJob(
+            model=str(model), device=device, dtype=dtype, boxes=str(boxes), images=str(boxes.parent),
+            out=str(out), batch_size=batch_size, progress=False,
         )  # fmt: skip
         t0 = time.perf_counter()
-        assert job.run(args) == 0
+        assert job.run(predict) == 0
         total = time.perf_counter() - t0 - loading.seconds  # throughput excludes loading the model once
     finally:
         RegionPredictor.load = original_load  # type: ignore[method-assign]

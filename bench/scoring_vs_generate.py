@@ -158,7 +158,7 @@ def measure(
         t_gen = min(t_gen, time.perf_counter() - t0)
     # the part both modes share and that does not grow with model size: prompt ids, image preprocessing
     # (once per image) and the collator's batch
-    enc, engine = predictor.encoder, predictor.engine
+    enc, engine = predictor.encoder, predictor.backend  # the "hf" backend: its collator
     t_pre = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,14 +214,22 @@ class PreparedImage:
         return out
 
 
+def _copy(job: ImageJob) -> ImageJob:
+    """A job whose problems can grow without touching the caller's."""
+    return replace(job, problems=list(job.problems))
+
+
 def check(job: ImageJob) -> PreparedImage:
     """Read the image header (size as shown, what the converters would fix) and check every box against it.
 
-    Cheap (no pixels decoded), so `--strict` can check a whole input before anything is scored.
+    Cheap (no pixels decoded), so `--strict` can check a whole input before anything is scored. `job` is
+    left as it is (it may be checked again, or scored after `--strict` checked it): the problems found are
+    in the returned image's own copy, ``.job``.
     """
     from qwenvl_roi.converters.images import inspect
     from qwenvl_roi.converters.parse import RawBox, check_box
 
+    job = _copy(job)
     prepared = PreparedImage(job)
     if job.error is not None:
         return prepared
@@ -251,14 +259,15 @@ def check(job: ImageJob) -> PreparedImage:
     return prepared
 
 
-def load(prepared: PreparedImage, meta: DatasetMeta) -> None:
-    """Set what the model loads: the file itself, or (EXIF-rotated, 16/32-bit, palette, ...) an upright
-    8-bit RGB copy in memory made exactly as the converters made the training copies."""
+def load(prepared: PreparedImage, meta: DatasetMeta) -> PreparedImage:
+    """The image with what the model loads: the file itself, or (EXIF-rotated, 16/32-bit, palette, ...) an
+    upright 8-bit RGB copy in memory made exactly as the converters made the training copies. `prepared` is
+    left as it is; a file broken past its header is the returned image's ``job.error``."""
     from qwenvl_roi.converters.images import HIGH_DEPTH_MODES, depth_for, pixel_range, render
 
     job, insp = prepared.job, prepared.inspection
     if job.error is not None or insp is None:
-        return
+        return replace(prepared, job=_copy(job))
     assert job.path is not None
     name = shown(str(job.path))  # for messages: UTF-8 even when the file name is not
     if not insp.reasons:  # decoded as LLaMA-Factory decodes a path (Image.open), but here: a broken file
@@ -266,20 +275,20 @@ def load(prepared: PreparedImage, meta: DatasetMeta) -> None:
             image = Image.open(job.path)
             image.load()  # (not `with`: closing an image frees its pixels; load() closes the file)
         except Exception as exc:  # PIL raises many types for broken files
-            job.error = f"{job.source}: cannot decode image {name} ({type(exc).__name__}: {exc})"
-            return
-        prepared.picture = image
-        return
+            error = f"{job.source}: cannot decode image {name} ({type(exc).__name__}: {exc})"
+            return replace(prepared, job=replace(_copy(job), error=error))
+        return replace(prepared, job=_copy(job), picture=image)
     depth = meta.image_bit_depth
     try:
         if insp.mode in HIGH_DEPTH_MODES and depth is None:
             depth = depth_for(pixel_range(job.path)[1])
         rendered = render(job.path, insp, depth or 8)
     except Exception as exc:  # PIL raises many types for broken files
-        job.error = f"{job.source}: cannot convert image {name} ({type(exc).__name__}: {exc})"
-        return
-    prepared.picture = rendered.image
-    job.problems.append(f"{job.source}: {insp.describe()}: read upright as 8-bit RGB, as for training")
+        error = f"{job.source}: cannot convert image {name} ({type(exc).__name__}: {exc})"
+        return replace(prepared, job=replace(_copy(job), error=error))
+    done = replace(prepared, job=_copy(job), picture=rendered.image)
+    done.job.problems.append(f"{job.source}: {insp.describe()}: read upright as 8-bit RGB, as for training")
+    return done
 
 
 def output_row(prepared: PreparedImage, scored: list[dict[str, Any]], threshold: float) -> dict[str, Any]:

@@ -1,9 +1,14 @@
-"""`qwenvl-roi predict --images ROOT --boxes B`: score detector boxes at scale, resumable and sharded.
+"""`qwenvl-roi predict` as a typed job (`PredictJob`) run on a scoring backend (backend.py).
 
-The input (detections.py) becomes a fixed list of batches of `--batch-size` images in input order. Under
-torchrun each rank scores the pending batches ``j % world == rank`` on its own device; results are written
-batch by batch (resumable.py), so a killed job rerun with the same command skips what is done. Every batch
-is always scored with the same images, so the output is byte-identical for any number of ranks and restarts.
+Two forms. ``--regions``: a converters' regions file, scored in one go (what `eval` uses). ``--images
+--boxes``: the boxes an upstream detector proposes on new images (detections.py), resumable and sharded:
+the input becomes a fixed list of batches of `--batch-size` images in input order. Under torchrun each rank
+scores the pending batches ``j % world == rank`` on its own device; results are written batch by batch
+(resumable.py), so a killed job rerun with the same command skips what is done. Every batch is always
+scored with the same images, so the output is byte-identical for any number of ranks and restarts.
+
+The CLI (cli.py) only turns its flags into a `PredictJob`; the Python API runs the same job with
+``run(PredictJob(...), backend=...)``.
 """
 
 from __future__ import annotations
@@ -11,11 +16,159 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import tempfile
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from qwenvl_roi.converters.names import shown
 from qwenvl_roi.inference import detections, distributed, resumable
+from qwenvl_roi.inference.backend import DEFAULT_BACKEND, ScoringBackend
+
+
+class PredictJob(BaseModel):
+    """What one `qwenvl-roi predict` is asked to do: every flag, typed (paths as given)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = Field(description="base model folder, or a merged export")
+    adapter: str | None = Field(None, description="LoRA adapter folder trained on `model`")
+    regions: str | None = Field(None, description="regions_*.jsonl of the converters, meta beside it")
+    boxes: str | None = Field(None, description="detector boxes: a JSONL file, or a folder of txt files")
+    images: str | None = Field(None, description="with boxes: where relative image paths start")
+    meta: str | None = Field(None, description="with boxes: dataset_meta.json or its folder")
+    strict: bool = Field(False, description="with boxes: any input problem stops before scoring")
+    out: str = Field(description="the predictions file to write")
+    mode: Literal["score", "generate"] = "score"
+    batch_size: int = Field(4, description="samples (regions) or images (boxes) per batch")
+    inference_config: str | None = Field(None, description="threshold file written by `qwenvl-roi eval`")
+    device: str | None = Field(None, description="cuda, cuda:1, cpu (None: the backend's choice)")
+    dtype: str | None = Field(None, description="float32, bfloat16, float16 (None: the backend's choice)")
+    progress: bool = Field(True, description="show progress bars")
+
+
+def load_samples(path: str | Path) -> list[dict[str, Any]]:
+    """regions_*.jsonl samples with the fields the prompt needs, checked with file:line messages; each
+    ``image`` resolved to an absolute path (a relative one is relative to the regions file's folder)."""
+    from pydantic import ValidationError
+
+    from qwenvl_roi.converters.paths import resolve_image
+    from qwenvl_roi.evaluation.files import InputError, iter_jsonl
+    from qwenvl_roi.evaluation.records import Finite
+
+    class _Region(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        id: str
+        box: list[Finite]  # Infinity / NaN / a 400-digit integer: this line's error, not a traceback
+
+    class _Sample(BaseModel):
+        model_config = ConfigDict(extra="allow")
+        sample_id: str
+        image: str
+        width: int
+        height: int
+        regions: list[_Region]
+
+    samples = []
+    for lineno, obj in iter_jsonl(path):
+        try:
+            s = _Sample.model_validate(obj)
+        except ValidationError as exc:
+            errs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InputError(f"{path}:{lineno}: not a regions sample ({errs})") from None
+        if not s.regions:
+            raise InputError(f"{path}:{lineno}: sample {s.sample_id!r} has no candidate regions")
+        if any(len(r.box) != 4 for r in s.regions):
+            raise InputError(f"{path}:{lineno}: every box must be [x1, y1, x2, y2]")
+        image = resolve_image(s.image, path)  # relative: against the regions file's folder (out_dir)
+        if not image.is_file():
+            raise InputError(f"{path}:{lineno}: image {s.image} not found (looked for {image})")
+        samples.append({**obj, "image": str(image)})
+    if not samples:
+        raise InputError(f"{path}: no samples (the file is empty)")
+    return samples
+
+
+def check_out(out: str | Path) -> None:
+    """Refuse an ``--out`` that cannot be written before the model loads and everything is scored (minutes
+    to hours of work lost at the last step otherwise). Its folder must exist or be creatable, and be
+    writable: probed with a real temporary file, since permission bits say nothing for root and nothing
+    about a read-only mount. Nothing is left behind (missing folders are created only when writing)."""
+    from qwenvl_roi.evaluation.files import InputError
+
+    path = Path(out).absolute()
+    if path.is_dir():
+        raise InputError(f"--out {out}: is a folder; give the path of the predictions file to write")
+    folder = path.parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"--out {out}: cannot create the folder {folder}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".qwenvl-roi-write-check-", dir=existing)
+    except OSError as exc:
+        where = f"the folder {existing}" + ("" if existing == folder else f" (to create {folder})")
+        raise InputError(f"--out {out}: cannot write in {where}: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def run(job: PredictJob, backend: str | type[ScoringBackend] = DEFAULT_BACKEND) -> int:
+    """Run a predict job on a scoring backend (a registered name or class); 0 when done. Bad input raises
+    `InputError` (the CLI prints it and exits 2) before the model loads wherever it can be seen earlier."""
+    from qwenvl_roi.evaluation.files import InputError
+
+    if job.batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {job.batch_size}")
+    if (job.regions is None) == (job.boxes is None):
+        raise InputError("give either --regions (a converters' regions file) or --boxes (detector boxes)")
+    check_out(job.out)
+    if job.boxes is not None:
+        if job.mode != "score":
+            raise InputError("--boxes scores (--mode score); generate mode takes --regions")
+        boxes = Path(job.boxes)
+        if job.images is None:  # --images defaults to where the boxes are
+            job = job.model_copy(update={"images": str(boxes if boxes.is_dir() else boxes.parent)})
+        assert job.images is not None
+        if not Path(job.images).is_dir():
+            raise InputError(f"--images {job.images}: not a folder")
+        return _run_boxes(job, backend)
+    if job.images is not None or job.meta is not None or job.strict:
+        raise InputError("--images, --meta and --strict go with --boxes")
+    return _run_regions(job, backend)
+
+
+def _run_regions(job: PredictJob, backend: str | type[ScoringBackend]) -> int:
+    """The regions-file form: every sample scored (or generated) in one go, written atomically."""
+    from qwenvl_roi.evaluation.files import write_jsonl_atomic
+    from qwenvl_roi.inference.predictor import RegionPredictor
+
+    assert job.regions is not None
+    samples = load_samples(job.regions)
+    predictor = RegionPredictor.load(
+        job.model,
+        adapter=job.adapter,
+        meta=job.regions,
+        inference_config=job.inference_config,
+        device=job.device,
+        dtype=job.dtype,
+        backend=backend,
+    )
+    if job.mode == "score":
+        rows = predictor.score_samples(samples, batch_size=job.batch_size, progress=job.progress)
+    else:
+        rows = predictor.generate_samples(samples, batch_size=job.batch_size, progress=job.progress)
+    write_jsonl_atomic(job.out, rows)
+    flagged = sum(bool(r["abnormal"]) for row in rows for r in row["regions"])
+    unparsed = sum(r["score"] is None for row in rows for r in row["regions"])
+    msg = f"{len(rows)} samples, {flagged} regions flagged at threshold {predictor.config.threshold:.4f}"
+    if job.mode == "generate":
+        msg += f", {unparsed} regions unparsed"
+    print(f"{msg} -> {job.out}")
+    return 0
 
 
 def _digest(path: Path) -> str:
@@ -60,39 +213,45 @@ def weights_digest(folder: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_digests(args: Any) -> dict[str, str | None]:
+def model_digests(job: PredictJob) -> dict[str, str | None]:
     """The weights' digests of ``--model`` and ``--adapter`` (None without an adapter)."""
     return {
-        "model_weights": weights_digest(args.model),
-        "adapter_weights": weights_digest(args.adapter) if args.adapter else None,
+        "model_weights": weights_digest(job.model),
+        "adapter_weights": weights_digest(job.adapter) if job.adapter else None,
     }
 
 
-def fingerprint(args: Any, predictor: Any, weights: dict[str, str | None] | None = None) -> dict[str, Any]:
+def fingerprint(
+    job: PredictJob, predictor: Any, weights: dict[str, str | None] | None = None
+) -> dict[str, Any]:
     """What must be equal for partial results to be resumed: model (its path and the bytes of its weights,
-    ``weights`` = ``model_digests(args)``, computed here when not given), prompt settings, inputs,
-    batching, number format and device."""
+    ``weights`` = ``model_digests(job)``, computed here when not given), prompt settings, inputs,
+    batching, and the numbers themselves: backend, dtype and device type."""
+    assert job.boxes is not None and job.images is not None
     meta_hash = hashlib.sha256(predictor.meta.model_dump_json().encode()).hexdigest()
-    return {
-        "model": str(Path(args.model).resolve()),
-        "adapter": str(Path(args.adapter).resolve()) if args.adapter else None,
-        **(weights if weights is not None else model_digests(args)),
+    backend = predictor.backend
+    stamp = {
+        "model": str(Path(job.model).resolve()),
+        "adapter": str(Path(job.adapter).resolve()) if job.adapter else None,
+        **(weights if weights is not None else model_digests(job)),
         "dataset_meta": meta_hash,
-        "boxes": _digest(Path(args.boxes)),
-        "images": str(Path(args.images).resolve()),
-        "batch_size": args.batch_size,
+        "boxes": _digest(Path(job.boxes)),
+        "images": str(Path(job.images).resolve()),
+        "batch_size": job.batch_size,
         "threshold": predictor.config.threshold,
-        # the numbers themselves: bf16 and fp32 scores differ, so do CPU and GPU kernels
-        "dtype": str(predictor.model.dtype),
-        "device_type": next(predictor.model.parameters()).device.type,
+        # the numbers themselves: bf16 and fp32 scores differ, so do CPU and GPU kernels (spelled as torch
+        # spells the dtype, as before backends existed, so a job started then still resumes)
+        "dtype": f"torch.{backend.dtype}",
+        "device_type": backend.device.split(":")[0],
     }
+    if backend.name != DEFAULT_BACKEND:  # another engine's kernels, other numbers ("hf": absent, as before)
+        stamp["backend"] = backend.name
+    return stamp
 
 
 def score_batch(predictor: Any, jobs: list[detections.ImageJob], batch_size: int) -> list[dict[str, Any]]:
     """Output rows of one batch of images (bad images get their error row, the rest are scored)."""
-    prepared = [detections.check(job) for job in jobs]
-    for p in prepared:
-        detections.load(p, predictor.meta)
+    prepared = [detections.load(detections.check(job), predictor.meta) for job in jobs]
     samples, owners = [], []
     for i, p in enumerate(prepared):
         for sample in p.samples(predictor.meta) if p.job.error is None else []:
@@ -112,28 +271,29 @@ def score_batch(predictor: Any, jobs: list[detections.ImageJob], batch_size: int
                 per_image[i] = predictor.score_samples(mine, batch_size=batch_size, progress=False)
             except Exception as exc:
                 where = shown(str(p.job.path))
-                p.job.error = f"{p.job.source}: cannot score image {where} ({type(exc).__name__}: {exc})"
+                error = f"{p.job.source}: cannot score image {where} ({type(exc).__name__}: {exc})"
+                prepared[i] = replace(p, job=replace(p.job, error=error))
     return [
         detections.output_row(p, r, predictor.config.threshold)
         for p, r in zip(prepared, per_image, strict=True)
     ]
 
 
-def run(args: Any) -> int:
-    """Entry point of the detector-boxes form of `qwenvl-roi predict`."""
+def _run_boxes(job: PredictJob, backend: str | type[ScoringBackend]) -> int:
+    """The detector-boxes form: resumable, sharded under torchrun (``job.images`` already resolved)."""
     from tqdm import tqdm
 
     from qwenvl_roi.inference.predictor import RegionPredictor
 
+    assert job.boxes is not None and job.images is not None
     ranks = distributed.from_environment()
-    out = Path(args.out)
-    jobs = detections.read_jobs(Path(args.boxes), Path(args.images))
-    if args.strict:  # every image header and box checked before anything is scored
+    out = Path(job.out)
+    jobs = detections.read_jobs(Path(job.boxes), Path(job.images))
+    if job.strict:  # every image header and box checked before anything is scored
         problems = []
-        for job in jobs:
-            detections.check(job)
-            problems += [job.error] if job.error else []
-            problems += job.problems
+        for checked in (detections.check(j).job for j in jobs):
+            problems += [checked.error] if checked.error else []
+            problems += checked.problems
         if problems:
             if ranks.rank == 0:
                 for p in problems:
@@ -145,16 +305,17 @@ def run(args: Any) -> int:
             ranks.close()
             return 2
     predictor = RegionPredictor.load(
-        args.model,
-        adapter=args.adapter,
-        meta=args.meta,
-        inference_config=args.inference_config,
-        device=ranks.device(args.device),
-        dtype=args.dtype,
+        job.model,
+        adapter=job.adapter,
+        meta=job.meta,
+        inference_config=job.inference_config,
+        device=ranks.device(job.device),
+        dtype=job.dtype,
+        backend=backend,
     )
-    plan = [jobs[i : i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
+    plan = [jobs[i : i + job.batch_size] for i in range(0, len(jobs), job.batch_size)]
     sizes = [len(b) for b in plan]
-    stamp = fingerprint(args, predictor, ranks.from_first(lambda: model_digests(args)))  # hashed once
+    stamp = fingerprint(job, predictor, ranks.from_first(lambda: model_digests(job)))  # hashed once
     done = resumable.completed_batches(out, stamp, sizes)
     ranks.barrier()  # every rank has read what earlier runs finished before anyone writes more
     pending = [b for b in range(len(plan)) if b not in done]
@@ -162,9 +323,9 @@ def run(args: Any) -> int:
     if ranks.rank == 0 and done:
         print(f"resuming: {len(done)} of {len(plan)} batches already done in {resumable.partial_dir(out)}")
     writer = resumable.PartWriter(out, stamp, ranks.rank) if mine else None
-    bar = tqdm(total=len(mine), desc=f"predict rank {ranks.rank}", unit="batch", disable=args.no_progress)
+    bar = tqdm(total=len(mine), desc=f"predict rank {ranks.rank}", unit="batch", disable=not job.progress)
     for b in mine:
-        rows = score_batch(predictor, plan[b], args.batch_size)
+        rows = score_batch(predictor, plan[b], job.batch_size)
         assert writer is not None
         writer.add(b, rows)
         bar.update(1)

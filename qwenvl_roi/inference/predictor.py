@@ -7,8 +7,9 @@
 Scoring mode (default) reads every answer line's probabilities as a greedy constrained decoder sees them
 (scoring.py): one teacher-forced pass per sample, plus a short continuation from the cached prefix for each
 line the model answers with something other than "normal". Generate mode decodes greedily and parses the
-answer, reporting what it cannot parse instead of guessing. Both feed the model what LLaMA-Factory's
-training collator feeds it (engine.py), M-RoPE positions included.
+answer, reporting what it cannot parse instead of guessing. The model passes are a scoring backend's
+(backend.py: the protocol and the registry); the default, "hf" (backends/hf.py), feeds the model what
+LLaMA-Factory's training collator feeds it, M-RoPE positions included.
 """
 
 from __future__ import annotations
@@ -17,21 +18,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi.converters.meta import DatasetMeta, load_dataset_meta
+from qwenvl_roi.converters.meta import META_FILE, DatasetMeta, load_dataset_meta
 from qwenvl_roi.converters.prompt import parse_answer
 from qwenvl_roi.evaluation.files import InputError
 from qwenvl_roi.families import find_family
+from qwenvl_roi.inference.backend import DEFAULT_BACKEND, Pass, ScoringBackend, get_backend
 from qwenvl_roi.inference.config import (
     InferenceConfig,
     find_inference_config,
     load_inference_config,
 )
 from qwenvl_roi.inference.encode import EncodingError, PromptEncoder, load_tokenizer_and_processor
-from qwenvl_roi.inference.engine import Engine
-from qwenvl_roi.inference.model import check_model_path, load_model, pick_device_and_dtype
+from qwenvl_roi.inference.model import check_model_path
 from qwenvl_roi.inference.scoring import LineTrees, SampleScore, prediction_record, score_sample
-
-META_FILE = "dataset_meta.json"
 
 
 def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -39,27 +38,30 @@ def _batches(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[i : i + size]
 
 
-class RegionPredictor:
-    """A loaded model + processor + dataset settings that scores candidate regions."""
+def _model_type(model: str) -> str:
+    """The model folder's HF ``model_type``, read from its config before any backend loads the weights."""
+    from transformers import AutoConfig
 
-    def __init__(
-        self, model: Any, encoder: PromptEncoder, config: InferenceConfig, device: Any, dtype: Any
-    ) -> None:
-        self.model = model
+    return getattr(AutoConfig.from_pretrained(model), "model_type", "")
+
+
+class RegionPredictor:
+    """A scoring backend (the loaded model) + prompt encoder + dataset settings: scores candidate regions."""
+
+    def __init__(self, backend: ScoringBackend, encoder: PromptEncoder, config: InferenceConfig) -> None:
+        self.backend = backend
         self.encoder = encoder
         self.meta = encoder.meta
         self.config = config
-        self.device = device
-        self.dtype = dtype
+        self.device: str = backend.device
+        self.dtype: str = backend.dtype
         self._checked = False
         if not self.meta.labels:
             raise InputError(
                 "dataset_meta.json lists no canonical labels: nothing to tell 'normal' apart from"
             )
         self.trees = LineTrees(encoder)
-        tokens = self.trees.tokens()
-        self.columns = {t: j for j, t in enumerate(tokens)}
-        self.engine = Engine(model, encoder.tokenizer, encoder.processor, encoder.template, tokens)
+        self.trees.tokens()  # every kind of line's words tokenised now: a tokenizer that cannot fails here
 
     @classmethod
     def load(
@@ -70,13 +72,14 @@ class RegionPredictor:
         inference_config: str | Path | InferenceConfig | None = None,
         device: str | None = None,
         dtype: str | None = None,
+        backend: str | type[ScoringBackend] = DEFAULT_BACKEND,
     ) -> RegionPredictor:
         """Load model (+ adapter) and processor.
 
         `meta`: a DatasetMeta, or a dataset_meta.json / its folder / a regions file beside it; by default
         dataset_meta.json in the adapter folder, then the model folder (`qwenvl-roi eval --model-dir` puts
         it there). `inference_config`: the threshold file; by default the one in the adapter, then model
-        folder, else threshold 0.5.
+        folder, else threshold 0.5. `backend`: a registered scoring backend's name (backend.py) or class.
         """
         model = check_model_path(model)
         if adapter is not None:
@@ -101,10 +104,8 @@ class RegionPredictor:
             config = inference_config
         else:
             config = load_inference_config(inference_config)
-        dev, dt = pick_device_and_dtype(device, dtype)
         tokenizer, processor, template = load_tokenizer_and_processor(str(model), meta)
-        net = load_model(model, adapter, dev, dt)
-        model_type = getattr(net.config, "model_type", "")
+        model_type = _model_type(model)
         fam = find_family(model_type)
         family = fam.name if fam else None
         if family != meta.model_family:
@@ -113,7 +114,10 @@ class RegionPredictor:
                 f"{family or model_type!r}: its prompts would carry coordinates in another frame; use the "
                 f"model the data was converted for, or re-convert with model_family: {family or model_type}"
             )
-        return cls(net, PromptEncoder(tokenizer, processor, template, meta), config, dev, dt)
+        encoder = PromptEncoder(tokenizer, processor, template, meta)
+        backend_cls = get_backend(backend) if isinstance(backend, str) else backend
+        adapter_path = str(adapter) if adapter is not None else None
+        return cls(backend_cls.load(str(model), adapter_path, encoder, device, dtype), encoder, config)
 
     # --- scoring mode ------------------------------------------------------------------------------------
     def check_in_context(self, sample: Mapping[str, Any]) -> None:
@@ -147,21 +151,19 @@ class RegionPredictor:
         bar = tqdm(total=len(samples), desc="score", unit="sample", disable=not progress)
         for chunk in _batches(list(samples), batch_size):
             prompts = [self.encoder.prompt(s) for s in chunk]
-            runs = [
-                score_sample(self.trees, s, p.ids, self.columns) for s, p in zip(chunk, prompts, strict=True)
-            ]
+            runs = [score_sample(self.trees, s, p.ids) for s, p in zip(chunk, prompts, strict=True)]
             pending = {i: next(run) for i, run in enumerate(runs)}
             done: dict[int, SampleScore] = {}
             while pending:
-                jobs = [(i, prompts[i].images, req) for i, reqs in pending.items() for req in reqs]
-                answers = iter(self.engine.run(jobs))
+                passes = [Pass(i, prompts[i].images, req) for i, reqs in pending.items() for req in reqs]
+                answers = iter(self.backend.score(passes))
                 following = {}
                 for i, reqs in pending.items():
                     try:
                         following[i] = runs[i].send([next(answers) for _ in reqs])
                     except StopIteration as finished:
                         done[i] = finished.value
-                        self.engine.forget(i)
+                        self.backend.release(i)
                 pending = following
             self.encoder.images.clear()
             for i, sample in enumerate(chunk):
@@ -194,7 +196,7 @@ class RegionPredictor:
             budget = max_new_tokens or max(
                 len(self.encoder.answer(s, True, [longest] * len(s["regions"])).ids) + 8 for s in chunk
             )
-            outputs = self.engine.greedy([(p.images, p.ids) for p in prompts], budget, stop)
+            outputs = self.backend.generate(prompts, budget, stop)
             self.encoder.images.clear()
             for s, ids in zip(chunk, outputs, strict=True):
                 results.append(self._generated_record(s, tok.decode(ids, skip_special_tokens=True)))
@@ -253,8 +255,8 @@ class RegionPredictor:
         job = detections.ImageJob(
             str(path), str(path), str(path), path, [[float(v) for v in b] for b in boxes]
         )
-        prepared = detections.check(job)
-        detections.load(prepared, self.meta)
+        prepared = detections.load(detections.check(job), self.meta)
+        job = prepared.job  # with what checking and reading the image found
         if job.error is not None:
             raise InputError(job.error)
         samples = prepared.samples(self.meta)

@@ -6,10 +6,12 @@ next-token probabilities renormalised over the branches at every token where all
 earlier lines are the words the model itself writes: at each branch, the child with the highest logit
 (ties: the lowest token id, as argmax does), i.e. what greedy decoding writes when it stays in format.
 
-`score_sample` runs this as a generator that asks for model passes (`Request`) and receives their logits,
-so that `engine.Engine` can batch the requests of many samples. It is exact and cheap: one teacher-forced
-pass with every line "normal" serves every line up to the first one whose greedy word is not "normal";
-from there one continuation re-uses the cached prefix (image included) and runs only the answer tokens.
+`score_sample` runs this as a generator that asks for model passes (`backend.Request`: a token sequence and,
+at some positions, the values of the candidate token ids) and receives them, so that a scoring backend
+(backend.py; "hf": backends/hf.py) can batch the requests of many samples. It is exact and cheap: one
+teacher-forced pass with every line "normal" serves every line up to the first one whose greedy word is not
+"normal"; from there one continuation re-uses the cached prefix (image included) and runs only the answer
+tokens.
 """
 
 from __future__ import annotations
@@ -19,21 +21,10 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwenvl_roi.inference.backend import Request, Values
 from qwenvl_roi.inference.encode import Answer, EncodingError, PromptEncoder
 
 Prefix = tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Request:
-    """A model pass for one sample: keep its current sequence up to `cut`, feed `tokens` after it, and
-    return the logits (over the engine's allowed token columns) that predict the token after each index in
-    `keep` (absolute positions). `commit`: the fed tokens replace the rest of the sample's sequence."""
-
-    cut: int
-    tokens: tuple[int, ...]
-    keep: tuple[int, ...]
-    commit: bool
 
 
 class WordTree:
@@ -141,22 +132,24 @@ class LineTrees:
         return sorted({t for tree in self._trees.values() for t in tree.tokens()})
 
 
-def _on_path_positions(answer: Answer, trees: Sequence[WordTree], prompt_len: int, first: int) -> list[int]:
-    """Positions (in the full sequence) whose logits give the on-path branches of lines >= first."""
-    keep = []
+def _on_path_positions(
+    answer: Answer, trees: Sequence[WordTree], prompt_len: int, first: int
+) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    """(position in the full sequence, the branch's children) of the on-path branches of lines >= first."""
+    want = []
     for k in range(first, len(trees)):
         start, path = prompt_len + answer.starts[k], answer.paths[k]
-        for node in trees[k].branches:
+        for node, kids in trees[k].branches.items():
             if path[: len(node)] == node:
-                keep.append(start - 1 + len(node))
-    return keep
+                want.append((start - 1 + len(node), kids))
+    return tuple(want)
 
 
 def score_sample(
-    trees_of: LineTrees, sample: Mapping[str, Any], prompt_ids: Sequence[int], columns: Mapping[int, int]
-) -> Generator[list[Request], list[dict[int, Any]], SampleScore]:
-    """Score every line of `sample`; yields lists of Requests, receives one {position: logits row} per
-    request (rows indexed by `columns`: token id -> column), returns the SampleScore."""
+    trees_of: LineTrees, sample: Mapping[str, Any], prompt_ids: Sequence[int]
+) -> Generator[list[Request], list[Values], SampleScore]:
+    """Score every line of `sample`; yields lists of Requests, receives one {position: {token id: value}}
+    per request (a backend's `score`), returns the SampleScore."""
     encoder = trees_of.encoder
     meta = encoder.meta
     normal = meta.normal_word
@@ -164,10 +157,11 @@ def score_sample(
     trees = trees_of.for_sample(n_regions + 1)
     image_abnormal, verdicts = False, [normal] * n_regions
     answer = encoder.answer(sample, image_abnormal, verdicts)
-    p0 = len(prompt_ids)
+    prompt = tuple(prompt_ids)
+    p0 = len(prompt)
     result = SampleScore()
-    keep = _on_path_positions(answer, trees, p0, 0)
-    (rows,) = yield [Request(0, (*prompt_ids, *answer.ids), tuple(keep), True)]
+    want = _on_path_positions(answer, trees, p0, 0)
+    (rows,) = yield [Request((*prompt, *answer.ids), want, cut=0, commit=True)]
     result.passes += 1
     current = dict(rows)
     for k, tree in enumerate(trees):
@@ -182,15 +176,19 @@ def score_sample(
         for node, kids in tree.branches.items():
             if path[: len(node)] == node:
                 row = current[start - 1 + len(node)]
-                logits[node] = [float(row[columns[c]]) for c in kids]
+                logits[node] = [row[c] for c in kids]
             else:
                 missing.append(node)
         if missing:
-            got = yield [Request(start, node, (start - 1 + len(node),), False) for node in missing]
+            before = (*prompt, *answer.ids[: answer.starts[k]])  # the committed sequence up to this line
+            got = yield [
+                Request((*before, *node), ((start - 1 + len(node), tree.branches[node]),), cut=start)
+                for node in missing
+            ]
             result.passes += len(missing)
             for node, rows in zip(missing, got, strict=True):
                 row = rows[start - 1 + len(node)]
-                logits[node] = [float(row[columns[c]]) for c in tree.branches[node]]
+                logits[node] = [row[c] for c in tree.branches[node]]
         line = LineScore(tree.probabilities(logits), tree.greedy(logits))
         result.lines.append(line)
         if line.greedy == normal or k == len(trees) - 1:
@@ -207,8 +205,8 @@ def score_sample(
                 "answer before it tokenises"
             )
         answer = new
-        keep = _on_path_positions(answer, trees, p0, k + 1)
-        (rows,) = yield [Request(start, answer.ids[cut:], tuple(keep), True)]
+        want = _on_path_positions(answer, trees, p0, k + 1)
+        (rows,) = yield [Request((*prompt, *answer.ids), want, cut=start, commit=True)]
         result.passes += 1
         current.update(rows)
     return result
@@ -217,7 +215,8 @@ def score_sample(
 def prediction_record(
     sample: Mapping[str, Any], score: SampleScore, meta: Any, threshold: float
 ) -> dict[str, Any]:
-    """The predictions-file row of one sample (field names are an interface: see docs/evaluation.md)."""
+    """The predictions-file row of one sample (an interface: its contract is qwenvl_roi/schemas/predictions.py
+    ``RegionsPrediction``, documented in docs/schemas/ and docs/evaluation.md)."""
     normal = meta.normal_word
     regions = []
     for region, line in zip(sample["regions"], score.lines[1:], strict=True):

@@ -1,5 +1,6 @@
-"""Session fixtures for inference tests: a small converted dataset, a LoRA adapter trained by
-`llamafactory-cli train` on the tiny model, and its merged `llamafactory-cli export`."""
+"""Fixtures for inference tests: a small converted dataset, a LoRA adapter trained by
+`llamafactory-cli train` on the tiny model, its merged `llamafactory-cli export` (session-wide), and
+`backend_name`, every registered scoring backend in turn."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+
+from qwenvl_roi.inference.backend import backend_names, get_backend
 
 # Labels that share their first bytes ("裂" is 3 bytes; the tiny tokenizer splits Chinese into bytes), so
 # scoring must tell labels apart beyond their first token; one starts with a digit (Qwen's pre-tokenizer
@@ -114,6 +117,17 @@ def _cli(*args: str, cwd: Path) -> None:
     env = dict(os.environ, DISABLE_VERSION_CHECK="1", CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run([str(exe), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.fixture(params=backend_names())
+def backend_name(request: pytest.FixtureRequest) -> str:
+    """Every registered scoring backend by name (the registry is read when the tests are collected, so a
+    backend added to it is tested by every test that takes this fixture); skipped with the backend's reason
+    where it cannot run here (not installed, no GPU)."""
+    reason = get_backend(request.param).unavailable()
+    if reason is not None:
+        pytest.skip(f"scoring backend {request.param!r}: {reason}")
+    return request.param
 
 
 @pytest.fixture(scope="session")

@@ -155,9 +155,10 @@ def test_txt_folder_pairs_as_the_converters_do(tmp_path: Path) -> None:
     assert any(":3:" in p and "x" in p for p in dated.problems)
     up = jobs["line1/UP.PNG"]
     assert up.boxes == [[1, 1, 10, 10], [50, 30, 90, 90]]
-    check(up)
+    checked = check(up).job
     where = f"{txt / 'UP.TXT'}:2: box 2:"
-    assert any(p.startswith(where) and "clipped" in p for p in up.problems), up.problems
+    assert any(p.startswith(where) and "clipped" in p for p in checked.problems), checked.problems
+    assert not any(p.startswith(where) for p in up.problems)  # check() leaves its argument as it was
     assert "several images" in jobs["line1/twin"].error
 
 

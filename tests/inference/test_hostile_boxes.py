@@ -72,8 +72,8 @@ def test_hostile_lines_are_their_own_problems(tmp_path: Path) -> None:
     assert jobs[2].problems == [f"{boxes}:3: box 1 [1, 2, 30, {HUGE}] is not 4 finite numbers; not scored"]
     assert jobs[3].error.startswith(f"{boxes}:4: not valid JSON (ValueError")
     assert jobs[4].error.startswith(f"{boxes}:5: not valid JSON (RecursionError")
-    check(jobs[5])
-    assert jobs[5].error.startswith(f"{boxes}:6: image ") and jobs[5].error.endswith("not found")
+    missing = check(jobs[5]).job
+    assert missing.error.startswith(f"{boxes}:6: image ") and missing.error.endswith("not found")
 
     txt = tmp_path / "txt"
     txt.mkdir()
@@ -127,8 +127,7 @@ def test_gbk_names_are_read_before_any_model(
         assert job.boxes == [[1, 2, 30, 30]]  # the GBK txt's filename column matched its GBK-named image
         assert any((GBK_STEM + b".png").hex() in p and "'缺陷1.png'" in p for p in job.problems)
         json.dumps(job.problems, ensure_ascii=False).encode("utf-8")  # every message can be written
-        check(job)
-        assert job.error is None
+        assert check(job).job.error is None
     # --strict stops on the name before any model is loaded (there is none at this path)
     args = [
         "--model",

@@ -1,9 +1,13 @@
-"""The predictor's scores equal an independent reference: LLaMA-Factory's own training data path (template,
-image plugin, collator with M-RoPE positions) and a brute-force forward pass per allowed word and line.
+"""The conformance test of scoring backends: the predictor's scores, on every registered backend
+(qwenvl_roi/inference/backend.py; the `backend_name` fixture iterates the registry, so a new backend is
+tested here without a line added), equal an independent reference: LLaMA-Factory's own training data path
+(template, image plugin, collator with M-RoPE positions) and a brute-force forward pass per allowed word and
+line. A backend that cannot run on this machine is skipped with its reason.
 
 Covers a briefly trained model (so the model's own answer departs from "normal" and later lines are
 conditioned on what it wrote), both model families, both prompt languages, batch 1 and padded batches,
-labels that start with a digit, a Latin letter and a CJK character, and labels sharing first tokens.
+labels that start with a digit, a Latin letter and a CJK character, labels sharing first tokens, and
+greedy generation. The reference runs in float32, and so does every backend here.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from pathlib import Path
 import pytest
 
 from qwenvl_roi.inference import RegionPredictor
+from qwenvl_roi.inference.backend import ScoringBackend
 
 from .conftest import make_dataset
 from .lf_reference import LFReference
 
 TOLERANCE = 1e-4
+DTYPE = "float32"  # the reference's; a GPU backend's default (bfloat16) would differ by more than TOLERANCE
 
 
 def _samples(root: Path, split: str, n: int) -> list[dict]:
@@ -50,8 +56,11 @@ def _compare(predictor: RegionPredictor, reference: LFReference, samples: list[d
     return departures
 
 
-def test_trained_model_matches_llamafactory_reference(merged_model: Path, roi_dataset: Path) -> None:
-    predictor = RegionPredictor.load(merged_model, meta=roi_dataset)
+def test_trained_model_matches_llamafactory_reference(
+    merged_model: Path, roi_dataset: Path, backend_name: str
+) -> None:
+    predictor = RegionPredictor.load(merged_model, meta=roi_dataset, dtype=DTYPE, backend=backend_name)
+    assert isinstance(predictor.backend, ScoringBackend) and predictor.backend.name == backend_name
     reference = LFReference(merged_model, predictor.meta)
     samples = _samples(roi_dataset, "val", 6)
     departures = _compare(predictor, reference, samples[:2], batch_size=1)
@@ -61,24 +70,22 @@ def test_trained_model_matches_llamafactory_reference(merged_model: Path, roi_da
 
 @pytest.mark.parametrize(("arch", "language"), [("qwen2_5_vl", "zh"), ("qwen2_vl", "en"), ("qwen2_vl", "zh")])
 def test_families_and_languages_match_reference(
-    arch: str, language: str, request: pytest.FixtureRequest, tmp_path: Path
+    arch: str, language: str, backend_name: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     """Random-weight models of each family: every line's answer is arbitrary, so later lines are scored
-    after non-normal words, multi-token labels and off-path branches often. Qwen3.5's linear-attention
-    cache cannot be cut at a token, so its continuations re-run whole sequences (the engine's other path)."""
+    after non-normal words, multi-token labels and off-path branches often."""
     model = request.getfixturevalue(f"tiny_{arch}")
     root = make_dataset(tmp_path / "data", model_family=arch, language=language, short_prompts=True)
-    predictor = RegionPredictor.load(model, meta=root)
+    predictor = RegionPredictor.load(model, meta=root, dtype=DTYPE, backend=backend_name)
     reference = LFReference(model, predictor.meta)
     samples = _samples(root, "test", 3)
     assert len({len(s["regions"]) for s in samples}) > 1  # different lengths: padding inside the batch
     assert _compare(predictor, reference, samples, batch_size=3) > 0
-    assert predictor.engine.reuse_prefix is (arch != "qwen3_5")
 
 
-def test_generation_follows_the_greedy_path(merged_model: Path, roi_dataset: Path) -> None:
+def test_generation_follows_the_greedy_path(merged_model: Path, roi_dataset: Path, backend_name: str) -> None:
     """Greedy generation writes, line by line, the words of the reference's greedy constrained path."""
-    predictor = RegionPredictor.load(merged_model, meta=roi_dataset)
+    predictor = RegionPredictor.load(merged_model, meta=roi_dataset, dtype=DTYPE, backend=backend_name)
     reference = LFReference(merged_model, predictor.meta)
     meta = predictor.meta
     samples = _samples(roi_dataset, "val", 6)

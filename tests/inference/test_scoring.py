@@ -1,5 +1,5 @@
-"""Scoring mechanics: the word-tree arithmetic, batch-size independence, and the two ways the engine runs a
-continuation (re-using the cached prefix, or re-running the whole sequence) giving the same numbers.
+"""Scoring mechanics: the word-tree arithmetic, batch-size independence, and the two ways the "hf" backend
+runs a continuation (re-using the cached prefix, or re-running the whole sequence) giving the same numbers.
 The scores themselves are checked against LLaMA-Factory's pipeline in test_reference.py."""
 
 from __future__ import annotations
@@ -48,10 +48,10 @@ def test_rerun_path_equals_cached_prefix_path(tiny_qwen2_5_vl: Path, zh_dataset:
     samples = _samples(zh_dataset, "test")[:4]
     cached = RegionPredictor.load(tiny_qwen2_5_vl, meta=zh_dataset)
     rerun = RegionPredictor.load(tiny_qwen2_5_vl, meta=zh_dataset)
-    rerun.engine.reuse_prefix = False
+    rerun.backend.reuse_prefix = False
     a = cached.score_samples(samples, batch_size=4, progress=False)
     b = rerun.score_samples(samples, batch_size=4, progress=False)
-    assert cached.engine.reuse_prefix is True
+    assert cached.backend.reuse_prefix is True
     departed = 0
     for x, y in zip(a, b, strict=True):
         assert x["image_line_score"] == pytest.approx(y["image_line_score"], abs=1e-5)
@@ -59,6 +59,18 @@ def test_rerun_path_equals_cached_prefix_path(tiny_qwen2_5_vl: Path, zh_dataset:
             assert rx["score"] == pytest.approx(ry["score"], abs=1e-5) and rx["greedy"] == ry["greedy"]
             departed += rx["greedy"] != cached.meta.normal_word
     assert departed  # continuations really ran
+
+
+@pytest.mark.parametrize(("arch", "cuts"), [("qwen2_vl", True), ("qwen3_5", False)])
+def test_hf_backend_cuts_the_cache_only_where_it_can(
+    arch: str, cuts: bool, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Qwen3.5's linear-attention cache cannot be cut at a token: its continuations re-run whole sequences
+    (the conformance test, test_reference.py, holds both paths' numbers to LLaMA-Factory's)."""
+    root = make_dataset(tmp_path / "data", model_family=arch, short_prompts=True)
+    predictor = RegionPredictor.load(request.getfixturevalue(f"tiny_{arch}"), meta=root)
+    predictor.score_samples(_samples(root, "test")[:1], progress=False)
+    assert predictor.backend.reuse_prefix is cuts
 
 
 def test_word_tree_arithmetic() -> None:

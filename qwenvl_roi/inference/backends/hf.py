@@ -1,4 +1,4 @@
-"""Model passes that see exactly what training fed the model.
+"""The "hf" scoring backend: transformers passes that see exactly what training fed the model.
 
 A sample's first pass goes through LLaMA-Factory's own training collator (`SFTDataCollatorWith4DAttentionMask`
 built as its SFT workflow builds it), so pixel values, `image_grid_thw` and the M-RoPE `position_ids` are
@@ -10,98 +10,125 @@ cache and masked where it has no tokens.
 
 Models whose cache cannot be cut at an arbitrary token (recurrent / linear-attention layers) re-run the
 whole sequence through the collator instead: slower, same numbers.
+
+The protocol this implements, and what it asks of any backend: qwenvl_roi/inference/backend.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from qwenvl_roi.inference.scoring import Request
+from qwenvl_roi.inference.backend import Pass, Values
+
+if TYPE_CHECKING:
+    from qwenvl_roi.inference.encode import Prompt, PromptEncoder
 
 
 @dataclass
 class _SampleState:
-    """What the engine keeps of a sample between its passes."""
+    """What the backend keeps of a sample between its passes."""
 
-    images: tuple[str, ...]
-    seq: list[int]  # the sample's current token sequence (prompt + answer so far)
+    images: tuple[Any, ...]
+    seq: list[int]  # the sample's committed token sequence (prompt + answer so far)
     text_base: int  # position of a text token at index j after the image is j + text_base
     cache: Any = None  # a DynamicCache holding this sample in row `row`
     row: int = 0
     slots: Any = None  # cache slot of every index of `seq` (a LongTensor)
 
 
-class Engine:
+class HFBackend:
     """Batches prefills through LLaMA-Factory's collator and continuations over cached prefixes."""
 
-    def __init__(
-        self, model: Any, tokenizer: Any, processor: Any, template: Any, columns: Sequence[int]
-    ) -> None:
-        import torch
+    name: ClassVar[str] = "hf"
+
+    def __init__(self, model: Any, encoder: PromptEncoder) -> None:
         from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
         from llamafactory.extras.constants import IGNORE_INDEX
 
         self.model = model
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
+        first = next(model.parameters())
+        self.torch_device, self.torch_dtype = first.device, first.dtype
+        self.device = str(first.device)
+        self.dtype = str(first.dtype).removeprefix("torch.")
         self.ignore = IGNORE_INDEX
+        tokenizer = encoder.tokenizer
         self.collator = SFTDataCollatorWith4DAttentionMask(
-            template=template,
+            template=encoder.template,  # the encoder's copy: each image preprocessed once per batch
             model=model,
             label_pad_token_id=IGNORE_INDEX,
             attn_implementation=getattr(model.config, "_attn_implementation", None),
-            compute_dtype=self.dtype,
+            compute_dtype=self.torch_dtype,
             tokenizer=tokenizer,
-            processor=processor,
+            processor=encoder.processor,
         )
         pad = tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else tokenizer.eos_token_id
-        self.columns = torch.tensor(list(columns), dtype=torch.long)
         self.reuse_prefix: bool | None = None  # decided on the first cache seen
         self.states: dict[Hashable, _SampleState] = {}
 
-    # --- public -------------------------------------------------------------------------------------------
-    def run(self, jobs: Sequence[tuple[Hashable, Sequence[str], Request]]) -> list[dict[int, Any]]:
-        """Run every (sample key, images, request) job; one {position: logits over columns} per job."""
-        out: list[dict[int, Any] | None] = [None] * len(jobs)
-        fresh = [i for i, (_, _, r) in enumerate(jobs) if r.cut == 0 or not self.reuse_prefix]
-        cont = [i for i in range(len(jobs)) if i not in set(fresh)]
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Never: torch, transformers and LLaMA-Factory are this package's own dependencies."""
+        return None
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        adapter: str | None,
+        encoder: PromptEncoder,
+        device: str | None = None,
+        dtype: str | None = None,
+    ) -> HFBackend:
+        """The model (+ merged adapter) in eval mode; CUDA + bfloat16 when a GPU is visible, else CPU +
+        float32."""
+        from qwenvl_roi.inference.model import load_model, pick_device_and_dtype
+
+        dev, dt = pick_device_and_dtype(device, dtype)
+        return cls(load_model(model, adapter, dev, dt), encoder)
+
+    # --- the protocol -------------------------------------------------------------------------------------
+    def score(self, passes: Sequence[Pass]) -> list[Values]:
+        """Prefill the passes that start a sample (or cannot re-use a cache), extend the others from the
+        cached prefix of their sample."""
+        for p in passes:
+            self._check_cut(p)
+        out: list[Values | None] = [None] * len(passes)
+        fresh = [i for i, p in enumerate(passes) if p.request.cut == 0 or not self.reuse_prefix]
+        cont = [i for i in range(len(passes)) if i not in set(fresh)]
         if fresh:
-            seqs = []
-            for i in fresh:
-                key, images, req = jobs[i]
-                prefix = self.states[key].seq[: req.cut] if req.cut else []
-                seqs.append((key, tuple(images), [*prefix, *req.tokens], req))
-            for i, got in zip(fresh, self._prefill(seqs), strict=True):
+            for i, got in zip(fresh, self._prefill([passes[i] for i in fresh]), strict=True):
                 out[i] = got
         if cont:
-            for i, got in zip(cont, self._extend([jobs[i] for i in cont]), strict=True):
+            for i, got in zip(cont, self._extend([passes[i] for i in cont]), strict=True):
                 out[i] = got
         return [o for o in out if o is not None]
 
-    def forget(self, key: Hashable) -> None:
+    def release(self, sample: Hashable) -> None:
         """Drop a finished sample's cache."""
-        self.states.pop(key, None)
+        self.states.pop(sample, None)
 
-    def greedy(self, prompts: Sequence[tuple[Sequence[str], Sequence[int]]], max_new: int, stop: set[int]):
-        """Greedy decoding of a batch of (images, prompt ids); the generated ids of each, stop token kept."""
+    def generate(
+        self, prompts: Sequence[Prompt], max_new_tokens: int, stop: Collection[int]
+    ) -> list[list[int]]:
+        """Greedy decoding of a batch of prompts; the generated ids of each, stop token kept."""
         import torch
 
-        batch, _ = self._collate([(tuple(im), list(ids)) for im, ids in prompts])
-        lengths = [len(ids) for _, ids in prompts]
+        batch, _ = self._collate([(tuple(p.images), list(p.ids)) for p in prompts])
+        lengths = [len(p.ids) for p in prompts]
         last = torch.tensor([n - 1 for n in lengths])
         base = batch["position_ids"][1, torch.arange(len(prompts)), last] - last
         mask = batch["attention_mask"]
         with torch.inference_mode():
-            out = self.model(**batch, use_cache=True, logits_to_keep=last.unique().to(self.device))
+            out = self.model(**batch, use_cache=True, logits_to_keep=last.unique().to(self.torch_device))
             cols = {int(p): j for j, p in enumerate(last.unique().tolist())}
             logits = out.logits[torch.arange(len(prompts)), [cols[int(p)] for p in last]]
             cache = out.past_key_values
             generated: list[list[int]] = [[] for _ in prompts]
             done = [False] * len(prompts)
-            for step in range(max_new):
+            for step in range(max_new_tokens):
                 nxt = logits.argmax(-1)
                 for b, t in enumerate(nxt.tolist()):
                     if not done[b]:
@@ -116,7 +143,7 @@ class Engine:
                 out = self.model(
                     input_ids=nxt.view(-1, 1),
                     attention_mask=mask,
-                    position_ids=pos.to(self.device),
+                    position_ids=pos.to(self.torch_device),
                     past_key_values=cache,
                     use_cache=True,
                 )
@@ -124,7 +151,18 @@ class Engine:
         return generated
 
     # --- internals ----------------------------------------------------------------------------------------
-    def _collate(self, items: Sequence[tuple[tuple[str, ...], list[int]]]) -> tuple[dict, Any]:
+    def _check_cut(self, p: Pass) -> None:
+        """A pass may only cut into what its sample committed: anything else would re-use the wrong cache."""
+        req = p.request
+        if req.cut == 0:
+            return
+        state = self.states.get(p.sample)
+        if state is None or len(state.seq) < req.cut or state.seq[: req.cut] != list(req.ids[: req.cut]):
+            raise ValueError(
+                f"pass of sample {p.sample!r} cuts at {req.cut} into a sequence it did not commit"
+            )
+
+    def _collate(self, items: Sequence[tuple[tuple[Any, ...], list[int]]]) -> tuple[dict, Any]:
         """The training collator's batch for (images, ids) rows (right-padded), moved to the device."""
         features = [
             {
@@ -139,49 +177,61 @@ class Engine:
         ]
         batch = self.collator(features)
         batch.pop("labels", None)
-        moved = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch.items()}
+        moved = {k: v.to(self.torch_device) if hasattr(v, "to") else v for k, v in batch.items()}
         return moved, batch["position_ids"]
 
-    def _select(self, logits: Any) -> Any:
-        return logits.index_select(-1, self.columns.to(logits.device)).float().cpu()
-
-    def _prefill(self, seqs: Sequence[tuple[Hashable, tuple[str, ...], list[int], Request]]) -> list[dict]:
+    @staticmethod
+    def _values(logits: Any, passes: Sequence[Pass], index: Any) -> list[Values]:
+        """Each pass's wanted values from logits [rows, kept positions, vocab]; ``index(r, position)`` gives
+        the kept column of a pass's position."""
         import torch
 
-        batch, positions = self._collate([(images, ids) for _, images, ids, _ in seqs])
-        keep = sorted({p for *_, req in seqs for p in req.keep})
-        index = {p: j for j, p in enumerate(keep)}
+        tokens = sorted({t for p in passes for _, ids in p.request.want for t in ids})
+        column = {t: j for j, t in enumerate(tokens)}
+        picked = logits.index_select(-1, torch.tensor(tokens, device=logits.device)).float().cpu().tolist()
+        results = []
+        for r, p in enumerate(passes):
+            results.append(
+                {pos: {t: picked[r][index(r, pos)][column[t]] for t in ids} for pos, ids in p.request.want}
+            )
+        return results
+
+    def _prefill(self, passes: Sequence[Pass]) -> list[Values]:
+        import torch
+
+        batch, positions = self._collate([(tuple(p.images), list(p.request.ids)) for p in passes])
+        keep = sorted({pos for p in passes for pos, _ in p.request.want})
+        index = {pos: j for j, pos in enumerate(keep)}
         with torch.inference_mode():
             out = self.model(
                 **batch,
                 use_cache=self.reuse_prefix is not False,
-                logits_to_keep=torch.tensor(keep, dtype=torch.long).to(self.device),
+                logits_to_keep=torch.tensor(keep, dtype=torch.long).to(self.torch_device),
             )
-        logits = self._select(out.logits)
+        results = self._values(out.logits, passes, lambda r, pos: index[pos])
         cache = out.past_key_values
         if self.reuse_prefix is None:
             self.reuse_prefix = cache is not None and _cuttable(cache)
-        results = []
-        for b, (key, images, ids, req) in enumerate(seqs):
+        for b, p in enumerate(passes):
+            ids = p.request.ids
             n = len(ids)
             base = int(positions[1, b, n - 1]) - (n - 1)
-            if req.commit:
-                state = _SampleState(images, list(ids), base)
+            if p.request.commit:
+                state = _SampleState(tuple(p.images), list(ids), base)
                 if self.reuse_prefix:
                     state.cache, state.row, state.slots = cache, b, torch.arange(n)
-                self.states[key] = state
-            results.append({p: logits[b, index[p]] for p in req.keep})
+                self.states[p.sample] = state
         return results
 
-    def _extend(self, jobs: Sequence[tuple[Hashable, Sequence[str], Request]]) -> list[dict]:
+    def _extend(self, passes: Sequence[Pass]) -> list[Values]:
         import torch
         from transformers import DynamicCache
 
-        states = [self.states[key] for key, _, _ in jobs]
-        reqs = [req for _, _, req in jobs]
+        states = [self.states[p.sample] for p in passes]
+        reqs = [p.request for p in passes]
         width = max(r.cut for r in reqs)
-        n_new = max(len(r.tokens) for r in reqs)
-        rows = len(jobs)
+        n_new = max(len(r.ids) - r.cut for r in reqs)
+        rows = len(passes)
         layers = []
         for layer in range(len(states[0].cache.layers)):
             parts = []
@@ -201,29 +251,28 @@ class Engine:
         mask = torch.zeros((rows, width + n_new), dtype=torch.long)
         pos = torch.zeros((rows, n_new), dtype=torch.long)
         for r, (st, req) in enumerate(zip(states, reqs, strict=True)):
-            ids[r, : len(req.tokens)] = torch.tensor(req.tokens)
+            new = req.ids[req.cut :]
+            ids[r, : len(new)] = torch.tensor(new)
             mask[r, : req.cut] = 1
-            mask[r, width : width + len(req.tokens)] = 1
+            mask[r, width : width + len(new)] = 1
             pos[r] = torch.arange(req.cut, req.cut + n_new) + st.text_base
-        keep = sorted({p - req.cut for req in reqs for p in req.keep})
+        keep = sorted({p - req.cut for req in reqs for p, _ in req.want})
         index = {p: j for j, p in enumerate(keep)}
         with torch.inference_mode():
             out = self.model(
-                input_ids=ids.to(self.device),
-                attention_mask=mask.to(self.device),
-                position_ids=pos.unsqueeze(0).expand(4, -1, -1).to(self.device),
+                input_ids=ids.to(self.torch_device),
+                attention_mask=mask.to(self.torch_device),
+                position_ids=pos.unsqueeze(0).expand(4, -1, -1).to(self.torch_device),
                 past_key_values=cache,
                 use_cache=True,
-                logits_to_keep=torch.tensor(keep, dtype=torch.long).to(self.device),
+                logits_to_keep=torch.tensor(keep, dtype=torch.long).to(self.torch_device),
             )
-        logits = self._select(out.logits)
-        results = []
+        results = self._values(out.logits, passes, lambda r, p: index[p - reqs[r].cut])
         for r, (st, req) in enumerate(zip(states, reqs, strict=True)):
             if req.commit:
-                st.seq = st.seq[: req.cut] + list(req.tokens)
+                st.seq = list(req.ids)
                 st.cache, st.row = out.past_key_values, r
-                st.slots = torch.cat([torch.arange(req.cut), width + torch.arange(len(req.tokens))])
-            results.append({p: logits[r, index[p - req.cut]] for p in req.keep})
+                st.slots = torch.cat([torch.arange(req.cut), width + torch.arange(len(req.ids) - req.cut)])
         return results
 
 
