@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qwenvl_roi.converters.names import shown
 from qwenvl_roi.inference import detections, distributed, resumable
 from qwenvl_roi.inference.backend import DEFAULT_BACKEND, ScoringBackend
+from qwenvl_roi.schemas import check_record
 
 
 class PredictJob(BaseModel):
@@ -56,32 +57,17 @@ def load_samples(path: str | Path) -> list[dict[str, Any]]:
 
     from qwenvl_roi.converters.paths import resolve_image
     from qwenvl_roi.evaluation.files import InputError, iter_jsonl
-    from qwenvl_roi.evaluation.records import Finite
-
-    class _Region(BaseModel):
-        model_config = ConfigDict(extra="allow")
-        id: str
-        box: list[Finite]  # Infinity / NaN / a 400-digit integer: this line's error, not a traceback
-
-    class _Sample(BaseModel):
-        model_config = ConfigDict(extra="allow")
-        sample_id: str
-        image: str
-        width: int
-        height: int
-        regions: list[_Region]
+    from qwenvl_roi.schemas import errors_text
+    from qwenvl_roi.schemas.regions import RegionSample
 
     samples = []
     for lineno, obj in iter_jsonl(path):
-        try:
-            s = _Sample.model_validate(obj)
+        try:  # the published contract (qwenvl_roi/schemas/regions.py): what prepare writes
+            s = RegionSample.model_validate(obj)
         except ValidationError as exc:
-            errs = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise InputError(f"{path}:{lineno}: not a regions sample ({errs})") from None
+            raise InputError(f"{path}:{lineno}: not a regions sample ({errors_text(exc)})") from None
         if not s.regions:
             raise InputError(f"{path}:{lineno}: sample {s.sample_id!r} has no candidate regions")
-        if any(len(r.box) != 4 for r in s.regions):
-            raise InputError(f"{path}:{lineno}: every box must be [x1, y1, x2, y2]")
         image = resolve_image(s.image, path)  # relative: against the regions file's folder (out_dir)
         if not image.is_file():
             raise InputError(f"{path}:{lineno}: image {s.image} not found (looked for {image})")
@@ -161,6 +147,8 @@ def _run_regions(job: PredictJob, backend: str | type[ScoringBackend]) -> int:
         rows = predictor.score_samples(samples, batch_size=job.batch_size, progress=job.progress)
     else:
         rows = predictor.generate_samples(samples, batch_size=job.batch_size, progress=job.progress)
+    for row in rows:  # the published contract of a --regions row, checked before anything is written
+        check_record("predictions", row)
     write_jsonl_atomic(job.out, rows)
     flagged = sum(bool(r["abnormal"]) for row in rows for r in row["regions"])
     unparsed = sum(r["score"] is None for row in rows for r in row["regions"])
@@ -273,10 +261,13 @@ def score_batch(predictor: Any, jobs: list[detections.ImageJob], batch_size: int
                 where = shown(str(p.job.path))
                 error = f"{p.job.source}: cannot score image {where} ({type(exc).__name__}: {exc})"
                 prepared[i] = replace(p, job=replace(p.job, error=error))
-    return [
+    out = [
         detections.output_row(p, r, predictor.config.threshold)
         for p, r in zip(prepared, per_image, strict=True)
     ]
+    for row in out:  # the published contract of a --boxes row (a ContractError is a bug of ours)
+        check_record("predictions", row)
+    return out
 
 
 def _run_boxes(job: PredictJob, backend: str | type[ScoringBackend]) -> int:

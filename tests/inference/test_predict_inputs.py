@@ -23,13 +23,16 @@ def _regions(root: Path, box: str = "[4, 4, 20, 20]") -> Path:
     image = root / "a.png"
     Image.new("RGB", (64, 48), (120, 120, 120)).save(image)
     path = root / "regions_test.jsonl"
-    good = {"sample_id": "a#0", "image": str(image), "width": 64, "height": 48}
-    good["regions"] = [{"id": "R1", "box": [4, 4, 20, 20]}]
+    rest = '"split": "test", "group": "g", "source": "abnormal", "positive_region_ids": ["R1"]'
+    good = (
+        f'{{"sample_id": "a#0", "image": "{image}", "width": 64, "height": 48, '
+        f'"regions": [{{"id": "R1", "box": [4, 4, 20, 20], "label": "crack", "positive": true}}], {rest}}}'
+    )
     bad = (
         f'{{"sample_id": "a#1", "image": "{image}", "width": 64, "height": 48, '
-        f'"regions": [{{"id": "R1", "box": {box}}}]}}\n'
+        f'"regions": [{{"id": "R1", "box": {box}, "label": "crack", "positive": true}}], {rest}}}\n'
     )
-    path.write_text(json.dumps(good) + "\n" + bad, encoding="utf-8")
+    path.write_text(good + "\n" + bad, encoding="utf-8")
     return path
 
 
