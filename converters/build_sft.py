@@ -98,38 +98,78 @@ def dataset_info_entry(file_name: str, roi_meta: dict[str, Any] | None = None) -
     return entry
 
 
-def merge_dataset_info(cfg: DataConfig, meta: DatasetMeta) -> Path:
+def merge_dataset_info(cfg: DataConfig, meta: DatasetMeta) -> tuple[Path, list[str]]:
     """Add or replace this dataset's entries in dataset_info.json; every other entry is kept as it was.
+    Returns the file and warnings (entries of the same name that pointed at another converted set).
 
     Under a blocking lock: a second convert sharing the dataset_info folder waits, then reads the file
-    again and merges its entries into it (all of a set's entries land in one atomic replace).
+    again and merges its entries into it (all of a set's entries land in one atomic replace). Called once
+    the set is in out_dir: a failure here says so and what to run.
     """
     path = cfg.dataset_info_dir / "dataset_info.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(path.parent):
-        return _merge_dataset_info(cfg, meta, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with locked(path.parent):
+            return _merge_dataset_info(cfg, meta, path)
+    except (OSError, ConvertError) as exc:
+        why = str(exc) if isinstance(exc, ConvertError) else f"{exc.strerror or exc} ({exc.filename or path})"
+        raise ConvertError(
+            f"{cfg.out_dir} holds the new converted set, but {path} was not updated: {why}; fix it and run "
+            "`qwenvl-roi build-sft` to register the datasets"
+        ) from None
 
 
-def _merge_dataset_info(cfg: DataConfig, meta: DatasetMeta, path: Path) -> Path:
+def read_dataset_info(path: Path) -> dict[str, Any]:
+    """The entries of a dataset_info.json (none when it does not exist); ConvertError when it is not a
+    readable UTF-8 JSON object (it is never overwritten then). Also checked before any work."""
+    if path.exists() and not path.is_file():
+        raise ConvertError(f"{path}: is not a file")
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8-sig") or "{}")
+    except UnicodeDecodeError as exc:
+        raise ConvertError(
+            f"{path}: not UTF-8 ({exc.reason} at byte {exc.start + 1}); not overwriting it"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ConvertError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); not overwriting it") from None
+    except OSError as exc:
+        raise ConvertError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(info, dict):
+        raise ConvertError(f"{path}: expected a JSON object of dataset entries; not overwriting it")
+    return info
+
+
+def check_dataset_info(cfg: DataConfig) -> None:
+    """Before the work: the dataset_info folder can hold dataset_info.json, which is readable if present."""
+    folder = cfg.dataset_info_dir
+    if folder.exists() and not folder.is_dir():
+        raise ConvertError(f"dataset_info_dir {folder}: exists and is not a folder")
+    read_dataset_info(folder / "dataset_info.json")
+
+
+def _merge_dataset_info(cfg: DataConfig, meta: DatasetMeta, path: Path) -> tuple[Path, list[str]]:
     info_dir = cfg.dataset_info_dir
-    info: dict[str, Any] = {}
-    if path.exists():
-        try:
-            info = json.loads(path.read_text(encoding="utf-8-sig") or "{}")
-        except json.JSONDecodeError as exc:
-            raise ConvertError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); not overwriting it") from exc
-        if not isinstance(info, dict):
-            raise ConvertError(f"{path}: expected a JSON object of dataset entries; not overwriting it")
+    info = read_dataset_info(path)
     roi_meta = {
         "image_max_pixels": meta.image_max_pixels,
         "image_min_pixels": meta.image_min_pixels,
         "model_family": meta.model_family,
         "meta_file": _rel(cfg.out_dir / META_FILE, info_dir),
     }
+    warnings = []
     for name, file_name in dataset_names(cfg.dataset_prefix).items():
-        info[name] = dataset_info_entry(_rel(cfg.out_dir / file_name, info_dir), roi_meta)
+        entry = dataset_info_entry(_rel(cfg.out_dir / file_name, info_dir), roi_meta)
+        before = info.get(name)
+        if isinstance(before, dict) and before.get("file_name") not in (None, entry["file_name"]):
+            warnings.append(
+                f"{path}: {name} pointed at {before['file_name']} and now at {entry['file_name']} "
+                "(set dataset_prefix to keep both)"
+            )
+        info[name] = entry
     write_json(path, info)
-    return path
+    return path, warnings
 
 
 def build_sft(
@@ -148,10 +188,16 @@ def build_sft(
     with paused_gc():
         if not (cfg.out_dir / META_FILE).is_file():  # before staging: nothing to build from
             load_dataset_meta(cfg.out_dir)
+        check_dataset_info(cfg)
         with staged_out_dir(cfg) as stage:
             counts, meta = build_into(cfg, stage, progress, samples)
-        info_path = merge_dataset_info(cfg, meta)
-    return {"records": counts, "dataset_info": str(info_path), "out_dir": str(cfg.out_dir)}
+        info_path, warnings = merge_dataset_info(cfg, meta)
+    return {
+        "records": counts,
+        "dataset_info": str(info_path),
+        "out_dir": str(cfg.out_dir),
+        "warnings": warnings,
+    }
 
 
 def build_into(
@@ -201,6 +247,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines = [f"{name}: {n} records" for name, n in summary["records"].items()]
     lines.append(f"updated {summary['dataset_info']}")
+    lines += [f"warning: {w}" for w in summary.get("warnings", [])]
     return lines
 
 

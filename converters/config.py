@@ -12,10 +12,20 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from qwenvl_roi.families import DEFAULT_FAMILY, FAMILIES, ModelFamily, family
 from qwenvl_roi.outputs import OutputError
+
+from .sources import FORMAT_KEYS, FORMATS, SOURCES
 
 _DEFAULT = family(DEFAULT_FAMILY)  # the table's default family: its processor limits are the fields' defaults
 
@@ -50,6 +60,14 @@ class PromptTexts(BaseModel):
     image_key: str | None = None
 
 
+#: what a format-specific key holds, for the error that says it is missing
+FORMAT_KEY_HELP = {
+    "annotations_dir": "the folder of the annotation files, mirroring abnormal_dir's sub-folders",
+    "yolo_names": "a classes.txt (one name a line) or an Ultralytics dataset YAML with names:",
+    "coco_json": "the COCO file; its images' file_name are relative to abnormal_dir",
+}
+
+
 class DataConfig(BaseModel):
     """Every key of configs/data.yaml with its default (see docs/converters.md for the meaning)."""
 
@@ -61,6 +79,12 @@ class DataConfig(BaseModel):
     out_dir: Path = Path("./data/prepared")
     dataset_info_dir: Path = Path("dataset_info")
     dataset_prefix: str = "roi"
+
+    # annotations (converters/sources/): the format, and where its files are
+    annotation_format: str = "txt"
+    annotations_dir: Path | None = Field(None, validate_default=True)
+    yolo_names: Path | None = Field(None, validate_default=True)
+    coco_json: Path | None = Field(None, validate_default=True)
 
     # split
     seed: int = 42
@@ -114,6 +138,32 @@ class DataConfig(BaseModel):
     def _inner_not_empty(cls, v: list[str]) -> list[str]:
         if any(d == "" for d in v):
             raise ValueError("inner_coord_delims must not contain an empty string")
+        return v
+
+    @field_validator("annotation_format")
+    @classmethod
+    def _format_known(cls, v: str) -> str:
+        if v not in SOURCES:
+            raise ValueError(f"{v!r} is not a format; one of {', '.join(FORMATS)}")
+        return v
+
+    @field_validator(*FORMAT_KEYS)
+    @classmethod
+    def _format_key(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        """A format's required key must be set; a key another format reads must not be (it would be
+        ignored silently)."""
+        fmt = info.data.get("annotation_format")
+        key = info.field_name or ""
+        if fmt not in SOURCES:  # the format's own error says why
+            return v
+        source = SOURCES[fmt]
+        if v is None and key in source.required:
+            raise ValueError(f"annotation_format: {fmt} needs {key}: {FORMAT_KEY_HELP.get(key, '')}")
+        if v is not None and key not in source.keys:
+            readers = " or ".join(f for f, s in SOURCES.items() if key in s.keys)
+            raise ValueError(
+                f"is read only with annotation_format: {readers} (this config has {fmt}); remove it"
+            )
         return v
 
     @field_validator("dataset_prefix")
@@ -193,6 +243,8 @@ def format_validation_error(err: ValidationError, source: str, key_lines: dict[s
         loc = [str(p) for p in e["loc"]]
         key = loc[0] if loc else ""
         line = key_lines.get(key)
+        if line is None and key in FORMAT_KEYS:  # a missing key the format needs: point at the format
+            line = key_lines.get("annotation_format")
         where = f"{source}:{line}" if line else source
         name = ".".join(loc) if loc else "(config)"
         out.append(f"{where}: {name}: {e['msg']}")

@@ -35,13 +35,18 @@ def _convert(
     """prepare and build-sft into one staging folder: out_dir gets the whole new set or keeps the old one;
     dataset_info.json is updated (under its lock) once the set is in place."""
     with paused_gc():
-        with prepare_mod.staged_out_dir(cfg) as stage:
+        build_sft_mod.check_dataset_info(cfg)  # before the work, not after the set is in place
+        with prepare_mod.strict_report(cfg), prepare_mod.staged_out_dir(cfg) as stage:
             result = prepare_mod.prepare_into(cfg, stage, strict=strict, progress=progress)
-            if not result.strict_failed:
-                counts, meta = build_sft_mod.build_into(cfg, stage, progress, samples=result.samples)
-        prepare_mod.raise_if_strict_failed(result)
-        info = build_sft_mod.merge_dataset_info(cfg, meta)
-    return result, {"records": counts, "dataset_info": str(info), "out_dir": str(cfg.out_dir)}
+            counts, meta = build_sft_mod.build_into(cfg, stage, progress, samples=result.samples)
+        info, warnings = build_sft_mod.merge_dataset_info(cfg, meta)
+    summary = {
+        "records": counts,
+        "dataset_info": str(info),
+        "out_dir": str(cfg.out_dir),
+        "warnings": warnings,
+    }
+    return result, summary
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

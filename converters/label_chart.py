@@ -81,6 +81,9 @@ def label_chart_figure(merged: list[dict[str, Any]]) -> tuple[Any, dict[str, str
     return fig, legend
 
 
+CHART_SOURCE = "qwenvl-roi scan-labels"
+
+
 def write_label_chart(merged: list[dict[str, Any]], path: str | Path) -> dict[str, str]:
     """Write the bar chart of ``label_chart_figure`` as PNG; returns the #k legend."""
     import matplotlib
@@ -91,6 +94,17 @@ def write_label_chart(merged: list[dict[str, Any]], path: str | Path) -> dict[st
     families, _ = _drawable_chars()
     with matplotlib.rc_context({"font.family": families or ["DejaVu Sans"]}):
         fig, legend = label_chart_figure(merged)
-        write_figure_png(fig, path)
+        write_figure_png(fig, path, source=CHART_SOURCE)
         plt.close(fig)
     return legend
+
+
+def is_label_chart(path: str | Path) -> bool:
+    """Whether ``path`` is a chart this command drew (its PNG text chunk), not a picture of the user's."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return getattr(im, "text", {}).get("Source") == CHART_SOURCE
+    except OSError:
+        return False

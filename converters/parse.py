@@ -22,10 +22,14 @@ FULLWIDTH_SEMICOLON = "；"
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing a person must know about: where (file, 1-based line or None) and why."""
+    """One thing a person must know about: where and why.
+
+    ``line``: the 1-based line of a text or XML file, the JSON path of an entry in a JSON file
+    (``shapes[3]``, ``annotations[17]``), or None for the whole file.
+    """
 
     file: str
-    line: int | None
+    line: int | str | None
     kind: str
     reason: str
 
@@ -39,11 +43,16 @@ class Problem:
 
 @dataclass(frozen=True)
 class RawBox:
-    """A box as written in the txt (xyxy after an optional cx,cy,w,h conversion), not yet checked."""
+    """A box as written in its annotation (xyxy after an optional cx,cy,w,h conversion), not yet checked.
 
-    line: int
+    ``line`` is where it is written (a line number, or a JSON path such as ``shapes[3]``); ``score`` is a
+    detector's confidence when the file gives one (YOLO txt, COCO results), else None.
+    """
+
+    line: int | str
     coords: tuple[float, float, float, float]
     label: str  # raw label text (stripped)
+    score: float | None = None
 
 
 @dataclass

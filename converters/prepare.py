@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import posixpath
 import warnings
 from collections import Counter, defaultdict
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from qwenvl_roi.outputs import OutputError, staged
+from qwenvl_roi.outputs import OutputError, legacy_json, made_by, mark, real_folder, staged
+from qwenvl_roi.schemas import check_record
 
 from .audit import position_audit
 from .candidates import (
@@ -38,14 +39,20 @@ from .images import ImageFixer, Outcome
 from .labels import LabelResolver
 from .meta import META_FILE, DatasetMeta, build_meta
 from .names import shown
-from .parse import CheckedBox, LineParser, Problem, RawBox, check_box, parse_txt
+from .parse import CheckedBox, Problem, RawBox, check_box
 from .report import BoxLedger, split_stats, split_warnings
 from .runtime import paused_gc
+from .sources import Dropped, Record, SourceError, make_source
+from .sources.frame import fit_frame
 from .split import IMAGE_SPLITS, SPLITS, assign_split, group_key, holdout_matches
+from .walk import IMAGE_EXTS as IMAGE_EXTS  # re-exported: predict and the preview find files as prepare does
+from .walk import Skip, file_label, folder_key, walk_files
+from .walk import stem_key as stem_key
 from .write import write_json, write_jsonl
 
-IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 REPORT_FILE = "prepare_report.json"
+STRICT_REPORT_FILE = "prepare_report.strict.json"  # the report of a strict run that found problems
+CONVERT_LEGACY = legacy_json(REPORT_FILE, "candidate_policy", "boxes")  # out_dir before the marker file
 # every dataset file of a converted set, which a new prepare replaces or removes
 DERIVED_FILES = (
     *(f"regions_{sp}.jsonl" for sp in SPLITS),
@@ -60,9 +67,10 @@ class StrictModeError(ConvertError):
 
     exit_code = 1
 
-    def __init__(self, problems: list[Problem], report_path: Path):
+    def __init__(self, problems: list[Problem], report_path: Path, report: dict[str, Any] | None = None):
         self.problems = problems
         self.report_path = report_path
+        self.report = report  # written to report_path once the staging folder is discarded
         listing = "\n".join(f"  {p}" for p in problems)
         super().__init__(f"strict mode: {len(problems)} problem(s) (see {report_path}):\n{listing}")
 
@@ -73,7 +81,10 @@ class ImageEntry:
 
     ``image`` (relative to out_dir), ``width`` and ``height`` describe the picture the trainer loads (a
     cached upright 8-bit RGB copy when the original needed one); ``defects`` are every parsed box of the
-    image in that frame.
+    image in that frame. ``source`` is the class (abnormal / normal); ``root`` the input folder the file
+    lies in (abnormal = abnormal_dir, the images folder, normal = normal_dir), which names the sample and
+    its cached copy: a normal image found under abnormal_dir (an annotation listing no object) has
+    source normal and root abnormal. ``forced_split``: a split its source imposes (None: by group hash).
     """
 
     source: str
@@ -86,6 +97,12 @@ class ImageEntry:
     defects: list[Box] = field(default_factory=list)
     group: str = ""
     split: str = ""
+    root: str = ""  # "" -> the same as source
+    forced_split: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            self.root = self.source
 
 
 @dataclass
@@ -96,80 +113,6 @@ class PrepareResult:
     report: dict[str, Any]
     meta: DatasetMeta
     out_dir: Path
-    strict_failed: list[Problem] = field(default_factory=list)  # strict mode's problems (nothing else kept)
-
-
-def walk_files(root: Path, problems: list[Problem] | None = None) -> tuple[list[str], list[str]]:
-    """(image paths, txt paths) under root, relative POSIX; hidden files and folders are skipped.
-
-    Order: a folder's files sorted, then its sub-folders in sorted order, each walked whole. Symlinked folders
-    are followed (users link batch folders in), and each real folder (device, inode) is read once: a link
-    back into a folder being read (a loop) or to a folder already read is not followed, and ``problems``
-    gets it, named by the link; so does a folder that cannot be listed. Names are the file system's: a
-    non-UTF-8 name (GBK from a Windows zip) is a str with surrogate escapes, which open() takes but JSON
-    does not (report it with names.shown).
-    """
-    images: list[str] = []
-    txts: list[str] = []
-    seen: dict[tuple[int, int], str] = {}  # real folder -> the relative path it was read under
-    # (folder path, its path relative to root ("" for root), the real folders it lies in)
-    stack: list[tuple[str, str, tuple[tuple[int, int], ...]]] = [(os.fspath(root), "", ())]
-
-    def report(rel: str, kind: str, reason: str) -> None:
-        if problems is not None:
-            label = f"{Path(root).as_posix()}/{shown(rel)}" if rel else Path(root).as_posix()
-            problems.append(Problem(label, None, kind, reason))
-
-    while stack:
-        path, rel_dir, inside = stack.pop()
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            report(rel_dir, "folder_unreadable", f"cannot read folder ({exc.strerror or exc}); skipped")
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in inside:
-            where = seen.get(key, "")
-            report(
-                rel_dir,
-                "folder_link_loop",
-                f"link back to the folder {shown(where) or '.'!r} that contains it (a loop); not followed",
-            )
-            continue
-        if key in seen:
-            report(
-                rel_dir,
-                "folder_link_duplicate",
-                f"links to the folder already read as {shown(seen[key]) or '.'!r}; not read twice",
-            )
-            continue
-        seen[key] = rel_dir
-        try:
-            with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
-        except OSError as exc:
-            report(rel_dir, "folder_unreadable", f"cannot list folder ({exc.strerror or exc}); skipped")
-            continue
-        subdirs: list[tuple[str, str]] = []
-        for entry in entries:
-            name = entry.name
-            if name.startswith("."):
-                continue
-            rel = f"{rel_dir}/{name}" if rel_dir else name
-            try:
-                is_dir = entry.is_dir()  # follows symlinks
-            except OSError:
-                is_dir = False
-            if is_dir:
-                subdirs.append((entry.path, rel))
-                continue
-            ext = posixpath.splitext(name)[1].lower()
-            if ext in IMAGE_EXTS:
-                images.append(rel)
-            elif ext == ".txt":
-                txts.append(rel)
-        stack += [(p, r, (*inside, key)) for p, r in reversed(subdirs)]
-    return images, txts
 
 
 def defect_box(coords: tuple[float, float, float, float], width: int, height: int) -> Box | None:
@@ -189,30 +132,23 @@ def defect_box(coords: tuple[float, float, float, float], width: int, height: in
     return (x1, y1, x2, y2)
 
 
-def stem_key(rel: str) -> str:
-    """How an image finds its txt: the same path without extension, case-folded."""
-    return posixpath.splitext(rel)[0].casefold()
-
-
 class _Collector:
-    """Reads both input folders into ImageEntry objects while recording every problem and box."""
+    """Reads both input folders into ImageEntry objects while recording every problem and box.
+
+    The annotations come from the configured source (converters/sources/): it pairs images with their
+    annotations and reads them; everything from the image checks on is the same for every format."""
 
     def __init__(self, cfg: DataConfig, progress: bool | None, write_dir: Path):
         self.cfg = cfg
         self.progress = progress
         self.fixer = ImageFixer(cfg.out_dir, cfg.image_fixes, cfg.image_bit_depth, write_dir=write_dir)
+        self.source = make_source(cfg)
         self.found: dict[str, tuple[list[str], list[str]]] = {}
         self.problems: list[Problem] = []
         self.ledger = BoxLedger()
-        self.parser = LineParser(cfg.column_delim, cfg.inner_coord_delims, cfg.coords_are_xyxy)
-        self.inputs: Counter[str] = Counter()
+        self.inputs: dict[str, int | str] = {}
         self.encodings: Counter[str] = Counter()
-        self.lines: Counter[str] = Counter({"read": 0, "skipped": 0})  # non-blank lines of matched txt files
-
-    def _label(self, root: Path, rel: str) -> str:
-        """How problems name a file: the configured root (as written) joined with the relative path (a
-        non-UTF-8 name with its undecodable bytes as \\xNN, so the report can be written)."""
-        return f"{root.as_posix()}/{shown(rel)}"
+        self.lines: Counter[str] = Counter({"read": 0, "skipped": 0})  # entries of the paired annotations
 
     def _drop_all(self, boxes: list[RawBox], kind: str) -> None:
         for _ in boxes:
@@ -221,17 +157,28 @@ class _Collector:
     def walk(self) -> None:
         """List both folders, then survey every image header (and high-bit-depth pixel ranges) at once, so one
         bit depth serves the whole dataset."""
-        root = self.cfg.abnormal_dir
+        root = self.source.images_root
+        exts = (self.source.extension,) if self.source.extension else ()
         if not root.is_dir():
             raise ConvertError(f"abnormal_dir {root} does not exist or is not a folder")
-        self.found["abnormal"] = walk_files(root, self.problems)
         normal = self.cfg.normal_dir
+        if normal is not None and not normal.is_dir():
+            raise ConvertError(
+                f"normal_dir {normal} does not exist or is not a folder (set it to null for none)"
+            )
+        skip = self._skip(root, normal)
+        read: dict[tuple[int, int], str] = {}
+        self.found["abnormal"] = walk_files(root, self.problems, exts, skip=skip, seen=read)
         if normal is not None:
-            if not normal.is_dir():
-                raise ConvertError(
-                    f"normal_dir {normal} does not exist or is not a folder (set it to null for none)"
-                )
-            self.found["normal"] = walk_files(normal, self.problems)
+            # a folder the abnormal walk read (normal_dir holding abnormal_dir, or a link into it) is not
+            # read again as normal: its defect images would become normal samples
+            both = {
+                k: ("folder_in_both_roots", f"already read under abnormal_dir as {shown(rel) or '.'!r}; not "
+                    "read again as normal")
+                for k, rel in read.items()
+            }  # fmt: skip
+            normal_skip = {**both, **{k: v for k, v in skip.items() if v[0] is not None}}
+            self.found["normal"] = walk_files(normal, self.problems, exts, skip=normal_skip)
         paths = [
             f"{os.path.abspath(r)}/{rel}"
             for source, r in (("abnormal", root), ("normal", normal))
@@ -240,139 +187,134 @@ class _Collector:
         ]
         self.fixer.survey(paths)
 
-    def _use(self, path: str, source: str, rel: str, label: str) -> Outcome | None:
+    def _skip(self, root: Path, normal: Path | None) -> Skip:
+        """Folders no walk reads as data: out_dir (our outputs, marker or not yet), and for the abnormal
+        walk normal_dir when it lies inside abnormal_dir (its images are read as normal, once)."""
+        skip: Skip = {}
+        out = folder_key(self.cfg.out_dir)
+        if out is not None:
+            skip[out] = ("output_folder_skipped", "is out_dir (qwenvl-roi outputs); not read as data")
+        inner = folder_key(normal) if normal is not None else None
+        if inner is not None and inner != folder_key(root):
+            skip.setdefault(inner, (None, "is normal_dir; its images are read as normal"))
+        return skip
+
+    def _use(self, path: str, root: str, rel: str, label: str) -> Outcome | None:
         """What the trainer will load for this image (its cached copy is written if needed; problems
         recorded), or None when it cannot be used."""
-        got = self.fixer.use(path, source, rel)
+        got = self.fixer.use(path, root, rel)
         if isinstance(got, tuple):
             self.problems.append(Problem(label, None, *got))
             return None
         self.problems += [Problem(label, None, kind, reason) for kind, reason in got.problems]
         return got
 
-    def _commit(self, checked: list[CheckedBox], txt_label: str) -> None:
+    def _commit(self, checked: list[CheckedBox], annotation: str) -> None:
         for c in checked:
             self.ledger.add(c.status, c.kind)
             if c.status != "kept":
-                self.problems.append(Problem(txt_label, c.raw.line, c.kind, c.reason))
+                self.problems.append(Problem(annotation, c.raw.line, c.kind, c.reason))
 
     def abnormal(self) -> list[ImageEntry]:
-        root = self.cfg.abnormal_dir
-        images, txts = self.found["abnormal"]
+        """The images under abnormal_dir (the images folder), as the source pairs and reads them."""
+        images, beside = self.found["abnormal"]
         self.inputs["abnormal_images_found"] = len(images)
-        self.inputs["txt_files_found"] = len(txts)
-        by_stem: dict[str, list[str]] = defaultdict(list)
-        stem_of = {rel: stem_key(rel) for rel in images}
-        for rel in images:
-            by_stem[stem_of[rel]].append(rel)
-        txt_by_stem: dict[str, list[str]] = defaultdict(list)
-        for rel in txts:
-            txt_by_stem[stem_key(rel)].append(rel)
-
+        records: Iterator[Record] = self.source.records(images, beside)
         entries: list[ImageEntry] = []
-        for stem in sorted(set(txt_by_stem) - set(by_stem)):
-            for rel in txt_by_stem[stem]:
-                parsed = parse_txt(f"{root}/{rel}", self._label(root, rel), None, self.parser)
-                self._drop_all(parsed.boxes + [b for b, _ in parsed.rejected], "txt_without_image")
-                self.problems.append(
-                    Problem(
-                        self._label(root, rel),
-                        None,
-                        "txt_without_image",
-                        "txt has no image beside it; skipped",
-                    )
-                )
-        for rel in tqdm(images, desc="prepare: abnormal", unit="img", disable=self._disable()):
-            label = self._label(root, rel)
-            stem = stem_of[rel]
-            txt_rels = txt_by_stem.get(stem, [])
-            if len(by_stem[stem]) > 1:
-                others = ", ".join(map(shown, by_stem[stem]))
-                self.problems.append(
-                    Problem(
-                        label,
-                        None,
-                        "ambiguous_stem",
-                        f"several images share this name stem ({others}); skipped",
-                    )
-                )
-                if rel == by_stem[stem][0]:
-                    for t in txt_rels:
-                        parsed = parse_txt(f"{root}/{t}", self._label(root, t), None, self.parser)
-                        self._drop_all(parsed.boxes + [b for b, _ in parsed.rejected], "ambiguous_image")
-                continue
-            if not txt_rels:
-                self.problems.append(
-                    Problem(label, None, "image_without_txt", "abnormal image has no .txt beside it; skipped")
-                )
-                continue
-            if len(txt_rels) > 1:
-                self.problems.append(
-                    Problem(
-                        label,
-                        None,
-                        "ambiguous_txt",
-                        f"several txt files match ({', '.join(map(shown, txt_rels))}); skipped",
-                    )
-                )
-                for t in txt_rels:
-                    parsed = parse_txt(f"{root}/{t}", self._label(root, t), None, self.parser)
-                    self._drop_all(parsed.boxes + [b for b, _ in parsed.rejected], "ambiguous_txt")
-                continue
-            txt_label = self._label(root, txt_rels[0])
-            parsed = parse_txt(f"{root}/{txt_rels[0]}", txt_label, posixpath.basename(rel), self.parser)
-            self.problems += parsed.problems
-            if parsed.encoding:
-                self.encodings[parsed.encoding] += 1
-            self.lines["read"] += parsed.lines_with_content
-            self.lines["skipped"] += parsed.lines_dropped
-            for _, why in parsed.rejected:
-                self.ledger.add(
-                    "dropped", "empty_label" if why == "empty defect_type" else "filename_mismatch"
-                )
-            path = f"{os.path.abspath(root)}/{rel}"
-            insp = self.fixer.check(path)
-            if isinstance(insp, tuple):  # unreadable, or left out by image_fixes: flag
-                self.problems.append(Problem(label, None, *insp))
-                reason = "image_needs_fix" if insp[0] == "image_needs_fix" else "image_unreadable"
-                self._drop_all(parsed.boxes, reason)
-                continue
-            w, h = insp.width, insp.height  # as displayed: the frame the boxes were drawn in
-            checked = [check_box(raw, w, h, self.cfg.min_box_size) for raw in parsed.boxes]
-            if not any(c.box is not None for c in checked):
-                self._commit(checked, txt_label)
-                self.problems.append(
-                    Problem(label, None, "no_usable_box", "abnormal image has no usable box; skipped")
-                )
-                continue
+        root = self.source.images_root
+        abs_root = os.path.abspath(root)
+        for rec in tqdm(
+            records, total=len(images), desc="prepare: abnormal", unit="img", disable=self._disable()
+        ):
+            entry = self._entry(rec, root, abs_root)
+            if entry is not None:
+                entries.append(entry)
+        self.inputs.update(self.source.inputs())
+        return entries
+
+    def _entry(self, rec: Record, root: Path, abs_root: str) -> ImageEntry | None:
+        """One record checked against its image (under ``root``, absolute ``abs_root``): the entry, or None
+        (every problem and box recorded)."""
+        read = rec.read
+        self.problems += read.problems
+        for d in read.dropped:
+            self.ledger.add("dropped", d.kind)
+        if rec.rel is None or rec.skip:
+            return None
+        if read.encoding:
+            self.encodings[read.encoding] += 1
+        self.lines["read"] += read.entries
+        self.lines["skipped"] += read.skipped
+        rel = rec.rel
+        label = file_label(root, rel)
+        path = f"{abs_root}/{rel}"
+        insp = self.fixer.check(path)
+        if isinstance(insp, tuple):  # unreadable, or left out by image_fixes: flag
+            self.problems.append(Problem(label, None, *insp))
+            reason = "image_needs_fix" if insp[0] == "image_needs_fix" else "image_unreadable"
+            self._drop_all(read.boxes, reason)
+            return None
+        w, h = insp.width, insp.height  # as displayed: the frame the boxes were drawn in
+        boxes: list[RawBox] = read.boxes
+        dropped: list[Dropped] = read.dropped
+        if read.normalized or read.size is not None:  # fractions to pixels; the size the annotation states
+            fitted = fit_frame(read, rec.annotation, insp.width, insp.height, insp.orientation)
+            self.problems += fitted.problems
+            if fitted.mismatch:
+                self._drop_all(boxes, "size_mismatch")
+                return None
+            boxes, dropped = fitted.boxes, fitted.dropped
+        if rec.normal and not boxes:
             used = self._use(path, "abnormal", rel, label)
             if used is None:
-                self._drop_all(parsed.boxes, "image_unreadable")
-                continue
-            self._commit(checked, txt_label)
-            entry = ImageEntry("abnormal", shown(rel), used.image, w, h)
-            entry.raw_boxes = [(c.box, c.raw, txt_label) for c in checked if c.box is not None]
-            unlabelled = [b for b, why in parsed.rejected if why == "empty defect_type"]
-            for raw in parsed.boxes + unlabelled:  # every box marks a defect, even one dropped
-                d = defect_box(raw.coords, w, h)
-                if d is not None:
-                    entry.defects.append(d)
-            entries.append(entry)
-        return entries
+                return None
+            return ImageEntry(
+                "normal",
+                shown(rel),
+                used.image,
+                used.width,
+                used.height,
+                root="abnormal",
+                forced_split=rec.split,
+            )
+        checked = [check_box(raw, w, h, self.cfg.min_box_size) for raw in boxes]
+        if not any(c.box is not None for c in checked):
+            self._commit(checked, rec.annotation)
+            self.problems.append(
+                Problem(label, None, "no_usable_box", "abnormal image has no usable box; skipped")
+            )
+            return None
+        used = self._use(path, "abnormal", rel, label)
+        if used is None:
+            self._drop_all(boxes, "image_unreadable")
+            return None
+        self._commit(checked, rec.annotation)
+        entry = ImageEntry("abnormal", shown(rel), used.image, w, h, forced_split=rec.split)
+        entry.raw_boxes = [(c.box, c.raw, rec.annotation) for c in checked if c.box is not None]
+        for raw in boxes + [d.raw for d in dropped if d.marks]:  # every box marks a defect, even one dropped
+            d = defect_box(raw.coords, w, h)
+            if d is not None:
+                entry.defects.append(d)
+        return entry
 
     def normal(self) -> list[ImageEntry]:
         root = self.cfg.normal_dir
         if root is None:
             return []
-        images, txts = self.found["normal"]
+        images, others = self.found["normal"]
         self.inputs["normal_images_found"] = len(images)
-        for rel in txts:
-            self.problems.append(
-                Problem(self._label(root, rel), None, "txt_in_normal_dir", "txt file in normal_dir ignored")
-            )
+        for rel in others:
+            if self.source.format == "txt":
+                problem = Problem(
+                    file_label(root, rel), None, "txt_in_normal_dir", "txt file in normal_dir ignored"
+                )
+            else:
+                why = f"{self.source.extension} file in normal_dir ignored (normal_dir holds images only)"
+                problem = Problem(file_label(root, rel), None, "annotation_in_normal_dir", why)
+            self.problems.append(problem)
         entries = []
         for rel in tqdm(images, desc="prepare: normal", unit="img", disable=self._disable()):
-            path, label = f"{os.path.abspath(root)}/{rel}", self._label(root, rel)
+            path, label = f"{os.path.abspath(root)}/{rel}", file_label(root, rel)
             insp = self.fixer.check(path)
             if isinstance(insp, tuple):
                 self.problems.append(Problem(label, None, *insp))
@@ -415,16 +357,23 @@ def _resolve_labels(
 
 
 def _assign_splits(entries: list[ImageEntry], cfg: DataConfig, problems: list[Problem]) -> list[str]:
-    """Group and split every image; returns warnings (e.g. one folder holding a whole source)."""
+    """Group and split every image; returns warnings (e.g. one folder holding a whole source).
+
+    A group goes to test when a holdout_list entry names one of its images; else to the split its source
+    forces on its images (a benchmark's official split; when they disagree the later of train, val, test,
+    reported); else to its seeded hash. So a group never spans two splits."""
     roots = {"abnormal": cfg.abnormal_dir.name, "normal": cfg.normal_dir.name if cfg.normal_dir else ""}
     forced: set[str] = set()
     matched: set[str] = set()
+    imposed: dict[str, set[str]] = defaultdict(set)
     for e in entries:
-        e.group = group_key(e.source, e.rel, cfg.split_by_parent, cfg.split_group_depth)
-        hits = holdout_matches(cfg.holdout_list, e.rel, roots[e.source])
+        e.group = group_key(e.root, e.rel, cfg.split_by_parent, cfg.split_group_depth)
+        hits = holdout_matches(cfg.holdout_list, e.rel, roots[e.root])
         if hits:
             forced.add(e.group)
             matched.update(hits)
+        if e.forced_split is not None:
+            imposed[e.group].add(e.forced_split)
     for entry in cfg.holdout_list:
         if entry not in matched:
             problems.append(
@@ -435,10 +384,27 @@ def _assign_splits(entries: list[ImageEntry], cfg: DataConfig, problems: list[Pr
                     f"holdout_list entry {entry!r} names no usable image",
                 )
             )
+    chosen: dict[str, str] = {}
+    for group, splits in sorted(imposed.items()):
+        chosen[group] = max(splits, key=SPLITS.index)
+        if len(splits) > 1:
+            listed = ", ".join(sorted(splits, key=SPLITS.index))
+            problems.append(
+                Problem(
+                    "split",
+                    None,
+                    "forced_split_conflict",
+                    f"group {group!r} holds images forced into {listed}; "
+                    f"the whole group goes to {chosen[group]} (a group never spans two splits)",
+                )
+            )
     for e in entries:
-        e.split = (
-            "test" if e.group in forced else assign_split(cfg.seed, e.group, cfg.train_ratio, cfg.val_ratio)
-        )
+        if e.group in forced:
+            e.split = "test"
+        elif e.group in chosen:
+            e.split = chosen[e.group]
+        else:
+            e.split = assign_split(cfg.seed, e.group, cfg.train_ratio, cfg.val_ratio)
     warns = []
     if cfg.split_by_parent:
         for source in ("abnormal", "normal"):
@@ -461,10 +427,14 @@ def _placement(e: ImageEntry) -> tuple[list[Box], Layout | None]:
     if not e.boxes:
         return [], None
     positives = [
-        ((b[0] + b[2]) / 2 / e.width, (b[1] + b[3]) / 2 / e.height, (b[2] - b[0]) / e.width,
-         (b[3] - b[1]) / e.height)
+        (
+            (b[0] + b[2]) / 2 / e.width,
+            (b[1] + b[3]) / 2 / e.height,
+            (b[2] - b[0]) / e.width,
+            (b[3] - b[1]) / e.height,
+        )
         for b, _ in e.boxes
-    ]  # fmt: skip
+    ]
     layout = Layout(tuple(_rel_box(b, e) for b, _ in e.boxes), tuple(_rel_box(d, e) for d in e.defects))
     return positives, layout
 
@@ -491,7 +461,7 @@ def _samples(
     jobs = []
     for e in entries:
         pool, layouts = sources[e.split] if len(sources[e.split][0]) else sources[None]
-        rng = image_rng(cfg.seed, f"{e.source}/{e.rel}")
+        rng = image_rng(cfg.seed, f"{e.root}/{e.rel}")
         jobs.append(DrawJob(rng, e.width, e.height, e.boxes, pool, e.defects, layouts))
     batch = 4096  # images drawn together (progress granularity; the result does not depend on it)
     drawn_per_image: list[list[DrawnSample]] = []
@@ -500,12 +470,13 @@ def _samples(
             drawn_per_image += draw_many(jobs[i : i + batch], policy)
             bar.update(len(jobs[i : i + batch]))
     for e, drawn_all in zip(entries, drawn_per_image, strict=True):
+        name = f"{e.root}/{e.rel}"  # by input folder: a normal image of abnormal_dir cannot meet normal_dir's
         for k, drawn in enumerate(drawn_all):
             short[e.source] += len(drawn.regions) < drawn.wanted
             regions = drawn.regions
             samples.append(
                 {
-                    "sample_id": f"{e.source}/{e.rel}#{k}",
+                    "sample_id": f"{name}#{k}",
                     "image": e.image,  # portable: relative to the regions file's folder
                     "width": e.width,
                     "height": e.height,
@@ -528,21 +499,29 @@ def prepare(
     go with it, since they no longer match the new regions.
     """
     cfg = coerce_config(config)
-    with paused_gc(), staged_out_dir(cfg) as stage:
-        result = prepare_into(cfg, stage, strict, progress)
-    raise_if_strict_failed(result)
-    return result
+    with paused_gc(), strict_report(cfg), staged_out_dir(cfg) as stage:
+        return prepare_into(cfg, stage, strict, progress)
 
 
 def staged_out_dir(cfg: DataConfig) -> AbstractContextManager[Path]:
     """The staging folder that becomes cfg.out_dir when the converters succeed (see qwenvl_roi.outputs)."""
-    return staged(cfg.out_dir, "convert", legacy=(REPORT_FILE, META_FILE, "regions_train.jsonl"))
+    return staged(cfg.out_dir, "convert", legacy=CONVERT_LEGACY)
 
 
-def raise_if_strict_failed(result: PrepareResult) -> None:
-    """Strict mode with problems: the report (alone) is in out_dir now; the command fails."""
-    if result.strict_failed:
-        raise StrictModeError(result.strict_failed, result.out_dir / REPORT_FILE)
+@contextmanager
+def strict_report(cfg: DataConfig) -> Iterator[None]:
+    """Strict mode's failure leaves out_dir's set as it was (the staging folder is discarded) and writes
+    its report beside the set as prepare_report.strict.json, which the error message names."""
+    try:
+        yield
+    except StrictModeError as exc:
+        if exc.report is not None:
+            folder = real_folder(cfg.out_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            if made_by(folder) is None:
+                mark(folder, "convert")
+            write_json(exc.report_path, exc.report)
+        raise
 
 
 def prepare_into(
@@ -551,13 +530,16 @@ def prepare_into(
     """prepare writing into ``write_dir`` (a staging folder that becomes cfg.out_dir); paths inside the
     outputs are computed for cfg.out_dir. Strict mode's problems leave the report alone in the set."""
     strict = cfg.strict if strict is None else strict
-    col = _Collector(cfg, progress, write_dir)
     from PIL import Image
 
     with warnings.catch_warnings():  # huge industrial images are fine: only headers are read
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        col.walk()
-        entries = col.abnormal() + col.normal()
+        try:
+            col = _Collector(cfg, progress, write_dir)
+            col.walk()
+            entries = col.abnormal() + col.normal()
+        except SourceError as exc:  # a names file or COCO file that cannot be read stops the command
+            raise ConvertError(str(exc)) from None
     images = col.fixer.finish()
     variants = _resolve_labels(entries, cfg, col.problems)
     labels = sorted(variants)
@@ -589,7 +571,12 @@ def prepare_into(
             **dict(sorted(col.inputs.items())),
             "abnormal_images_used": sum(e.source == "abnormal" for e in entries),
             "normal_images_used": sum(e.source == "normal" for e in entries),
-            "txt_encodings": dict(sorted(col.encodings.items())),
+            **(
+                {}
+                if col.source.format == "txt"
+                else {"normal_images_from_abnormal_dir": sum(e.root != e.source for e in entries)}
+            ),
+            col.source.encodings_key: dict(sorted(col.encodings.items())),
         },
         "lines": dict(col.lines),
         "images": images,
@@ -615,11 +602,16 @@ def prepare_into(
         "problems": [p.as_dict() for p in col.problems],
     }
     by_split = {sp: [s for s in samples if s["split"] == sp] for sp in SPLITS}
-    for name in DERIVED_FILES:  # the previous run's datasets: rewritten below, or gone with a strict failure
+    # the published contracts (qwenvl_roi/schemas), checked before anything is written: a ContractError is a
+    # bug of ours, never a half-written set
+    check_record("prepare_report", report)
+    for s in samples:
+        check_record("regions", s)
+    if strict and col.problems:  # the set stays as it was; the report goes beside it (strict_report)
+        raise StrictModeError(col.problems, real_folder(out_dir) / STRICT_REPORT_FILE, report)
+    for name in DERIVED_FILES:  # the previous run's datasets: rewritten below
         (write_dir / name).unlink(missing_ok=True)
-    if strict and col.problems:
-        write_json(write_dir / REPORT_FILE, report)
-        return PrepareResult(by_split, report, meta, out_dir, strict_failed=col.problems)
+    (write_dir / STRICT_REPORT_FILE).unlink(missing_ok=True)  # an earlier strict failure's, now outdated
     for sp in SPLITS:
         write_jsonl(write_dir / f"regions_{sp}.jsonl", by_split[sp])
     write_json(write_dir / META_FILE, meta.model_dump())

@@ -64,6 +64,8 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO[Any]]:
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open: mode must be 'w' or 'wb', not {mode!r}")
     path = Path(path)
+    if os.path.islink(path):  # written where the link points, as open() would; the link stays
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{short_name(path.name)}.", suffix=".tmp", dir=path.parent)
     text = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
@@ -92,12 +94,14 @@ def write_text(path: str | Path, text: str) -> None:
         fh.write(text)
 
 
-def write_figure_png(fig: Any, path: str | Path, dpi: int = 100) -> None:
-    """Atomically save a matplotlib figure as PNG without Software/date metadata (byte-identical reruns)."""
+def write_figure_png(fig: Any, path: str | Path, dpi: int = 100, source: str | None = None) -> None:
+    """Atomically save a matplotlib figure as PNG without Software/date metadata (byte-identical reruns);
+    ``source`` goes into a PNG text chunk, so a later run can tell its own picture from a user's."""
     import io
 
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    meta = {"Software": None, **({"Source": source} if source else {})}
+    fig.savefig(buf, format="png", dpi=dpi, metadata=meta)
     write_bytes(path, buf.getvalue())
 
 
@@ -108,6 +112,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     import shutil
 
     path = Path(path)
+    if os.path.islink(path):  # the folder the link points to is replaced; the link stays
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{short_name(path.name)}.tmp-", dir=path.parent))
     try:

@@ -42,7 +42,15 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
-    return int(args._run(args) or 0)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: outputs are staged or atomic, so nothing half-written is left
+        print(
+            f"qwenvl-roi {args.command}: interrupted (outputs land whole or not at all; "
+            "predict --boxes resumes where it stopped)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi.atomic import atomic_dir
+from qwenvl_roi.atomic import atomic_dir, current_umask
 from qwenvl_roi.families import DEFAULT_TINY_ARCH, TINY_ARCHES, Family, TinyArch, tiny_arch
 from qwenvl_roi.outputs import OutputError, claim, mark
 
@@ -374,6 +374,9 @@ def build_tiny_model(
         model.save_pretrained(tmp)
         _processor(fam, spec, tokenizer).save_pretrained(tmp)
         mark(tmp, "tiny-model")
+        for written in tmp.iterdir():  # safetensors writes 0600 whatever the umask; open() would not
+            if written.is_file():
+                written.chmod(0o666 & ~current_umask())
     return out
 
 
@@ -410,5 +413,10 @@ def run(args: argparse.Namespace) -> int:
     except OutputError as exc:
         print(f"qwenvl-roi tiny-model: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a full disk or a read-only folder: one line; the folder is as it was
+        print(
+            f"qwenvl-roi tiny-model: error: writing {args.out} failed: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 2
     print(path)
     return 0

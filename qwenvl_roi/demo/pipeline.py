@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from qwenvl_roi.atomic import write_text
 from qwenvl_roi.families import DEFAULT_TINY_ARCH, TINY_ARCHES, tiny_arch
-from qwenvl_roi.outputs import OutputError, claim, mark
+from qwenvl_roi.outputs import OutputError, claim, legacy_json, mark
 
 from .synth import LABEL_SPELLINGS, MANIFEST, SynthConfig, generate
 
@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # the folders every demo run starts over in (its data, prepared set and preview are replaced by their steps)
 DEMO_STEP_FOLDERS = ("train", "models", "predictions", "eval", "tokenized", "preview")
-DEMO_LEGACY = (f"data/{MANIFEST}", "report.json")  # a demo folder written before the marker file
+DEMO_LEGACY = legacy_json(f"data/{MANIFEST}", "bad_lines", "n_images")  # a demo before the marker file
 
 
 class PhaseSpec(BaseModel):
@@ -290,7 +290,7 @@ class DemoRun:
     def __init__(self, out: Path, cfg: DemoConfig, quiet: bool) -> None:
         out = out.resolve()
         try:  # only a new or empty folder, or an earlier demo's: `demo --out .` must not delete ./data
-            claim(out, "demo", legacy=DEMO_LEGACY)
+            claim(out, "demo", legacy=DEMO_LEGACY, whole=False)  # it starts over in its own subfolders
         except OutputError as exc:
             raise DemoError(str(exc)) from None
         out.mkdir(parents=True, exist_ok=True)

@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qwenvl_roi.outputs import OutputError, claim, staged
+from qwenvl_roi.outputs import OutputError, claim, legacy_json, staged
 
 if TYPE_CHECKING:
     from qwenvl_roi.evaluation.gallery import GalleryOptions
 
 METRICS_JSON = "metrics.json"
-EVAL_LEGACY = (METRICS_JSON,)  # an eval folder written before the marker file
+EVAL_LEGACY = legacy_json(METRICS_JSON, "threshold", "threshold_source", "roi")  # eval before the marker
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ the default scoring backend ("hf").
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 
 # load_samples and check_out live with the job; imported here for the callers that know them from cli.py
@@ -91,3 +92,11 @@ def run(args: argparse.Namespace) -> int:
     except (InputError, ConvertError, EncodingError) as exc:
         print(f"qwenvl-roi predict: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk or a vanished folder while writing: one line, what is kept
+        why = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        print(
+            f"qwenvl-roi predict: error: writing {exc.filename or args.out} failed: {why}; the batches "
+            f"finished so far are kept in {args.out}.partial/ (--boxes), so the same command resumes",
+            file=sys.stderr,
+        )
+        return 1

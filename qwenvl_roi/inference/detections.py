@@ -130,10 +130,26 @@ def read_txt_folder(folder: Path, root: Path) -> list[ImageJob]:
     for rel in walk_files(root, folder_problems)[0]:
         by_stem.setdefault(stem_key(rel), []).append(rel)
     jobs: list[ImageJob] = []
-    for rel_txt in walk_files(folder, folder_problems)[1]:
+    txts = walk_files(folder, folder_problems)[1]
+    txt_by_stem: dict[str, list[str]] = {}
+    for rel_txt in txts:
+        txt_by_stem.setdefault(stem_key(rel_txt), []).append(rel_txt)
+    for rel_txt in txts:
         txt = folder / rel_txt
         where = shown(str(txt))  # names that are not UTF-8 (GBK from a Windows zip) as \xNN
         stem = rel_txt[: -len(".txt")]
+        twins = txt_by_stem[stem_key(rel_txt)]
+        if (
+            len(twins) > 1
+        ):  # case.txt and CASE.TXT: which boxes belong to the image? (as prepare's ambiguous_txt)
+            if rel_txt == twins[0]:
+                names = ", ".join(map(shown, twins))
+                jobs.append(
+                    ImageJob(
+                        shown(stem), shown(stem), where, error=f"{where}: several txt files match: {names}"
+                    )
+                )
+            continue
         matches = by_stem.get(stem_key(rel_txt), [])
         image = matches[0] if len(matches) == 1 else stem
         job = ImageJob(shown(image), shown(image), where, root / image if len(matches) == 1 else None)

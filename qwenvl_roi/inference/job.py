@@ -77,16 +77,28 @@ def load_samples(path: str | Path) -> list[dict[str, Any]]:
     return samples
 
 
-def check_out(out: str | Path) -> None:
+def check_out(out: str | Path, inputs: tuple[str | Path | None, ...] = ()) -> None:
     """Refuse an ``--out`` that cannot be written before the model loads and everything is scored (minutes
     to hours of work lost at the last step otherwise). Its folder must exist or be creatable, and be
     writable: probed with a real temporary file, since permission bits say nothing for root and nothing
-    about a read-only mount. Nothing is left behind (missing folders are created only when writing)."""
+    about a read-only mount. Nothing is left behind (missing folders are created only when writing).
+    ``--out`` may not be one of the ``inputs`` (the regions or boxes file) nor lie inside an input folder
+    (a txt folder of boxes): the predictions would replace what they were made from."""
     from qwenvl_roi.evaluation.files import InputError
 
     path = Path(out).absolute()
     if path.is_dir():
         raise InputError(f"--out {out}: is a folder; give the path of the predictions file to write")
+    real = Path(os.path.realpath(path))
+    for given in inputs:
+        if given is None:
+            continue
+        source = Path(os.path.realpath(given))
+        if real == source or (source.is_dir() and source in real.parents):
+            raise InputError(
+                f"--out {out}: is {'inside the input folder' if real != source else 'the input'} {given}; "
+                "the predictions would replace what they are made from, so write them elsewhere"
+            )
     folder = path.parent
     existing = folder
     while not existing.exists() and existing != existing.parent:
@@ -111,7 +123,7 @@ def run(job: PredictJob, backend: str | type[ScoringBackend] = DEFAULT_BACKEND) 
         raise InputError(f"--batch-size must be >= 1, got {job.batch_size}")
     if (job.regions is None) == (job.boxes is None):
         raise InputError("give either --regions (a converters' regions file) or --boxes (detector boxes)")
-    check_out(job.out)
+    check_out(job.out, (job.regions, job.boxes))
     if job.boxes is not None:
         if job.mode != "score":
             raise InputError("--boxes scores (--mode score); generate mode takes --regions")
@@ -172,28 +184,23 @@ def _digest(path: Path) -> str:
 
 
 #: the files a model or adapter folder holds its weights in (safetensors, PyTorch pickles)
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-
-
-def weights_digest(folder: str | Path) -> str:
-    """SHA-256 over the weight files of a model or adapter folder: each file's name and the hash of its
-    bytes, files sorted by name.
+def folder_digest(folder: str | Path) -> str:
+    """SHA-256 over the files of a model or adapter folder: each file's name and the hash of its bytes,
+    files sorted by name.
 
     Why the bytes: a model retrained or rebuilt at the same path keeps its path, its config and even its
-    safetensors header (same shapes and names), so only the weights tell it from the old one, and a resumed
-    job must not add its scores to the old model's. Only the folder's own files count (what
+    safetensors header (same shapes and names), so only the weights tell it from the old one; and a changed
+    processor or tokenizer file (image_mean, a pixel limit) changes every score as surely. A resumed job
+    must not add its scores to the old model's. Only the folder's own files count (what
     ``from_pretrained`` reads), not ``checkpoint-*/`` subfolders with their optimizer states.
 
-    Cost: one read of every weight file, once per job (rank 0 under torchrun). Right after the model is
-    loaded the files are usually in the page cache and SHA-256 runs at about 1.3 GB/s on the development
-    CPU (AMD EPYC with SHA extensions): ~12 s for a 7B model in bf16 (~15 GB); from a cold disk it is
-    bounded by the read speed instead (~15 s at 1 GB/s, over a minute from slow network storage).
+    Cost: one read of every file, once per job (rank 0 under torchrun). Right after the model is loaded
+    the files are usually in the page cache and SHA-256 runs at about 1.3 GB/s on the development CPU (AMD
+    EPYC with SHA extensions): ~12 s for a 7B model in bf16 (~15 GB); from a cold disk it is bounded by the
+    read speed instead (~15 s at 1 GB/s, over a minute from slow network storage).
     """
     h = hashlib.sha256()
-    files = sorted(
-        (p for p in Path(folder).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES),
-        key=lambda p: p.name,
-    )
+    files = sorted((p for p in Path(folder).iterdir() if p.is_file()), key=lambda p: p.name)
     for path in files:
         with path.open("rb") as fh:
             digest = hashlib.file_digest(fh, "sha256").digest()  # read in chunks, never whole in memory
@@ -202,19 +209,39 @@ def weights_digest(folder: str | Path) -> str:
 
 
 def model_digests(job: PredictJob) -> dict[str, str | None]:
-    """The weights' digests of ``--model`` and ``--adapter`` (None without an adapter)."""
+    """The digests of the ``--model`` and ``--adapter`` folders (None without an adapter)."""
     return {
-        "model_weights": weights_digest(job.model),
-        "adapter_weights": weights_digest(job.adapter) if job.adapter else None,
+        "model_files": folder_digest(job.model),
+        "adapter_files": folder_digest(job.adapter) if job.adapter else None,
     }
 
 
+def images_digest(jobs: list[detections.ImageJob]) -> str:
+    """SHA-256 over every input image's path, size and modification time: a picture replaced between two
+    runs of a job (same name, other pixels) is not resumed with the old picture's scores. The stat is what
+    build tools trust; hashing every picture's bytes would cost a second read of the whole input."""
+    h = hashlib.sha256()
+    for j in jobs:
+        if j.path is None:
+            continue
+        try:
+            st = os.stat(j.path)
+            h.update(os.fsencode(str(j.path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(os.fsencode(str(j.path)) + b"\0missing\n")
+    return h.hexdigest()
+
+
 def fingerprint(
-    job: PredictJob, predictor: Any, weights: dict[str, str | None] | None = None
+    job: PredictJob,
+    predictor: Any,
+    weights: dict[str, str | None] | None = None,
+    image_stamp: str | None = None,
 ) -> dict[str, Any]:
-    """What must be equal for partial results to be resumed: model (its path and the bytes of its weights,
-    ``weights`` = ``model_digests(job)``, computed here when not given), prompt settings, inputs,
-    batching, and the numbers themselves: backend, dtype and device type."""
+    """What must be equal for partial results to be resumed: model (its path and the bytes of its files,
+    ``weights`` = ``model_digests(job)``, computed here when not given), prompt settings, inputs (the
+    boxes' bytes, the images' ``images_digest``), batching, and the numbers themselves: backend, dtype and
+    device type."""
     assert job.boxes is not None and job.images is not None
     meta_hash = hashlib.sha256(predictor.meta.model_dump_json().encode()).hexdigest()
     backend = predictor.backend
@@ -225,6 +252,7 @@ def fingerprint(
         "dataset_meta": meta_hash,
         "boxes": _digest(Path(job.boxes)),
         "images": str(Path(job.images).resolve()),
+        "image_files": image_stamp,
         "batch_size": job.batch_size,
         "threshold": predictor.config.threshold,
         # the numbers themselves: bf16 and fp32 scores differ, so do CPU and GPU kernels (spelled as torch
@@ -295,46 +323,53 @@ def _run_boxes(job: PredictJob, backend: str | type[ScoringBackend]) -> int:
                 )
             ranks.close()
             return 2
-    predictor = RegionPredictor.load(
-        job.model,
-        adapter=job.adapter,
-        meta=job.meta,
-        inference_config=job.inference_config,
-        device=ranks.device(job.device),
-        dtype=job.dtype,
-        backend=backend,
-    )
-    plan = [jobs[i : i + job.batch_size] for i in range(0, len(jobs), job.batch_size)]
-    sizes = [len(b) for b in plan]
-    stamp = fingerprint(job, predictor, ranks.from_first(lambda: model_digests(job)))  # hashed once
-    done = resumable.completed_batches(out, stamp, sizes)
-    ranks.barrier()  # every rank has read what earlier runs finished before anyone writes more
-    pending = [b for b in range(len(plan)) if b not in done]
-    mine = pending[ranks.rank :: ranks.world]
-    if ranks.rank == 0 and done:
-        print(f"resuming: {len(done)} of {len(plan)} batches already done in {resumable.partial_dir(out)}")
-    writer = resumable.PartWriter(out, stamp, ranks.rank) if mine else None
-    bar = tqdm(total=len(mine), desc=f"predict rank {ranks.rank}", unit="batch", disable=not job.progress)
-    for b in mine:
-        rows = score_batch(predictor, plan[b], job.batch_size)
-        assert writer is not None
-        writer.add(b, rows)
-        bar.update(1)
-    bar.close()
-    if writer is not None:
-        writer.close()
-    ranks.barrier()  # every share is on disk
-    if ranks.rank == 0:
-        batches = resumable.completed_batches(out, stamp, sizes)
-        resumable.finish(out, batches, len(plan))
-        rows = [row for b in range(len(plan)) for row in batches[b]]
-        flagged = sum(1 for r in rows if r.get("image_abnormal"))
-        failed = sum(1 for r in rows if "error" in r)
-        noted = sum(len(r.get("problems", [])) for r in rows)
-        print(
-            f"{len(rows)} images, {flagged} judged abnormal at threshold {predictor.config.threshold:.4f}, "
-            f"{failed} could not be scored, {noted} input problems (see each row) -> {out}"
+    # one job per --out at a time: a second one would mix its batches in, or remove the partial results
+    # the first still needs when it finishes
+    with resumable.exclusive(out, ranks.rank):
+        predictor = RegionPredictor.load(
+            job.model,
+            adapter=job.adapter,
+            meta=job.meta,
+            inference_config=job.inference_config,
+            device=ranks.device(job.device),
+            dtype=job.dtype,
+            backend=backend,
         )
+        plan = [jobs[i : i + job.batch_size] for i in range(0, len(jobs), job.batch_size)]
+        sizes = [len(b) for b in plan]
+        hashed = ranks.from_first(lambda: (model_digests(job), images_digest(jobs)))  # hashed once
+        stamp = fingerprint(job, predictor, *hashed)
+        done = resumable.completed_batches(out, stamp, sizes)
+        ranks.barrier()  # every rank has read what earlier runs finished before anyone writes more
+        pending = [b for b in range(len(plan)) if b not in done]
+        mine = pending[ranks.rank :: ranks.world]
+        if ranks.rank == 0 and done:
+            print(
+                f"resuming: {len(done)} of {len(plan)} batches already done in {resumable.partial_dir(out)}"
+            )
+        writer = resumable.PartWriter(out, stamp, ranks.rank) if mine else None
+        bar = tqdm(total=len(mine), desc=f"predict rank {ranks.rank}", unit="batch", disable=not job.progress)
+        for b in mine:
+            rows = score_batch(predictor, plan[b], job.batch_size)
+            assert writer is not None
+            writer.add(b, rows)
+            bar.update(1)
+        bar.close()
+        if writer is not None:
+            writer.close()
+        ranks.barrier()  # every share is on disk
+        if ranks.rank == 0:
+            batches = resumable.completed_batches(out, stamp, sizes)
+            resumable.finish(out, batches, len(plan))
+            rows = [row for b in range(len(plan)) for row in batches[b]]
+            flagged = sum(1 for r in rows if r.get("image_abnormal"))
+            failed = sum(1 for r in rows if "error" in r)
+            noted = sum(len(r.get("problems", [])) for r in rows)
+            print(
+                f"{len(rows)} images, {flagged} judged abnormal at threshold "
+                f"{predictor.config.threshold:.4f}, "
+                f"{failed} could not be scored, {noted} input problems (see each row) -> {out}"
+            )
     ranks.barrier()
     ranks.close()
     return 0

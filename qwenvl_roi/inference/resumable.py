@@ -13,10 +13,12 @@ partial folder. So ``<out>`` exists only when it is whole.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +28,10 @@ from qwenvl_roi.evaluation.files import InputError
 HEADER_KEY = "qwenvl_roi_predict_partial"
 #: what a differing fingerprint key means, where its name alone does not say it
 _WHY = {
-    "model_weights": "the model's weight files are not the ones these results were scored with (rebuilt or "
-    "retrained at the same path?)",
-    "adapter_weights": "the adapter's weight files are not the ones these results were scored with",
+    "model_files": "the model folder's files are not the ones these results were scored with (rebuilt, "
+    "retrained or its processor/tokenizer files edited at the same path?)",
+    "adapter_files": "the adapter folder's files are not the ones these results were scored with",
+    "image_files": "input pictures were replaced or changed since these results were scored",
 }
 
 
@@ -81,6 +84,27 @@ def completed_batches(
             if batch not in found and 0 <= batch < len(sizes) and len(rows) == sizes[batch]:
                 found[batch] = rows
     return found
+
+
+@contextmanager
+def exclusive(out: Path, rank: int) -> Iterator[None]:
+    """Hold this rank's lock on ``out``'s partial results for the whole job; a second job writing the same
+    ``out`` (same rank) is refused at once (a flock: released by the kernel when a job dies)."""
+    folder = partial_dir(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / f".lock-rank{rank}", os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ResumeError(
+            f"{out}: another predict job is writing it right now (its partial results: {folder}); wait for "
+            "it to finish, or choose another --out"
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 class PartWriter:

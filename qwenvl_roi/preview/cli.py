@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 from qwenvl_roi.converters.split import SPLITS
+from qwenvl_roi.outputs import legacy_json
 
-PREVIEW_LEGACY = ("preview.json",)  # a preview folder written before the marker file
+PREVIEW_LEGACY = legacy_json("preview.json", "index", "stale_boxes")  # a preview before the marker file
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         claim(args.out, "preview", legacy=PREVIEW_LEGACY)  # refused before the work, not after
         data = load_preview(load_data_config(args.config), args.config, args.split)
         with staged(args.out, "preview", legacy=PREVIEW_LEGACY) as stage:
-            summary = write_preview(data, args.config, stage, options)
+            summary = write_preview(data, args.config, stage, options, in_place=True)
     except (ConvertError, OutputError) as exc:
         return report_error(exc)
     index = Path(args.out) / summary["index"]

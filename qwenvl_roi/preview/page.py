@@ -11,7 +11,9 @@ or fixed yellow, boxes they dropped vermillion (tagged ``L<line>``). The prompt 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -313,14 +315,40 @@ def _header(
     return "\n".join(lines)
 
 
-def write_preview(
-    data: PreviewData, config_path: str, out: str | Path, options: PageOptions | None = None
-) -> dict[str, Any]:
-    """Write the preview folder ``out`` whole (replacing an older preview) and return its summary.
+@contextmanager
+def _target(out: Path, in_place: bool) -> Iterator[Path]:
+    """Where the pages go: ``out`` itself after removing the previous preview's files (when it is a staging
+    folder that will be swapped in whole: files the user added are kept), else a new folder replacing it."""
+    if not in_place:
+        with atomic_dir(out) as folder:
+            yield folder
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out / IMG_DIR, ignore_errors=True)
+    for old in [*out.glob("page-*.html"), out / INDEX_HTML, out / SUMMARY_FILE]:
+        old.unlink(missing_ok=True)
+    yield out
 
-    A folder that exists and is not a preview (no preview.json) is never replaced."""
+
+def write_preview(
+    data: PreviewData,
+    config_path: str,
+    out: str | Path,
+    options: PageOptions | None = None,
+    *,
+    in_place: bool = False,
+) -> dict[str, Any]:
+    """Write the preview folder ``out`` (replacing an older preview) and return its summary.
+
+    ``in_place``: ``out`` is a staging folder (qwenvl_roi.outputs.staged) that is swapped in whole, so the
+    previous preview's files are replaced in it and anything else there is kept. A folder that exists and
+    is not a preview (no preview.json) is never replaced."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / SUMMARY_FILE).is_file())):
+    if (
+        not in_place
+        and out.exists()
+        and (not out.is_dir() or (any(out.iterdir()) and not (out / SUMMARY_FILE).is_file()))
+    ):
         raise ConvertError(
             f"{out} exists and is not a preview folder (no {SUMMARY_FILE}); choose a new folder"
         )
@@ -329,7 +357,7 @@ def write_preview(
     font = find_label_font()
     names, legend = display_names(data.meta.labels, font)
     chosen = data.samples[: options.limit]
-    with atomic_dir(out) as folder:
+    with _target(out, in_place) as folder:
         (folder / IMG_DIR).mkdir()
         thumbs = draw_all(
             chosen,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import Discriminator, Field, StrictBool, StrictStr, Tag
+from pydantic import AfterValidator, Discriminator, Field, StrictBool, StrictStr, Tag
 
 from .types import Box, Contract, Count, Omittable, Pixels, Probability, omitted
 
@@ -42,12 +42,22 @@ class RegionsPrediction(Contract):
 
     sample_id: Omittable[StrictStr] = omitted(_SAMPLE_ID)
     image: StrictStr = Field(description=_IMAGE)
-    regions: list[ScoredRegion] = Field(description="every region of the sample, in its order")
+    regions: Annotated[list[ScoredRegion], AfterValidator(_unique_region_ids)] = Field(
+        description="every region of the sample, in its order (ids unique)"
+    )
     image_line_score: Omittable[Probability] = omitted(
         "P(abnormal word) on the answer's image line (predict always writes it; a row without it still "
         "evaluates, without the image-line figures)"
     )
     image_verdict: StrictStr = Field(description="the word greedy decoding writes on the image line")
+
+
+def _unique_region_ids(regions: list[Any]) -> list[Any]:
+    """A sample scores each region once: a repeated id would let one of two scores win silently."""
+    ids = [r.id for r in regions]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"region ids repeat: {ids}")
+    return regions
 
 
 class GeneratedRegion(Contract):
@@ -67,7 +77,9 @@ class GeneratedPrediction(Contract):
 
     sample_id: Omittable[StrictStr] = omitted(_SAMPLE_ID)
     image: StrictStr = Field(description=_IMAGE)
-    regions: list[GeneratedRegion] = Field(description="every region of the sample, in its order")
+    regions: Annotated[list[GeneratedRegion], AfterValidator(_unique_region_ids)] = Field(
+        description="every region of the sample, in its order (ids unique)"
+    )
     image_verdict: StrictStr | None = Field(
         description="the verdict word on the image line; null when it could not be parsed"
     )

@@ -29,12 +29,28 @@ def _candidate_counts() -> Any:
 class Inputs(Contract):
     """What the input folders held and what was used."""
 
-    abnormal_images_found: Count = Field(description="images under abnormal_dir")
+    abnormal_images_found: Count = Field(
+        description="images under abnormal_dir (for labelme/voc/yolo/coco: the images folder)"
+    )
+    annotation_files_found: Omittable[Count] = omitted(
+        "labelme/voc/yolo: annotation files found (beside the images or under annotations_dir)"
+    )
+    annotation_format: Omittable[StrictStr] = omitted(
+        "the annotation_format read: labelme, voc, yolo, coco or a registered source (absent for txt)"
+    )
+    coco_annotations: Omittable[Count] = omitted("coco: annotations in the COCO file")
+    coco_images_listed: Omittable[Count] = omitted("coco: images listed in the COCO file")
     normal_images_found: Omittable[Count] = omitted("images under normal_dir (left out without normal_dir)")
-    txt_files_found: Count = Field(description="txt files under abnormal_dir")
+    txt_files_found: Omittable[Count] = omitted("txt: txt files under abnormal_dir")
     abnormal_images_used: Count = Field(description="abnormal images that gave samples")
     normal_images_used: Count = Field(description="normal images that gave samples")
-    txt_encodings: dict[StrictStr, Count] = Field(description="encoding -> txt files read in it")
+    normal_images_from_abnormal_dir: Omittable[Count] = omitted(
+        "labelme/voc/yolo/coco: images of the images folder whose annotation lists no object (normal samples)"
+    )
+    txt_encodings: Omittable[dict[StrictStr, Count]] = omitted("txt: encoding -> txt files read in it")
+    annotation_encodings: Omittable[dict[StrictStr, Count]] = omitted(
+        "labelme/voc/yolo: encoding -> annotation files read in it"
+    )
 
 
 class Lines(Contract):
@@ -191,7 +207,14 @@ class Problem(Contract):
     """One thing a person must know about: where and why."""
 
     file: StrictStr = Field(description="the file (or setting) concerned, as configured")
-    line: Annotated[StrictInt, Field(ge=1)] | None = Field(description="1-based line; null for a whole file")
+    line: (
+        Annotated[StrictInt, Field(ge=1)]
+        | Annotated[StrictStr, Field(pattern=r"^[A-Za-z_]\w*(\[\d+\])*$")]
+        | None
+    ) = Field(
+        description="1-based line; a JSON path (`shapes[3]`, `annotations[17]`) in a JSON annotation file; "
+        "null for a whole file"
+    )
     kind: StrictStr = Field(description="the kind of problem (the keys of problem_counts)")
     reason: StrictStr = Field(description="what is wrong and what was done, for a person to read")
 

@@ -53,11 +53,14 @@ def user_project(root: Path) -> dict[str, str]:
 
 def test_demo_refuses_a_project_folder_and_touches_nothing(tmp_path: Path) -> None:
     before = user_project(tmp_path)
-    proc = cli("demo", "--quick", "--quiet", "--out", ".", cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "not empty and not made by qwenvl-roi demo" in proc.stderr and "data" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert snapshot(tmp_path) == before
+    (tmp_path / "report.json").write_text("{}\n", encoding="utf-8")  # a name of the demo's outputs
+    before = snapshot(tmp_path)
+    for cwd, out in ((tmp_path, "."), (tmp_path.parent, str(tmp_path))):
+        proc = cli("demo", "--quick", "--quiet", "--out", out, cwd=cwd)
+        assert proc.returncode != 0
+        assert "not empty and not made by qwenvl-roi demo" in proc.stderr and "data" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert snapshot(tmp_path) == before
 
 
 def test_tiny_model_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
@@ -209,16 +212,17 @@ def test_full_disk_during_eval_keeps_the_old_eval(tmp_path: Path, files, make_co
     gold = tmp_path / "out" / "regions_test.jsonl"
     preds = tmp_path / "preds.jsonl"
     rows = [json.loads(line) for line in gold.read_text(encoding="utf-8").splitlines()]
-    scored = [
-        {"id": g["id"], "score": 0.7 if g["positive"] else 0.2, "label": g["label"]}
-        for r in rows
-        for g in r["regions"]
-    ]
-    by_id = iter(scored)
+
+    def scored(g: dict) -> dict:
+        score = 0.7 if g["positive"] else 0.2
+        return {"id": g["id"], "score": score, "label": g["label"] or "crack", "abnormal": score >= 0.5,
+                "greedy": g["label"] or "正常"}  # fmt: skip
+
     preds.write_text(
         "".join(
             json.dumps({"sample_id": r["sample_id"], "image": r["image"],
-                        "regions": [next(by_id) for _ in r["regions"]]}) + "\n"
+                        "regions": [scored(g) for g in r["regions"]], "image_line_score": 0.5,
+                        "image_verdict": "正常"}) + "\n"
             for r in rows
         ),
         encoding="utf-8",
@@ -317,6 +321,13 @@ def test_outputs_respect_the_umask(tmp_path: Path, files, make_config) -> None:
     assert oct((out / "sft_train.json").stat().st_mode & 0o777) == oct(0o640)
     assert oct(out.stat().st_mode & 0o777) == oct(0o750)
     assert oct((tmp_path / "dinfo" / "dataset_info.json").stat().st_mode & 0o777) == oct(0o640)
+    proc = subprocess.run(
+        ["sh", "-c", 'umask 027 && exec "$@"', "sh", *CLI, "tiny-model", "--out", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "m").iterdir()} == {oct(0o640)}
 
 
 @pytest.mark.parametrize("name", ["a" * 250 + ".json", "缺" * 83 + ".json"])
@@ -349,3 +360,178 @@ def test_converted_set_names_no_staging_folder(tmp_path: Path, files, make_confi
         assert ".staging-" not in p.read_text(encoding="utf-8"), p
     copies = list((out / "image_cache").rglob("*.png"))
     assert len(copies) == 3
+
+
+# --- found by a red-team pass as a user with real folders ------------------------------------------------
+
+
+def test_files_added_while_a_set_is_staged_are_kept(tmp_path: Path) -> None:
+    from qwenvl_roi.atomic import write_text
+    from qwenvl_roi.outputs import staged
+
+    out = tmp_path / "out"
+    with staged(out, "eval") as stage:  # commands replace files (atomic writes): staging holds hard links
+        write_text(stage / "metrics.json", "{}\n")
+    with staged(out, "eval") as stage:
+        write_text(stage / "metrics.json", '{"new": 1}\n')
+        (out / "my_notes.txt").write_text("written while the command ran\n")  # the user, meanwhile
+        (out / "metrics.json").write_text("the user's edit loses to the new set\n")
+    assert (out / "my_notes.txt").read_text() == "written while the command ran\n"
+    assert (out / "metrics.json").read_text() == '{"new": 1}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_strict_failure_keeps_the_previous_set(tmp_path: Path, files, make_config) -> None:
+    files.simple(tmp_path, n_abnormal=4, n_normal=4, folders=2)
+    cfg = make_config()
+    assert cli("convert", "--config", str(cfg)).returncode == 0
+    out = tmp_path / "out"
+    before = snapshot(out)
+    with (tmp_path / "abn" / "batch0" / "a000.txt").open("a") as fh:
+        fh.write("a000.jpg;4O,10,80,80;crack\n")
+    proc = cli("prepare", "--config", str(cfg), "--strict")
+    assert proc.returncode == 1 and "prepare_report.strict.json" in proc.stderr
+    after = snapshot(out)
+    assert json.loads((out / "prepare_report.strict.json").read_text())["ok"] is False
+    del after["prepare_report.strict.json"]
+    assert after == before  # regions, sft files, meta, report and image cache untouched
+    assert cli("convert", "--config", str(cfg)).returncode == 0  # a passing run removes the strict report
+    assert not (out / "prepare_report.strict.json").exists()
+
+
+def test_outputs_of_older_versions_are_told_by_content_not_name(tmp_path: Path, files, make_config) -> None:
+    files.simple(tmp_path, n_abnormal=4, n_normal=4, folders=2)
+    model = tmp_path / "model"  # an exported model with the dataset_meta.json eval --model-dir puts there
+    model.mkdir()
+    (model / "config.json").write_text("{}\n")
+    (model / "dataset_meta.json").write_text('{"labels": ["crack"]}\n')
+    before = snapshot(model)
+    proc = cli("convert", "--config", str(make_config(out_dir=str(model))))
+    assert proc.returncode == 2 and "not made by qwenvl-roi convert" in proc.stderr
+    assert snapshot(model) == before
+    mine = tmp_path / "mine"  # a user's own metrics.json and gallery
+    (mine / "gallery").mkdir(parents=True)
+    (mine / "metrics.json").write_text('{"acc": 0.9}\n')
+    (mine / "gallery" / "fp_0001.jpg").write_bytes(b"x")
+    before = snapshot(mine)
+    assert cli("convert", "--config", str(make_config())).returncode == 0
+    gold = tmp_path / "out" / "regions_test.jsonl"
+    proc = cli("eval", "--predictions", str(gold), "--gold", str(gold), "--out", str(mine))
+    assert proc.returncode == 2 and "not made by qwenvl-roi eval" in proc.stderr
+    assert snapshot(mine) == before
+
+
+def test_a_symlinked_output_folder_is_written_where_it_points(tmp_path: Path, files, make_config) -> None:
+    files.simple(tmp_path, n_abnormal=4, n_normal=4, folders=2)
+    (tmp_path / "big" / "prepared").mkdir(parents=True)
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "big" / "prepared")
+    for _ in range(2):
+        assert cli("convert", "--config", str(make_config())).returncode == 0
+    assert link.is_symlink() and (tmp_path / "big" / "prepared" / "sft_train.json").is_file()
+    assert not [p for p in tmp_path.rglob(".*staging*")]
+
+
+def test_dataset_info_problems_stop_before_the_work(tmp_path: Path, files, make_config) -> None:
+    files.simple(tmp_path, n_abnormal=4, n_normal=4, folders=2)
+    dinfo = tmp_path / "dinfo"
+    dinfo.mkdir()
+    (dinfo / "dataset_info.json").write_bytes('{"中文": {"file_name": "zh.json"}}'.encode("gbk"))
+    proc = cli("convert", "--config", str(make_config()))
+    assert proc.returncode == 2 and "not UTF-8" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+    (dinfo / "dataset_info.json").unlink()
+    dinfo.rmdir()
+    dinfo.write_text("a file\n")
+    proc = cli("convert", "--config", str(make_config()))
+    assert proc.returncode == 2 and "not a folder" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_current_folder_is_not_replaced(tmp_path: Path, files, make_config) -> None:
+    files.simple(tmp_path, n_abnormal=4, n_normal=4, folders=2)
+    work = tmp_path / "work"
+    work.mkdir()
+    proc = cli("convert", "--config", str(make_config(out_dir=".")), cwd=work)
+    assert proc.returncode == 2 and "is the current folder" in proc.stderr
+    assert list(work.iterdir()) == []
+
+
+@needs_mount_ns
+def test_a_read_only_parent_is_one_clear_line(tmp_path: Path, files, make_config) -> None:
+    files.simple(tmp_path, n_abnormal=4, n_normal=4, folders=2)
+    assert cli("convert", "--config", str(make_config())).returncode == 0
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    gold = tmp_path / "out" / "regions_test.jsonl"
+    py = f"{sys.executable} -m qwenvl_roi.cli"
+    ro_cfg = tmp_path / "ro.yaml"
+    ro_cfg.write_text(make_config(out_dir=str(ro / "out")).read_text())
+    commands = {
+        "convert": f"convert --config {ro_cfg}",
+        "eval": f"eval --predictions {gold} --gold {gold} --out {ro / 'ev'}",
+        "preview": f"preview --config {make_config()} --out {ro / 'pv'}",
+        "tiny-model": f"tiny-model --out {ro / 'm'}",
+        "scan-labels": f"scan-labels --abnormal-dir {tmp_path / 'abn'} --out {ro / 'labels.json'}",
+    }
+    script = f"mount --bind -o ro {ro} {ro}\n" + "".join(
+        f"{py} {args} 2> {tmp_path / name}.err; echo $? > {tmp_path / name}.rc\n"
+        for name, args in commands.items()
+    )
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    for name in commands:
+        err = (tmp_path / f"{name}.err").read_text()
+        assert (tmp_path / f"{name}.rc").read_text().strip() == "2", (name, err)
+        assert "Traceback" not in err and err.strip().count("\n") == 0, (name, err)
+        assert "not writable" in err or "Read-only" in err, (name, err)
+
+
+def test_our_own_outputs_inside_the_data_are_not_data(tmp_path: Path, files, make_config) -> None:
+    """out_dir and a preview inside normal_dir: their copies and thumbnails of defect pictures are not
+    normal pictures; a normal_dir that holds abnormal_dir (or links into it) does not read it as normal."""
+    files.simple(tmp_path, n_abnormal=4, n_normal=4, folders=2)
+    cfg = make_config(out_dir=str(tmp_path / "nor" / "prepared"))
+    _noisy_exif_jpegs(tmp_path / "abn" / "rot", 2, seed=5)  # copies land in out_dir/image_cache
+    assert cli("convert", "--config", str(cfg)).returncode == 0
+    assert cli("preview", "--config", str(cfg), "--out", str(tmp_path / "nor" / "pv")).returncode == 0
+    assert cli("convert", "--config", str(cfg)).returncode == 0
+    rows = files.regions(tmp_path / "nor" / "prepared")
+    assert not [r for r in rows if "/prepared/" in r["sample_id"] or "/pv/" in r["sample_id"]]
+    report = json.loads((tmp_path / "nor" / "prepared" / "prepare_report.json").read_text())
+    assert report["problem_counts"].get("output_folder_skipped") == 2  # prepared and pv, each named
+    (tmp_path / "nor" / "linked").symlink_to(tmp_path / "abn" / "batch1")
+    cfg = make_config(normal_dir=str(tmp_path), out_dir=str(tmp_path / "out2"))  # holds abn/ itself too
+    proc = cli("convert", "--config", str(cfg))
+    assert proc.returncode == 0, proc.stderr
+    rows = files.regions(tmp_path / "out2")
+    normal = [r["sample_id"] for r in rows if r["source"] == "normal"]
+    assert normal and not [n for n in normal if "/abn/" in n or "/linked/" in n], normal
+    assert all(n.startswith("normal/nor/") for n in normal)
+
+
+def test_preview_keeps_files_the_user_added(tmp_path: Path, files, make_config) -> None:
+    files.simple(tmp_path, n_abnormal=4, n_normal=4, folders=2)
+    cfg = make_config()
+    assert cli("convert", "--config", str(cfg)).returncode == 0
+    pv = tmp_path / "pv"
+    assert cli("preview", "--config", str(cfg), "--out", str(pv)).returncode == 0
+    (pv / "my_notes.txt").write_text("n\n")
+    assert cli("preview", "--config", str(cfg), "--out", str(pv)).returncode == 0
+    assert (pv / "my_notes.txt").read_text() == "n\n" and (pv / "index.html").is_file()
+
+
+def test_scan_labels_never_replaces_a_picture_it_did_not_draw(tmp_path: Path, files) -> None:
+    files.simple(tmp_path, n_abnormal=4, n_normal=0, folders=2)
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(photo)
+    before = photo.read_bytes()
+    proc = cli("scan-labels", "--abnormal-dir", str(tmp_path / "abn"), "--out", str(tmp_path / "photo.json"))
+    assert proc.returncode == 2 and "was not drawn by scan-labels" in proc.stderr
+    assert photo.read_bytes() == before and not (tmp_path / "photo.json").exists()
+    for out in (tmp_path / "labels.png", tmp_path / "abn"):
+        proc = cli("scan-labels", "--abnormal-dir", str(tmp_path / "abn"), "--out", str(out))
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    ok = tmp_path / "labels.json"
+    for _ in range(2):  # its own chart is replaced on a rerun
+        assert cli("scan-labels", "--abnormal-dir", str(tmp_path / "abn"), "--out", str(ok)).returncode == 0

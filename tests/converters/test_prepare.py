@@ -132,8 +132,10 @@ def test_strict_mode_cli_exits_non_zero_and_writes_only_the_report(
     assert proc.returncode == 1
     assert "a1.txt:4:" in proc.stderr and "13 problem(s)" in proc.stderr
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == [".qwenvl-roi.json", "prepare_report.json"]  # + marker
-    assert json.loads((out / "prepare_report.json").read_text())["ok"] is False
+    # a strict failure keeps out_dir's set as it was (none here) and writes its report beside it
+    assert sorted(p.name for p in out.iterdir()) == [".qwenvl-roi.json", "prepare_report.strict.json"]
+    assert json.loads((out / "prepare_report.strict.json").read_text())["ok"] is False
+    assert "prepare_report.strict.json" in proc.stderr
     with pytest.raises(StrictModeError):
         prepare(load_data_config(make_config(strict=True)))
 

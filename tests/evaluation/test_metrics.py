@@ -355,3 +355,15 @@ def test_image_line_auroc_when_predicted(tmp_path: Path) -> None:
     without = [{k: v for k, v in r.items() if k != "image_line_score"} for r in rows]
     no_line = compute_metrics(join(_write_jsonl(tmp_path / "q.jsonl", without), gold), 0.5)
     assert "image_line" not in no_line
+
+
+def test_a_region_scored_twice_in_one_prediction_is_its_lines_error(tmp_path: Path) -> None:
+    """Two scores for one region: the last one would win silently and move the metrics."""
+    gold = _write_jsonl(
+        tmp_path / "g.jsonl", [_gold("A#0", "/A", [("R1", True, "crack"), ("R2", False, None)])]
+    )
+    row = _pred("A#0", "/A", [("R1", 0.9, "crack"), ("R2", 0.1, "crack")])
+    row["regions"].append(dict(row["regions"][1], score=0.0))
+    pred = _write_jsonl(tmp_path / "p.jsonl", [row])
+    with pytest.raises(InputError, match=r"p\.jsonl:1: .*region ids repeat"):
+        join(pred, gold)

@@ -152,18 +152,18 @@ def test_fingerprint_of_the_hf_backend_is_the_one_before_backends(tmp_path: Path
     boxes.write_text("{}\n")
     job = PredictJob(model=str(tmp_path), boxes=str(boxes), images=str(tmp_path), out="o.jsonl")
     meta = SimpleNamespace(model_dump_json=lambda: "{}")
-    weights = {"model_weights": "w", "adapter_weights": None}
+    weights = {"model_files": "w", "adapter_files": None}
 
     def stamp(name: str, device: str, dtype: str) -> dict:
         backend = SimpleNamespace(name=name, device=device, dtype=dtype)
         predictor = SimpleNamespace(meta=meta, config=SimpleNamespace(threshold=0.5), backend=backend)
-        return fingerprint(job, predictor, weights)
+        return fingerprint(job, predictor, weights, "i")
 
     hf = stamp("hf", "cpu", "float32")
     assert (hf["dtype"], hf["device_type"]) == ("torch.float32", "cpu") and "backend" not in hf
     assert sorted(hf) == sorted(
-        ["model", "adapter", "model_weights", "adapter_weights", "dataset_meta", "boxes", "images",
-         "batch_size", "threshold", "dtype", "device_type"]
+        ["model", "adapter", "model_files", "adapter_files", "dataset_meta", "boxes", "images",
+         "image_files", "batch_size", "threshold", "dtype", "device_type"]
     )  # fmt: skip
     other = stamp("vllm", "cuda:3", "bfloat16")
     assert (other["backend"], other["device_type"], other["dtype"]) == ("vllm", "cuda", "torch.bfloat16")

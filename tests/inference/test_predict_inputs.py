@@ -123,3 +123,53 @@ def test_detector_boxes_that_are_not_finite_are_their_lines_problem(
     for k in (2, 3, 4):
         assert f"{boxes}:1: box {k} " in err and "not 4 finite numbers" in err, err
     assert "3 input problem(s)" in err and not out.exists()
+
+
+def test_out_is_never_one_of_the_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`--out` naming the regions file, the boxes file or a file inside a txt folder of boxes would replace
+    what the predictions are made from: refused before the model loads, nothing touched."""
+    regions = _regions(tmp_path)
+    boxes = tmp_path / "det.jsonl"
+    boxes.write_text('{"image": "a.png", "boxes": [[4, 4, 20, 20]]}\n')
+    folder = tmp_path / "txts"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a.png;4;4;20;20\n")
+    before = {p: p.read_bytes() for p in (regions, boxes, folder / "a.txt")}
+    model = str(tmp_path / "no-model")
+    for form, out in (
+        (["--regions", str(regions)], regions),
+        (["--boxes", str(boxes), "--images", str(tmp_path)], boxes),
+        (["--boxes", str(folder), "--images", str(tmp_path)], folder / "a.txt"),
+        (["--boxes", str(folder), "--images", str(tmp_path)], folder / "sub" / "pred.jsonl"),
+    ):
+        assert main(["predict", "--model", model, *form, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "would replace what they are made from" in err, err
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_second_job_on_the_same_out_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Two `predict --boxes` jobs writing one --out: the second stops at once (before its model loads)
+    instead of mixing its batches in or removing the partial results the first still needs."""
+    from qwenvl_roi.inference import resumable
+
+    Image.new("RGB", (64, 48), (120, 120, 120)).save(tmp_path / "a.png")
+    boxes = tmp_path / "det.jsonl"
+    boxes.write_text('{"image": "a.png", "boxes": [[4, 4, 20, 20]]}\n')
+    out = tmp_path / "pred.jsonl"
+    argv = ["predict", "--model", str(tmp_path / "no-model"), "--boxes", str(boxes), "--out", str(out)]
+    with resumable.exclusive(out, 0):  # the first job, running
+        assert main(argv) == 2
+        assert "another predict job is writing it" in capsys.readouterr().err
+    assert main(argv) == 2  # alone, it gets as far as the missing model
+    assert "another predict job" not in capsys.readouterr().err
+
+
+def test_txt_files_differing_only_in_case_are_one_ambiguous_image(tmp_path: Path) -> None:
+    from qwenvl_roi.inference.detections import read_jobs
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "case.jpg")
+    (tmp_path / "case.txt").write_text("case.jpg;1;1;20;20\n")
+    (tmp_path / "CASE.TXT").write_text("case.jpg;5;5;30;30\n")
+    jobs = read_jobs(tmp_path, tmp_path)
+    assert len(jobs) == 1 and jobs[0].error and "several txt files match" in jobs[0].error

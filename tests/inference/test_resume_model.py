@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 
 def _env() -> dict[str, str]:
@@ -43,12 +45,19 @@ def test_model_rebuilt_at_the_same_path_is_not_resumed(roi_dataset: Path, tmp_pa
     model = build_tiny_model(tmp_path / "model", "qwen2_5_vl", seed=0)
     header = _safetensors_header(model)
     samples = [json.loads(x) for x in (roi_dataset / "regions_test.jsonl").read_text().splitlines()]
+    pictures = tmp_path / "pictures"  # copies: one is replaced below (the session's dataset is shared)
+    pictures.mkdir()
+    copies = {}
+    for s in samples:
+        source = Path(s["image"]) if Path(s["image"]).is_absolute() else roi_dataset / s["image"]
+        copies.setdefault(s["image"], shutil.copy(source, pictures / f"{len(copies)}{source.suffix}"))
     boxes = tmp_path / "boxes.jsonl"
     rows = [
-        {"image": s["image"], "boxes": [r["box"] for r in s["regions"]], "id": f"{rep}/{s['sample_id']}"}
+        {"image": str(copies[s["image"]]), "boxes": [r["box"] for r in s["regions"]],
+         "id": f"{rep}/{s['sample_id']}"}
         for rep in range(6)
         for s in samples
-    ]
+    ]  # fmt: skip
     boxes.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "pred.jsonl"
     cmd = [
@@ -72,11 +81,31 @@ def test_model_rebuilt_at_the_same_path_is_not_resumed(roi_dataset: Path, tmp_pa
     assert _safetensors_header(model) == header
     other = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert other.returncode == 2, other.stdout[-2000:] + other.stderr[-3000:]
-    assert "differs in: model_weights" in other.stderr, other.stderr[-3000:]
+    assert "differs in: model_files" in other.stderr, other.stderr[-3000:]
     assert not out.exists()
     assert {p.name: p.read_bytes() for p in partial.iterdir()} == before  # nothing added or mixed
 
-    build_tiny_model(model, "qwen2_5_vl", seed=0)  # the first model again, byte for byte: resumed
+    build_tiny_model(model, "qwen2_5_vl", seed=0)  # the first model again, byte for byte
+    # a processor file edited at the same path (other image_mean): other scores, so not resumed either
+    processor = model / "processor_config.json"
+    original = processor.read_bytes()
+    edited = json.loads(original)
+    edited["image_processor"]["image_mean"] = [0.5, 0.5, 0.5]
+    processor.write_text(json.dumps(edited))
+    other = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert other.returncode == 2 and "differs in: model_files" in other.stderr, other.stderr[-3000:]
+    processor.write_bytes(original)
+    # an input picture replaced by another (same name): not resumed with the old picture's scores
+    first = next(iter(copies.values()))
+    kept, stat = first.read_bytes(), first.stat()
+    Image.new("RGB", (96, 72), (10, 200, 30)).save(first, format=Image.open(first).format)
+    other = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert other.returncode == 2 and "differs in: image_files" in other.stderr, other.stderr[-3000:]
+    first.write_bytes(kept)
+    os.utime(first, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the very file that was scored
+    assert {p.name: p.read_bytes() for p in partial.iterdir()} == before
+
+    # everything as it was scored: resumed
     again = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming:" in again.stdout

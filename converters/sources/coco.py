@@ -1,0 +1,275 @@
+"""COCO JSON (CVAT, Roboflow, detectron-style tools): one file for the whole dataset (``coco_json``) with
+``images`` (``id``, ``file_name``, ``width``, ``height``), ``annotations`` (``image_id``, ``category_id``,
+``bbox`` = ``[x, y, w, h]`` in pixels) and ``categories`` (``id``, ``name``; ids need not start at 0 or 1
+nor be contiguous).
+
+``file_name`` is relative to abnormal_dir (backslashes and a leading ``./`` accepted). Problems name
+``images[i]``, ``annotations[k]`` or ``categories[j]``. An annotation whose ``image_id`` is not in
+``images`` (dangling) is reported and its box dropped; one whose ``category_id`` is unknown likewise (it
+still marks its defect); an image listed but not on disk is reported with its boxes; an image on disk not
+listed is reported and skipped. A listed image without annotations is a normal image. ``segmentation`` is
+not read (``bbox`` is its extent); ``iscrowd`` boxes are kept. A detector's results file (a bare list of
+``{image_id, category_id, bbox, score}``) is read by ``parse_annotations`` with the images of the ground
+truth; ``score`` is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..names import shown
+from ..parse import Problem, RawBox, decode_text
+from ..walk import file_label
+from .base import Dropped, Read, Record, Source, SourceError, SourceSettings, finite
+
+
+@dataclass
+class CocoImage:
+    """One entry of ``images``."""
+
+    index: int
+    id: Hashable
+    file_name: str
+    read: Read = field(default_factory=Read)  # its annotations
+
+
+@dataclass
+class CocoFile:
+    """A COCO file, checked: its images by id, each with the Read of its annotations."""
+
+    images: dict[Hashable, CocoImage]
+    problems: list[Problem]  # entries of images / categories that cannot be used
+    dangling: Read  # annotations whose image_id names no image (their boxes dropped)
+    categories: dict[Hashable, str]
+    annotations: int = 0
+
+
+def _key(value: Any) -> Hashable | None:
+    """An id as a dict key: an int (a whole float too) or a non-empty str; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) or (isinstance(value, str) and value):
+        return value
+    return None
+
+
+def norm_file_name(name: str) -> str:
+    """A file_name as a POSIX path relative to abnormal_dir."""
+    return posixpath.normpath(name.strip().replace("\\", "/")).removeprefix("./")
+
+
+def parse_categories(cats: Any, label: str, problems: list[Problem]) -> dict[Hashable, str]:
+    """Category id -> name (stripped); bad or repeated entries reported."""
+    out: dict[Hashable, str] = {}
+    for j, c in enumerate(cats if isinstance(cats, list) else []):
+        key = _key(c.get("id")) if isinstance(c, dict) else None
+        if key is None:
+            problems.append(
+                Problem(label, f"categories[{j}]", "bad_entry", "category without a usable id; ignored")
+            )
+        elif key in out:
+            problems.append(
+                Problem(
+                    label,
+                    f"categories[{j}]",
+                    "bad_entry",
+                    f"category id {key!r} given twice; the first is used",
+                )
+            )
+        else:
+            name = c.get("name")
+            out[key] = name.strip() if isinstance(name, str) else ""
+    return out
+
+
+def parse_annotation(
+    ann: Any, k: int, label: str, categories: Mapping[Hashable, str]
+) -> tuple[Hashable | None, RawBox | Dropped | Problem]:
+    """(its image id, the box / the dropped box / the problem that skips it) of ``annotations[k]``."""
+    where = f"annotations[{k}]"
+    if not isinstance(ann, dict):
+        return None, Problem(label, where, "bad_entry", "annotation is not an object; skipped")
+    image_id = _key(ann.get("image_id"))
+    bbox = ann.get("bbox")
+    if bbox is None:
+        return image_id, Problem(label, where, "no_coords", "annotation without bbox; skipped")
+    values = finite(bbox) if isinstance(bbox, list) and len(bbox) == 4 else None
+    if values is None:
+        return image_id, Problem(
+            label, where, "non_numeric", f"bbox {bbox!r} is not 4 numbers [x, y, w, h]; skipped"
+        )
+    x, y, w, h = values
+    score = ann.get("score")
+    score = float(score) if isinstance(score, int | float) and not isinstance(score, bool) else None
+    cat = _key(ann.get("category_id"))
+    name = categories.get(cat) if cat is not None else None
+    raw = RawBox(where, (x, y, x + w, y + h), name or "", score)
+    if name is None:
+        return image_id, Dropped(raw, "unknown_category", marks=True)
+    if not name:
+        return image_id, Dropped(raw, "empty_label", marks=True)
+    return image_id, raw
+
+
+def parse_coco(obj: Any, label: str) -> CocoFile:
+    """A decoded COCO object, checked entry by entry; SourceError when it is not a COCO file."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):
+        raise SourceError(f"coco_json {label}: not a COCO file (no 'images' list)")
+    anns = obj.get("annotations", [])
+    if not isinstance(anns, list):
+        raise SourceError(f"coco_json {label}: 'annotations' is not a list")
+    problems: list[Problem] = []
+    categories = parse_categories(obj.get("categories"), label, problems)
+    images: dict[Hashable, CocoImage] = {}
+    for i, im in enumerate(obj["images"]):
+        where = f"images[{i}]"
+        key = _key(im.get("id")) if isinstance(im, dict) else None
+        name = im.get("file_name") if isinstance(im, dict) else None
+        if key is None or not isinstance(name, str) or not name.strip():
+            problems.append(
+                Problem(label, where, "bad_entry", "image without a usable id and file_name; ignored")
+            )
+            continue
+        if key in images:
+            first = images[key].index
+            problems.append(
+                Problem(
+                    label, where, "bad_entry", f"image id {key!r} already used by images[{first}]; ignored"
+                )
+            )
+            continue
+        entry = images[key] = CocoImage(i, key, norm_file_name(name))
+        wh = finite([im.get("width", 0) or 0, im.get("height", 0) or 0])
+        if wh is not None and min(wh) > 0:
+            entry.read.size, entry.read.size_at = (wh[0], wh[1]), where
+    dangling = Read(ok=False)
+    for k, ann in enumerate(anns):
+        image_id, got = parse_annotation(ann, k, label, categories)
+        target = images.get(image_id) if image_id is not None else None
+        read = target.read if target is not None else dangling
+        read.entries += 1
+        where = f"annotations[{k}]"
+        if target is None and not isinstance(got, Problem):
+            raw = got.raw if isinstance(got, Dropped) else got
+            reason = f"image_id {ann.get('image_id')!r} is not in images; box dropped"
+            read.problems.append(Problem(label, where, "dangling_image_id", reason))
+            read.dropped.append(Dropped(raw, "dangling_image_id"))
+            read.skipped += 1
+        elif isinstance(got, Problem):
+            if target is None:
+                got = Problem(
+                    got.file, got.line, got.kind, f"{got.reason} (its image_id {image_id!r} names no image)"
+                )
+            read.problems.append(got)
+            read.skipped += 1
+        elif isinstance(got, Dropped):
+            if got.kind == "unknown_category":
+                why = f"category_id {ann.get('category_id')!r} is not in categories; box dropped"
+            else:
+                why = f"category {ann.get('category_id')!r} has an empty name; box dropped"
+            read.problems.append(Problem(label, where, got.kind, why))
+            read.dropped.append(got)
+            read.skipped += 1
+        else:
+            read.boxes.append(got)
+    return CocoFile(images, problems, dangling, categories, len(anns))
+
+
+def load_coco(path: Any) -> CocoFile:
+    """Read and check a COCO file; SourceError naming the file (and line) when it cannot be read."""
+    label = shown(str(path))
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise SourceError(f"coco_json {label}: cannot read: {exc.strerror or exc}") from None
+    text, _ = decode_text(data)
+    if text is None:
+        raise SourceError(f"coco_json {label}: neither UTF-8, UTF-16 nor GBK")
+    try:
+        obj = json.loads(text.replace("\ufeff", ""))
+    except json.JSONDecodeError as exc:
+        raise SourceError(f"coco_json {label}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    return parse_coco(obj, label)
+
+
+class CocoSource(Source):
+    """``annotation_format: coco``: one ``coco_json`` whose ``file_name``s are relative to abnormal_dir."""
+
+    format = "coco"
+    keys = frozenset({"coco_json"})
+    required = ("coco_json",)
+
+    def __init__(self, settings: SourceSettings):
+        super().__init__(settings)
+        assert settings.coco_json is not None  # config.py requires it
+        self.path = settings.coco_json
+        self.label = self.path.as_posix()
+        self.coco: CocoFile | None = None
+
+    def _load(self) -> CocoFile:
+        if self.coco is None:
+            self.coco = load_coco(self.path)
+            self.files_found = len(self.coco.images)
+        return self.coco
+
+    def inputs(self) -> dict[str, int | str]:
+        coco = self.coco
+        return {
+            "annotation_format": self.format,
+            "coco_images_listed": len(coco.images) if coco else 0,
+            "coco_annotations": coco.annotations if coco else 0,
+        }
+
+    def records(self, images: list[str], beside: list[str]) -> Iterator[Record]:
+        coco = self._load()
+        root = self.images_root
+        by_name: dict[str, list[CocoImage]] = {}
+        for im in coco.images.values():
+            by_name.setdefault(im.file_name, []).append(im)
+        folded: dict[str, list[CocoImage]] = {}
+        for name, ims in by_name.items():
+            folded.setdefault(name.casefold(), []).extend(ims)
+        listed: dict[str, list[CocoImage]] = {}
+        for rel in images:
+            name = shown(rel)
+            listed[rel] = by_name.get(name) or folded.get(name.casefold(), [])
+        found = {id(im) for ims in listed.values() for im in ims}
+        if coco.problems or coco.dangling.entries:
+            d = coco.dangling
+            yield Record(None, Read(dropped=d.dropped, problems=coco.problems + d.problems))
+        for im in coco.images.values():
+            if id(im) not in found:
+                why = f"image {im.file_name!r} is not under {root.as_posix()}; its annotations dropped"
+                problem = Problem(self.label, f"images[{im.index}]", "image_missing", why)
+                yield Record(None, Read(dropped=im.read.all_dropped("image_missing"), problems=[problem]))
+        for rel in images:
+            label = file_label(root, rel)
+            ims = listed[rel]
+            if not ims:
+                why = f"image is not listed in the coco_json's images ({self.label}); skipped"
+                yield Record(
+                    rel, Read(problems=[Problem(label, None, "image_without_annotation", why)]), skip=True
+                )
+            elif len(ims) > 1:
+                where = ", ".join(f"images[{im.index}]" for im in ims)
+                problem = Problem(
+                    label, None, "ambiguous_annotation", f"listed several times ({where}); skipped"
+                )
+                dropped = [d for im in ims for d in im.read.all_dropped("ambiguous_annotation")]
+                yield Record(rel, Read(dropped=dropped, problems=[problem]), skip=True)
+            else:
+                read = ims[0].read
+                yield Record(rel, read, self.label, normal=read.lists_nothing)
+
+    def scan(self, problems: list[Problem]) -> Iterator[tuple[str, Read]]:
+        coco = self._load()
+        problems += coco.problems + coco.dangling.problems
+        for im in coco.images.values():
+            yield im.file_name, im.read

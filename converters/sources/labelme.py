@@ -1,0 +1,134 @@
+"""labelme / X-AnyLabeling JSON: one ``<stem>.json`` per image, ``shapes`` with ``label``, ``points`` and
+``shape_type``.
+
+Shapes become their extents: ``rectangle`` (two opposite corners in either order; X-AnyLabeling writes all
+four), ``polygon`` (also the default when ``shape_type`` is missing, as in old labelme files), ``rotation``
+(X-AnyLabeling's turned rectangle), ``mask`` (its points are the corners of the mask's crop) and
+``circle`` (centre and a point on the rim). ``point``, ``line``, ``linestrip`` and anything else mark no
+region: reported and skipped. ``imagePath`` is relative to the json; its file name must name the paired
+image. ``imageWidth``/``imageHeight`` are checked against the image as displayed (prepare does it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import posixpath
+from typing import Any
+
+from ..parse import Problem, RawBox, image_name_keys, name_key
+from .base import Dropped, PerImageFiles, Read, extent, failed, finite, read_text
+
+#: shapes whose points bound a region (their extent is the box)
+EXTENT_SHAPES = frozenset({"rectangle", "polygon", "rotation", "mask"})
+
+
+def _points(value: Any) -> list[tuple[float, float]] | None:
+    """``[[x, y], ...]`` as float pairs, or None when it is not a list of pairs of finite numbers."""
+    if not isinstance(value, list):
+        return None
+    out: list[tuple[float, float]] = []
+    for p in value:
+        xy = finite(p) if isinstance(p, list | tuple) and len(p) == 2 else None
+        if xy is None:
+            return None
+        out.append((xy[0], xy[1]))
+    return out
+
+
+def shape_box(shape: dict[str, Any]) -> tuple[tuple[float, float, float, float] | None, str, str]:
+    """(the box a shape marks, or None with (problem kind, reason))."""
+    shape_type = shape.get("shape_type") or "polygon"
+    if not isinstance(shape_type, str):
+        return None, "unsupported_shape", f"shape_type {shape_type!r} is not a name; skipped"
+    if shape_type not in EXTENT_SHAPES and shape_type != "circle":
+        return None, "unsupported_shape", f"shape_type {shape_type!r} marks no region; skipped"
+    points = _points(shape.get("points"))
+    if points is None:
+        return None, "non_numeric", f"{shape_type} points are not a list of [x, y] numbers; skipped"
+    if shape_type == "circle":
+        if len(points) != 2:
+            return None, "coord_count", f"circle needs 2 points (centre, rim), got {len(points)}; skipped"
+        (cx, cy), (px, py) = points
+        r = math.hypot(px - cx, py - cy)
+        return (cx - r, cy - r, cx + r, cy + r), "", ""
+    least = 2 if shape_type in ("rectangle", "mask") else 3
+    if len(points) < least:
+        return None, "coord_count", f"{shape_type} needs at least {least} points, got {len(points)}; skipped"
+    return extent(points), "", ""
+
+
+def parse_labelme(obj: Any, label: str, image_name: str | None = None) -> Read:
+    """A decoded labelme JSON object as a Read (problems at ``shapes[i]`` and the other keys)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("shapes"), list):
+        return failed(Problem(label, None, "unreadable_annotation", "not a labelme file (no 'shapes' list)"))
+    out = Read()
+    width, height = obj.get("imageWidth"), obj.get("imageHeight")
+    if width is not None or height is not None:
+        size = finite([width, height])
+        if size is None or min(size) <= 0:
+            why = f"imageWidth/imageHeight {width!r}/{height!r} are not positive numbers; not checked"
+            out.problems.append(Problem(label, "imageWidth", "size_unreadable", why))
+        else:
+            out.size, out.size_at = (size[0], size[1]), "imageWidth"
+    path = obj.get("imagePath")
+    mismatch = ""
+    if isinstance(path, str) and path.strip() and image_name is not None:
+        named = posixpath.basename(path.strip().replace("\\", "/"))
+        if name_key(named) not in image_name_keys(image_name):
+            mismatch = f"imagePath names {path!r}, not this json's image {image_name!r}"
+    for i, shape in enumerate(obj["shapes"]):
+        where = f"shapes[{i}]"
+        out.entries += 1
+        if not isinstance(shape, dict):
+            out.problems.append(Problem(label, where, "bad_entry", "shape is not an object; skipped"))
+            out.skipped += 1
+            continue
+        box, kind, reason = shape_box(shape)
+        if box is None:
+            out.problems.append(Problem(label, where, kind, reason))
+            out.skipped += 1
+            continue
+        text = shape.get("label")
+        raw = RawBox(where, box, text.strip() if isinstance(text, str) else "")
+        if mismatch:
+            out.dropped.append(Dropped(raw, "filename_mismatch"))
+            out.skipped += 1
+        elif not raw.label:
+            out.problems.append(Problem(label, where, "empty_label", "empty label; box dropped"))
+            out.dropped.append(Dropped(raw, "empty_label", marks=True))
+            out.skipped += 1
+        else:
+            out.boxes.append(raw)
+    if mismatch:
+        out.problems.append(Problem(label, "imagePath", "filename_mismatch", f"{mismatch}; shapes dropped"))
+        out.ok = False
+    return out
+
+
+def read_labelme(path: str, label: str, image_name: str | None = None) -> Read:
+    """One labelme JSON file as a Read (``image_name``: its image, checked against imagePath)."""
+    got = read_text(path, label)
+    if isinstance(got, Problem):
+        return failed(got)
+    text, encoding = got
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return failed(
+            Problem(label, exc.lineno, "unreadable_annotation", f"invalid JSON: {exc.msg}"), encoding
+        )
+    out = parse_labelme(obj, label, image_name)
+    out.encoding = encoding
+    return out
+
+
+class LabelmeSource(PerImageFiles):
+    """``annotation_format: labelme``: ``<stem>.json`` beside each image (or under annotations_dir)."""
+
+    format = "labelme"
+    extension = ".json"
+    noun = "labelme json"
+
+    def read_file(self, path: str, label: str, image_name: str | None) -> Read:
+        return read_labelme(path, label, image_name)
