@@ -17,19 +17,18 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from qwenvl_roi.jsonio import iter_jsonl
+from qwenvl_roi.errors import ConvertError, OutputError
+from qwenvl_roi.fileio import iter_jsonl, write_json, write_json_array
 from qwenvl_roi.locks import locked
-from qwenvl_roi.outputs import OutputError
 from qwenvl_roi.schemas import errors_text
 from qwenvl_roi.schemas.regions import RegionSample
 
-from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
+from .config import DataConfig, coerce_config, load_data_config, report_error
 from .meta import META_FILE, DatasetMeta, build_meta, load_dataset_meta
 from .paths import relative_to_folder, resolve_image
 from .prompt import build_image_record, build_record
 from .runtime import paused_gc
 from .split import IMAGE_SPLITS, SPLITS
-from .write import write_json, write_json_array
 
 SHAREGPT_TAGS = {
     "role_tag": "role",

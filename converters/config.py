@@ -22,18 +22,12 @@ from pydantic import (
     model_validator,
 )
 
+from qwenvl_roi.errors import ConvertError, OutputError
 from qwenvl_roi.families import DEFAULT_FAMILY, FAMILIES, ModelFamily, family
-from qwenvl_roi.outputs import OutputError
 
 from .sources import FORMAT_KEYS, FORMATS, SOURCES
 
 _DEFAULT = family(DEFAULT_FAMILY)  # the table's default family: its processor limits are the fields' defaults
-
-
-class ConvertError(Exception):
-    """A user-facing error: bad configuration or input that stops a command (message says where)."""
-
-    exit_code = 2  # what the command exits with; strict mode's problems are 1 (StrictModeError)
 
 
 def report_error(exc: ConvertError | OutputError) -> int:
@@ -123,6 +117,13 @@ class DataConfig(BaseModel):
     prompt_language: Literal["zh", "en"] = "zh"
     prompts: PromptTexts = Field(default_factory=PromptTexts)
 
+    # near-duplicate pictures across splits (converters/near_duplicates.py; the defaults are its DEFAULT_*,
+    # chosen on bench/near_duplicates.py's evidence and not imported here: loading a config stays cheap)
+    near_duplicates: Literal["group", "report", "off"] = "report"
+    near_duplicate_max_distance: int = 8
+    near_duplicate_min_correlation: float = 0.9995
+    workers: int | None = None  # processes that hash pictures; None: by the work and the CPUs
+
     # behaviour
     strict: bool = False
 
@@ -171,6 +172,40 @@ class DataConfig(BaseModel):
     def _prefix_ok(cls, v: str) -> str:
         if not v or not all(c.isalnum() or c in "_-" for c in v):
             raise ValueError("dataset_prefix must be letters, digits, '_' or '-'")
+        return v
+
+    @field_validator("near_duplicate_max_distance", "near_duplicate_min_correlation", "workers", mode="before")
+    @classmethod
+    def _not_bool(cls, v: object, info: ValidationInfo) -> object:
+        if isinstance(v, bool):  # YAML's yes/no/on/off: a number was meant (pydantic reads true as 1)
+            raise ValueError(f"must be a number, not {str(v).lower()}")
+        return v
+
+    @field_validator("near_duplicate_max_distance")
+    @classmethod
+    def _distance_ok(cls, v: int) -> int:
+        if not 0 <= v <= 32:
+            raise ValueError(
+                f"must be 0..32 bits of the 64-bit pHash, got {v} (twins differ by 0-2 bits; two unrelated "
+                "pictures by about 32, so a larger distance pairs everything)"
+            )
+        return v
+
+    @field_validator("near_duplicate_min_correlation")
+    @classmethod
+    def _correlation_ok(cls, v: float) -> float:
+        if not 0.0 < v <= 1.0:
+            raise ValueError(
+                f"must be a Pearson correlation in (0, 1], got {v:g} (twins reach 0.99994 and more; distinct "
+                "pictures of one product stay below 0.9986)"
+            )
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_ok(cls, v: int | None) -> int | None:
+        if v is not None and v < 1:
+            raise ValueError(f"must be at least 1 process (or null: chosen by the work and the CPUs), got {v}")
         return v
 
     @field_validator("label_map", mode="before")

@@ -6,11 +6,11 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi.outputs import OutputError
+from qwenvl_roi.errors import ConvertError, OutputError
 
 from . import build_sft as build_sft_mod
 from . import prepare as prepare_mod
-from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
+from .config import DataConfig, coerce_config, load_data_config, report_error
 from .prepare import StrictModeError
 from .runtime import paused_gc
 

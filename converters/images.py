@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
-from qwenvl_roi.atomic import atomic_open
+from qwenvl_roi.fileio import atomic_open, write_json
 
 from .names import is_utf8, not_utf8_reason, safe_rel, shown
 from .paths import relative_to_folder
-from .write import write_json
 
 CACHE_DIR = "image_cache"
 INDEX_FILE = "index.json"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi.atomic import write_figure_png
+from qwenvl_roi.fileio import write_figure_png
 from qwenvl_roi.fonts import LITERAL_TEXT
 
 FONT_FAMILIES = (

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import yaml
 
-from .config import ConvertError
+from qwenvl_roi.errors import ConvertError
 
 
 def display_form(label: str) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from qwenvl_roi.errors import ConvertError
 from qwenvl_roi.families import family
-from qwenvl_roi.jsonio import load_json_model
+from qwenvl_roi.fileio import load_json_model
 from qwenvl_roi.schemas.dataset_meta import META_VERSION, DatasetMeta
 
-from .config import ConvertError, DataConfig
+from .config import DataConfig
 
 __all__ = [
     "DEFAULT_TEXTS",

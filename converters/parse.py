@@ -13,7 +13,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from qwenvl_roi.jsonio import split_lines
+from qwenvl_roi.fileio import split_lines
 
 from .names import gbk_reading, is_utf8, shown
 

@@ -18,7 +18,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from qwenvl_roi.outputs import OutputError, legacy_json, made_by, mark, real_folder, staged
+from qwenvl_roi.errors import ConvertError, OutputError
+from qwenvl_roi.fileio import write_json, write_jsonl
+from qwenvl_roi.outputs import legacy_json, made_by, mark, real_folder, staged
 from qwenvl_roi.schemas import check_record
 
 from .audit import position_audit
@@ -34,7 +36,7 @@ from .candidates import (
     draw_many,
     image_rng,
 )
-from .config import ConvertError, DataConfig, coerce_config, load_data_config, report_error
+from .config import DataConfig, coerce_config, load_data_config, report_error
 from .images import ImageFixer, Outcome
 from .labels import LabelResolver
 from .meta import META_FILE, DatasetMeta, build_meta
@@ -48,7 +50,6 @@ from .split import IMAGE_SPLITS, SPLITS, assign_split, group_key, holdout_matche
 from .walk import IMAGE_EXTS as IMAGE_EXTS  # re-exported: predict and the preview find files as prepare does
 from .walk import Skip, file_label, folder_key, walk_files
 from .walk import stem_key as stem_key
-from .write import write_json, write_jsonl
 
 REPORT_FILE = "prepare_report.json"
 STRICT_REPORT_FILE = "prepare_report.strict.json"  # the report of a strict run that found problems

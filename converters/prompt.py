@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from qwenvl_roi.jsonio import split_lines
+from qwenvl_roi.fileio import split_lines
 
 from .frames import boxes_to_frame
 from .meta import DatasetMeta

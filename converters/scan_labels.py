@@ -18,12 +18,14 @@ from typing import Any
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from .config import ConvertError, DataConfig, format_validation_error, load_data_config, report_error
+from qwenvl_roi.errors import ConvertError
+from qwenvl_roi.fileio import dumps, write_json
+
+from .config import DataConfig, format_validation_error, load_data_config, report_error
 from .label_chart import write_label_chart
 from .labels import count_labels, scan_summary
 from .parse import Problem
 from .sources import FORMATS, SourceError, make_source
-from .write import dumps, write_json
 
 #: data.yaml keys that scan-labels also takes as flags
 FLAG_KEYS = (

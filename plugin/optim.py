@@ -7,7 +7,6 @@ lr), gradient accumulation, DeepSpeed ZeRO-2/3 and checkpoint resume (fixed grou
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +103,6 @@ def report(model: Any, training_args: Any, settings: Any, rows: list[dict]) -> N
         "total_tensors": sum(r["tensors"] for r in rows),
         "total_params": sum(r["params"] for r in rows),
     }
-    write_json_atomic(Path(training_args.output_dir) / TABLE_FILE, payload)
+    from qwenvl_roi.fileio import write_json
 
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temp file in the same folder and os.replace it into place."""
-    from qwenvl_roi.atomic import atomic_open
-
-    with atomic_open(path) as fh:
-        json.dump(payload, fh, indent=2, sort_keys=False)
-        fh.write("\n")
+    write_json(Path(training_args.output_dir) / TABLE_FILE, payload)

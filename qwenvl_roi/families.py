@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
 
+from qwenvl_roi.errors import UnknownFamilyError
+
 # The family names, for pydantic fields and type checkers (tests check it lists exactly FAMILIES' keys).
 ModelFamily = Literal["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "qwen3_5"]
 
@@ -50,10 +52,6 @@ FrameEncoder = Literal["pixels", "floor", "round"]
 # "qwen2": Qwen2VLVisionConfig (embed_dim, mlp_ratio); "qwen2_5": Qwen2_5_VLVisionConfig (window attention);
 # "qwen3": Qwen3VLVisionConfig (also Qwen3.5's).
 VisionSchema = Literal["qwen2", "qwen2_5", "qwen3"]
-
-
-class UnknownFamilyError(ValueError):
-    """A family name or HF model_type that no entry of the family table covers."""
 
 
 def _frozen(mapping: Mapping[str, Any] | None = None) -> Mapping[str, Any]:

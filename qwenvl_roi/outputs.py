@@ -11,7 +11,7 @@ Two rules, for every command that writes into a folder given on the command line
   starts as a hard-linked copy of the old set (so caches and files the command does not rewrite carry over
   for free), then swapped with the target in one ``renameat2(RENAME_EXCHANGE)``. After any failure (a full
   disk, a crash, kill -9) the target holds the complete old set or the complete new one. Writers must replace
-  files (qwenvl_roi.atomic), never rewrite them in place: a file in staging may be a hard link to the old set.
+  files (qwenvl_roi.fileio), never rewrite them in place: a file in staging may be a hard link to the old set.
 """
 
 from __future__ import annotations
@@ -26,17 +26,12 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from qwenvl_roi.atomic import current_umask, exchange, short_name, write_text
+from qwenvl_roi.errors import OutputError
+from qwenvl_roi.fileio import current_umask, exchange, short_name, write_text
 
 MARKER = ".qwenvl-roi.json"
 MARKER_FORMAT = 1
 STAGING_TAG = ".staging-"
-
-
-class OutputError(Exception):
-    """An output folder that cannot be written as asked; the message says what is there or what failed."""
-
-    exit_code = 2  # as for any other bad input of a command
 
 
 def _marker_text(command: str) -> str:

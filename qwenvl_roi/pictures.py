@@ -79,8 +79,8 @@ def frame_settings(
 ) -> tuple[FrameSettings, str | None]:
     """Settings from dataset_meta.json beside the regions file; when it is missing, (``model_family``'s
     defaults, warning): LLaMA-Factory's default pixel limits and that family's processor limits and grid."""
-    from qwenvl_roi.converters.config import ConvertError
     from qwenvl_roi.converters.meta import load_dataset_meta
+    from qwenvl_roi.errors import ConvertError
 
     try:
         meta = load_dataset_meta(regions_file)

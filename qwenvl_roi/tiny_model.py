@@ -19,9 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi.atomic import atomic_dir, current_umask
+from qwenvl_roi.errors import OutputError
 from qwenvl_roi.families import DEFAULT_TINY_ARCH, TINY_ARCHES, Family, TinyArch, tiny_arch
-from qwenvl_roi.outputs import OutputError, claim, mark
+from qwenvl_roi.fileio import atomic_dir, current_umask
+from qwenvl_roi.outputs import claim, mark
 
 ARCHES = TINY_ARCHES
 

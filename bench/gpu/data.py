@@ -12,13 +12,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi import atomic
+from qwenvl_roi import fileio
 
 LABELS = ("crack", "seepage", "spalling")
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    atomic.write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
+    fileio.write_text(path, json.dumps(obj, indent=1, ensure_ascii=False) + "\n")
 
 
 def _image(path: Path, width: int, height: int, seed: int, boxes: list[tuple[list[int], str | None]]) -> None:
@@ -40,7 +40,7 @@ def _image(path: Path, width: int, height: int, seed: int, boxes: list[tuple[lis
             draw.ellipse([x1, y1, x2, y2], fill=(80, 80, 85))
         else:
             draw.rectangle([x1 + 4, y1 + 4, x2 - 4, y2 - 4], fill=(215, 215, 210))
-    with atomic.atomic_open(path, "wb") as fh:
+    with fileio.atomic_open(path, "wb") as fh:
         img.save(fh, format="JPEG", quality=90)
 
 

@@ -24,11 +24,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ -> `gpu` package
 
 from gpu.flops import build_plan, microbatch_flops  # noqa: E402
-from qwenvl_roi import atomic  # noqa: E402
+from qwenvl_roi import fileio  # noqa: E402
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    atomic.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    fileio.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def activate_plugin() -> str:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi import atomic
+from qwenvl_roi import fileio
 from qwenvl_roi.families import Family, family
 from qwenvl_roi.tiny_model import SPECIAL_TOKENS, chat_template
 
@@ -207,7 +207,7 @@ CHAT_TEMPLATE = (
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    atomic.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    fileio.write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def build_tokenizer(corpus: Iterable[str], vocab_size: int = 4096) -> Any:

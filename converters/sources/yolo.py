@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from qwenvl_roi.jsonio import split_lines
+from qwenvl_roi.fileio import split_lines
 
 from ..parse import Problem, RawBox, decode_text
 from .base import Dropped, PerImageFiles, Read, SourceError, SourceSettings, extent, failed, read_text

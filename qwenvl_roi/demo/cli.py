@@ -30,7 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print where the report is; a failed step exits 1 with its log tail."""
-    from .pipeline import DemoConfig, DemoError, run_demo
+    from qwenvl_roi.errors import DemoError
+
+    from .pipeline import DemoConfig, run_demo
     from .presets import quick_config
 
     cfg = quick_config() if args.quick else DemoConfig()

@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from qwenvl_roi.atomic import write_text
+from qwenvl_roi.errors import DemoError, OutputError
 from qwenvl_roi.families import DEFAULT_TINY_ARCH, TINY_ARCHES, tiny_arch
-from qwenvl_roi.outputs import OutputError, claim, legacy_json, mark
+from qwenvl_roi.fileio import write_text
+from qwenvl_roi.outputs import claim, legacy_json, mark
 
 from .synth import LABEL_SPELLINGS, MANIFEST, SynthConfig, generate
 
@@ -72,6 +73,16 @@ class DemoConfig(BaseModel):
     predict_batch_size: int = 8
     stage_check_auroc: float = 0.85
     preview_limit: int = Field(24, ge=0, description="samples in the annotation preview (problems first)")
+    checkpoints: int = Field(
+        0,
+        ge=0,
+        description="evaluations on roi_val (with the verdict metrics) and checkpoints per phase, every "
+        "max_steps // checkpoints steps; the best by best_metric is loaded and handed on (0: none, the last "
+        "weights go on, as in the measured demo)",
+    )
+    best_metric: str = Field(
+        "eval_loss", description="with checkpoints: the metric_for_best_model picking each phase's checkpoint"
+    )
     phases: list[PhaseSpec] = Field(
         default_factory=lambda: [
             PhaseSpec(
@@ -118,10 +129,6 @@ class DemoConfig(BaseModel):
             ),
         ]
     )
-
-
-class DemoError(RuntimeError):
-    """A step of the demo failed; the message names the step and its log file."""
 
 
 def _bin(name: str) -> str:
@@ -274,9 +281,31 @@ def _train_overrides(cfg: DemoConfig, phase: PhaseSpec, model: Path, out_dir: Pa
         "data_seed": cfg.seed,
         "report_to": "none",
         "plot_loss": True,
+        **_checkpoint_overrides(cfg, phase),
         **phase.overrides,
     }
     return [f"{k}={_fmt(v)}" for k, v in values.items()]
+
+
+def _checkpoint_overrides(cfg: DemoConfig, phase: PhaseSpec) -> dict[str, Any]:
+    """With ``cfg.checkpoints``: the recipes' own evaluation and best-checkpoint keys, on roi_val, at the
+    demo's scale (every kept checkpoint stays, so each can be scored afterwards)."""
+    if not cfg.checkpoints:
+        return {}
+    steps = max(1, phase.max_steps // cfg.checkpoints)
+    return {
+        "eval_dataset": "roi_val",
+        "eval_strategy": "steps",
+        "eval_steps": steps,
+        "save_strategy": "steps",
+        "save_steps": steps,
+        "save_total_limit": None,
+        "per_device_eval_batch_size": cfg.batch_size,
+        "roi_eval_verdicts": True,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": cfg.best_metric,
+        "greater_is_better": not cfg.best_metric.endswith("loss"),
+    }
 
 
 def run_demo(out: str | Path, cfg: DemoConfig | None = None, *, quiet: bool = False) -> dict[str, Any]:

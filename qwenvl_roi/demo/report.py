@@ -13,10 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi.atomic import write_text
+from qwenvl_roi.errors import ContractError
 from qwenvl_roi.evaluation.report import fmt
-from qwenvl_roi.jsonio import load_json_model
-from qwenvl_roi.schemas import ContractError
+from qwenvl_roi.fileio import load_json_model, write_text
 from qwenvl_roi.schemas.metrics import Metrics
 from qwenvl_roi.schemas.prepare_report import Boxes
 
@@ -71,7 +70,20 @@ def collect_phase(phase: Any, train_dir: Path, merged: Path, timings: dict[str, 
         "merged_model": str(merged),
         "train_s": timings.get(f"train-{phase.name}"),
         "export_s": timings.get(f"export-{phase.name}"),
+        **_evaluations(train_dir),
     }
+
+
+def _evaluations(train_dir: Path) -> dict[str, Any]:
+    """With checkpoints (DemoConfig.checkpoints): each evaluation's logged figures and the checkpoint kept."""
+    state_path = train_dir / "trainer_state.json"
+    if not state_path.is_file():
+        return {}
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    evaluations = [e for e in state.get("log_history", []) if "eval_loss" in e]
+    if not evaluations:
+        return {}
+    return {"evaluations": evaluations, "best_model_checkpoint": state.get("best_model_checkpoint")}
 
 
 def _groups_text(table: Any) -> str:

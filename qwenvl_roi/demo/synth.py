@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from qwenvl_roi.atomic import atomic_dir
+from qwenvl_roi.fileio import atomic_dir
 
 MANIFEST = "synth_manifest.json"
 

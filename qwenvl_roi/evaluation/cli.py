@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from qwenvl_roi.outputs import OutputError, claim, legacy_json, staged
+from qwenvl_roi.errors import OutputError
+from qwenvl_roi.outputs import claim, legacy_json, staged
 
 if TYPE_CHECKING:
     from qwenvl_roi.evaluation.gallery import GalleryOptions
@@ -62,8 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _canonical_labels(gold_path: str) -> tuple[list[str], str | None]:
     """Labels from dataset_meta.json beside the gold file; (labels, warning) when it is absent."""
-    from qwenvl_roi.converters.config import ConvertError
     from qwenvl_roi.converters.meta import load_dataset_meta
+    from qwenvl_roi.errors import ConvertError
 
     try:
         return list(load_dataset_meta(gold_path).labels), None
@@ -83,11 +84,12 @@ def evaluate(
 ) -> dict:
     """Compute metrics, write metrics.json, the gallery, the report, curves and the inference config;
     return metrics. ``gallery`` None: default gallery options; ``limit=0``: no gallery."""
-    from qwenvl_roi.evaluation.files import InputError, write_json_atomic, write_text_atomic
+    from qwenvl_roi.errors import InputError
     from qwenvl_roi.evaluation.gallery import GalleryOptions, write_gallery
     from qwenvl_roi.evaluation.metrics import compute_metrics, sweep_threshold
     from qwenvl_roi.evaluation.records import join
     from qwenvl_roi.evaluation.report import write_report
+    from qwenvl_roi.fileio import sorted_keys, write_json, write_text
     from qwenvl_roi.inference.config import InferenceConfig, save_inference_config
     from qwenvl_roi.schemas import check_record
 
@@ -136,14 +138,14 @@ def evaluate(
             metrics["gallery"] = write_gallery(metrics, regions, gold, out, gallery)
             metrics["warnings"] += [f"gallery: {w}" for w in metrics["gallery"]["warnings"]]
         check_record("metrics", metrics)  # the file's contract (qwenvl_roi/schemas/metrics.py), checked
-        write_json_atomic(out / METRICS_JSON, metrics)
+        write_json(out / METRICS_JSON, sorted_keys(metrics))
         write_report(metrics, regions, out)
         save_inference_config(config, out)
     meta_file = Path(gold).parent / "dataset_meta.json"
     for folder in model_dirs or []:
         save_inference_config(config, folder)
         if meta_file.is_file():
-            write_text_atomic(Path(folder) / meta_file.name, meta_file.read_text(encoding="utf-8"))
+            write_text(Path(folder) / meta_file.name, meta_file.read_text(encoding="utf-8"))
     return metrics
 
 
@@ -151,9 +153,8 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of `qwenvl-roi eval`; bad input -> one clear line on stderr and exit code 2."""
     from pydantic import ValidationError
 
-    from qwenvl_roi.evaluation.files import InputError
+    from qwenvl_roi.errors import InputError, MetricsError
     from qwenvl_roi.evaluation.gallery import GalleryOptions
-    from qwenvl_roi.evaluation.metrics import MetricsError
 
     try:
         options = GalleryOptions(

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from qwenvl_roi.atomic import atomic_dir
 from qwenvl_roi.converters.paths import resolve_image
 from qwenvl_roi.evaluation.metrics import NORMAL_CLASS, gold_class, predicted_class
 from qwenvl_roi.evaluation.records import JoinedRegion
+from qwenvl_roi.fileio import atomic_dir
 from qwenvl_roi.fonts import LabelFont, display_names, find_label_font
 from qwenvl_roi.picture_pages import (
     IMG_DIR,

@@ -16,11 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from qwenvl_roi.errors import MetricsError
 from qwenvl_roi.evaluation.records import JoinedRegion
-
-
-class MetricsError(ValueError):
-    """The inputs cannot give the requested figure (e.g. no regions, no positives on val)."""
 
 
 @dataclass(frozen=True)

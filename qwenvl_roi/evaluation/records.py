@@ -13,7 +13,8 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from qwenvl_roi.converters.paths import resolve_image
-from qwenvl_roi.evaluation.files import InputError, iter_jsonl
+from qwenvl_roi.errors import InputError
+from qwenvl_roi.fileio import iter_jsonl
 from qwenvl_roi.schemas import errors_text
 from qwenvl_roi.schemas.predictions import GeneratedPrediction, RegionsPrediction, RegionsPredictionRow
 from qwenvl_roi.schemas.regions import RegionSample

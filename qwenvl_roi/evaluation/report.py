@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi.atomic import write_figure_png
-from qwenvl_roi.evaluation.files import write_text_atomic
 from qwenvl_roi.evaluation.metrics import image_rows, ranking_score
 from qwenvl_roi.evaluation.records import JoinedRegion
+from qwenvl_roi.fileio import write_figure_png, write_text
 
 ROC_PNG = "roc.png"
 CONFUSION_PNG = "confusion.png"
@@ -261,4 +260,4 @@ def write_report(metrics: dict, regions: Sequence[JoinedRegion], out_dir: str | 
     """Write roc.png, pr.png, confusion.png and report.md into out_dir."""
     curves = write_curves(metrics, regions, out_dir)
     legend = write_confusion(metrics, out_dir)
-    write_text_atomic(Path(out_dir) / REPORT_MD, render_markdown(metrics, curves, legend))
+    write_text(Path(out_dir) / REPORT_MD, render_markdown(metrics, curves, legend))

@@ -82,10 +82,8 @@ def job_from_args(args: argparse.Namespace) -> PredictJob:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of `qwenvl-roi predict`: bad input is one line on stderr and exit code 2."""
-    from qwenvl_roi.converters.config import ConvertError
-    from qwenvl_roi.evaluation.files import InputError
+    from qwenvl_roi.errors import ConvertError, EncodingError, InputError
     from qwenvl_roi.inference import job
-    from qwenvl_roi.inference.encode import EncodingError
 
     try:
         return job.run(job_from_args(args))

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qwenvl_roi.evaluation.files import InputError, write_json_atomic
-from qwenvl_roi.jsonio import load_json_model
+from qwenvl_roi.errors import InputError
+from qwenvl_roi.fileio import load_json_model, sorted_keys, write_json
 from qwenvl_roi.schemas.inference_config import DEFAULT_THRESHOLD, InferenceConfig
 
 __all__ = [
@@ -49,5 +49,5 @@ def find_inference_config(*folders: str | Path | None) -> Path | None:
 def save_inference_config(config: InferenceConfig, folder: str | Path) -> Path:
     """Write the config into `folder` atomically and return its path."""
     path = Path(folder) / CONFIG_FILE_NAME
-    write_json_atomic(path, config.model_dump())
+    write_json(path, sorted_keys(config.model_dump()))
     return path

@@ -28,7 +28,7 @@ from PIL import Image
 
 from qwenvl_roi.converters.meta import DatasetMeta
 from qwenvl_roi.converters.names import is_utf8, not_utf8_reason, shown
-from qwenvl_roi.evaluation.files import InputError
+from qwenvl_roi.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

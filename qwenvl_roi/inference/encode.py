@@ -21,11 +21,8 @@ from typing import Any
 
 from qwenvl_roi.converters.meta import DatasetMeta
 from qwenvl_roi.converters.prompt import answer_text, build_record
+from qwenvl_roi.errors import EncodingError
 from qwenvl_roi.families import family
-
-
-class EncodingError(RuntimeError):
-    """The tokenised answer does not line up with its text (tokenizer and template disagree)."""
 
 
 @dataclass(frozen=True)

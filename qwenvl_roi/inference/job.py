@@ -56,7 +56,8 @@ def load_samples(path: str | Path) -> list[dict[str, Any]]:
     from pydantic import ValidationError
 
     from qwenvl_roi.converters.paths import resolve_image
-    from qwenvl_roi.evaluation.files import InputError, iter_jsonl
+    from qwenvl_roi.errors import InputError
+    from qwenvl_roi.fileio import iter_jsonl
     from qwenvl_roi.schemas import errors_text
     from qwenvl_roi.schemas.regions import RegionSample
 
@@ -84,7 +85,7 @@ def check_out(out: str | Path, inputs: tuple[str | Path | None, ...] = ()) -> No
     about a read-only mount. Nothing is left behind (missing folders are created only when writing).
     ``--out`` may not be one of the ``inputs`` (the regions or boxes file) nor lie inside an input folder
     (a txt folder of boxes): the predictions would replace what they were made from."""
-    from qwenvl_roi.evaluation.files import InputError
+    from qwenvl_roi.errors import InputError
 
     path = Path(out).absolute()
     if path.is_dir():
@@ -117,7 +118,7 @@ def check_out(out: str | Path, inputs: tuple[str | Path | None, ...] = ()) -> No
 def run(job: PredictJob, backend: str | type[ScoringBackend] = DEFAULT_BACKEND) -> int:
     """Run a predict job on a scoring backend (a registered name or class); 0 when done. Bad input raises
     `InputError` (the CLI prints it and exits 2) before the model loads wherever it can be seen earlier."""
-    from qwenvl_roi.evaluation.files import InputError
+    from qwenvl_roi.errors import InputError
 
     if job.batch_size < 1:
         raise InputError(f"--batch-size must be >= 1, got {job.batch_size}")
@@ -141,7 +142,7 @@ def run(job: PredictJob, backend: str | type[ScoringBackend] = DEFAULT_BACKEND) 
 
 def _run_regions(job: PredictJob, backend: str | type[ScoringBackend]) -> int:
     """The regions-file form: every sample scored (or generated) in one go, written atomically."""
-    from qwenvl_roi.evaluation.files import write_jsonl_atomic
+    from qwenvl_roi.fileio import write_jsonl
     from qwenvl_roi.inference.predictor import RegionPredictor
 
     assert job.regions is not None
@@ -161,7 +162,7 @@ def _run_regions(job: PredictJob, backend: str | type[ScoringBackend]) -> int:
         rows = predictor.generate_samples(samples, batch_size=job.batch_size, progress=job.progress)
     for row in rows:  # the published contract of a --regions row, checked before anything is written
         check_record("predictions", row)
-    write_jsonl_atomic(job.out, rows)
+    write_jsonl(job.out, rows)
     flagged = sum(bool(r["abnormal"]) for row in rows for r in row["regions"])
     unparsed = sum(r["score"] is None for row in rows for r in row["regions"])
     msg = f"{len(rows)} samples, {flagged} regions flagged at threshold {predictor.config.threshold:.4f}"

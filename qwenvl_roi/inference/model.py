@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi.evaluation.files import InputError
+from qwenvl_roi.errors import InputError
 
 
 def pick_device_and_dtype(device: str | None = None, dtype: str | None = None) -> tuple[Any, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from qwenvl_roi.converters.meta import META_FILE, DatasetMeta, load_dataset_meta
 from qwenvl_roi.converters.prompt import parse_answer
-from qwenvl_roi.evaluation.files import InputError
+from qwenvl_roi.errors import EncodingError, InputError
 from qwenvl_roi.families import find_family
 from qwenvl_roi.inference.backend import DEFAULT_BACKEND, Pass, ScoringBackend, get_backend
 from qwenvl_roi.inference.config import (
@@ -28,7 +28,7 @@ from qwenvl_roi.inference.config import (
     find_inference_config,
     load_inference_config,
 )
-from qwenvl_roi.inference.encode import EncodingError, PromptEncoder, load_tokenizer_and_processor
+from qwenvl_roi.inference.encode import PromptEncoder, load_tokenizer_and_processor
 from qwenvl_roi.inference.model import check_model_path
 from qwenvl_roi.inference.scoring import LineTrees, SampleScore, prediction_record, score_sample
 

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi.atomic import atomic_open
-from qwenvl_roi.evaluation.files import InputError
+from qwenvl_roi.errors import ResumeError
+from qwenvl_roi.fileio import atomic_open
 
 HEADER_KEY = "qwenvl_roi_predict_partial"
 #: what a differing fingerprint key means, where its name alone does not say it
@@ -33,10 +33,6 @@ _WHY = {
     "adapter_files": "the adapter folder's files are not the ones these results were scored with",
     "image_files": "input pictures were replaced or changed since these results were scored",
 }
-
-
-class ResumeError(InputError):
-    """The partial results on disk belong to a run with other settings."""
 
 
 def partial_dir(out: Path) -> Path:

@@ -21,8 +21,9 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwenvl_roi.errors import EncodingError
 from qwenvl_roi.inference.backend import Request, Values
-from qwenvl_roi.inference.encode import Answer, EncodingError, PromptEncoder
+from qwenvl_roi.inference.encode import Answer, PromptEncoder
 
 Prefix = tuple[int, ...]
 

@@ -34,8 +34,9 @@ def run(args: argparse.Namespace) -> int:
     """Entry point; bad input -> one clear line on stderr and exit code 2."""
     from pydantic import ValidationError
 
-    from qwenvl_roi.converters.config import ConvertError, load_data_config, report_error
-    from qwenvl_roi.outputs import OutputError, claim, staged
+    from qwenvl_roi.converters.config import load_data_config, report_error
+    from qwenvl_roi.errors import ConvertError, OutputError
+    from qwenvl_roi.outputs import claim, staged
     from qwenvl_roi.picture_pages import PageOptions
 
     from .page import write_preview

@@ -17,12 +17,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from qwenvl_roi.atomic import atomic_dir
-from qwenvl_roi.converters.config import ConvertError
 from qwenvl_roi.converters.paths import relative_to_folder
 from qwenvl_roi.converters.prepare import REPORT_FILE
 from qwenvl_roi.converters.prompt import build_record, system_text
-from qwenvl_roi.converters.write import write_json
+from qwenvl_roi.errors import ConvertError
+from qwenvl_roi.fileio import atomic_dir, write_json
 from qwenvl_roi.fonts import LabelFont, display_names, find_label_font
 from qwenvl_roi.picture_pages import (
     CSS,

@@ -20,14 +20,15 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from qwenvl_roi.converters.config import ConvertError, DataConfig
+from qwenvl_roi.converters.config import DataConfig
 from qwenvl_roi.converters.images import REASON_TEXT
 from qwenvl_roi.converters.meta import META_FILE, DatasetMeta, load_dataset_meta
 from qwenvl_roi.converters.parse import LineParser, check_box, parse_txt
 from qwenvl_roi.converters.paths import resolve_image
 from qwenvl_roi.converters.prepare import REPORT_FILE, defect_box, stem_key
 from qwenvl_roi.converters.split import SPLITS
-from qwenvl_roi.jsonio import iter_jsonl
+from qwenvl_roi.errors import ConvertError
+from qwenvl_roi.fileio import iter_jsonl
 from qwenvl_roi.schemas import errors_text
 from qwenvl_roi.schemas.prepare_report import PrepareReport
 from qwenvl_roi.schemas.regions import RegionSample

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from qwenvl_roi.errors import ContractError
+
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 README = "README.md"
 WRITE_COMMAND = "python -m qwenvl_roi.schemas --write docs/schemas"
@@ -53,10 +55,6 @@ class Schema:
 
 
 _ADAPTERS: dict[str, Any] = {}
-
-
-class ContractError(ValueError):
-    """A writer built a record that its file's contract refuses: a bug, stopped before the file is written."""
 
 
 def errors_text(exc: Any) -> str:

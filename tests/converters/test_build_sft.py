@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 from qwenvl_roi.converters.build_sft import build_sft, read_regions
-from qwenvl_roi.converters.config import ConvertError, load_data_config
+from qwenvl_roi.converters.config import load_data_config
 from qwenvl_roi.converters.convert import convert
 from qwenvl_roi.converters.meta import load_dataset_meta
 from qwenvl_roi.converters.prompt import build_record, parse_answer
+
+from qwenvl_roi.errors import ConvertError
 
 
 def regions(out: Path, split: str) -> list[dict]:

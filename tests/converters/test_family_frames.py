@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 from PIL import Image
-from qwenvl_roi.converters.config import ConvertError, DataConfig, load_data_config
+from qwenvl_roi.converters.config import DataConfig, load_data_config
 from qwenvl_roi.converters.convert import convert
 from qwenvl_roi.converters.meta import build_meta, load_dataset_meta
+
+from qwenvl_roi.errors import ConvertError
 
 ROOT = Path(__file__).resolve().parents[2]
 # The released Qwen3-VL / Qwen3.5 processors (preprocessor_config.json): patch 16, merge 2, 256^2..4096^2 px.

@@ -17,7 +17,7 @@ from qwenvl_roi.converters.parse import LineParser, parse_txt
 from qwenvl_roi.converters.prepare import prepare
 from qwenvl_roi.converters.scan_labels import scan_labels
 
-from qwenvl_roi.jsonio import iter_jsonl
+from qwenvl_roi.fileio import iter_jsonl
 
 
 class BadInput(Exception):

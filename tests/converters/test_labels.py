@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from qwenvl_roi.converters.config import ConvertError
 from qwenvl_roi.converters.labels import LabelResolver, auto_canonical, label_key
+
+from qwenvl_roi.errors import ConvertError
 
 
 def test_variants_differing_by_width_case_whitespace_share_a_key() -> None:

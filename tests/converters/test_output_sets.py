@@ -332,7 +332,7 @@ def test_outputs_respect_the_umask(tmp_path: Path, files, make_config) -> None:
 
 @pytest.mark.parametrize("name", ["a" * 250 + ".json", "缺" * 83 + ".json"])
 def test_atomic_writes_work_for_names_near_the_limit(tmp_path: Path, name: str) -> None:
-    from qwenvl_roi.atomic import write_text
+    from qwenvl_roi.fileio import write_text
 
     assert len(os.fsencode(name)) <= 255
     write_text(tmp_path / name, "ok\n")
@@ -366,7 +366,7 @@ def test_converted_set_names_no_staging_folder(tmp_path: Path, files, make_confi
 
 
 def test_files_added_while_a_set_is_staged_are_kept(tmp_path: Path) -> None:
-    from qwenvl_roi.atomic import write_text
+    from qwenvl_roi.fileio import write_text
     from qwenvl_roi.outputs import staged
 
     out = tmp_path / "out"

@@ -9,9 +9,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from qwenvl_roi.converters.config import ConvertError, load_data_config
+from qwenvl_roi.converters.config import load_data_config
 from qwenvl_roi.converters.prepare import StrictModeError, prepare
-from qwenvl_roi.converters.write import atomic_open, write_json
+
+from qwenvl_roi.errors import ConvertError
+from qwenvl_roi.fileio import atomic_open, write_json
 
 
 def messy(tmp_path: Path, files) -> None:

@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 import yaml
 from PIL import Image, ImageDraw, ImageOps
-from qwenvl_roi.converters.config import ConvertError, load_data_config
+from qwenvl_roi.converters.config import load_data_config
 from qwenvl_roi.converters.prepare import PrepareResult, prepare
 from qwenvl_roi.converters.scan_labels import scan_labels, settings_from_flags
+
+from qwenvl_roi.errors import ConvertError
 
 Box = tuple[int, int, int, int]
 LABELS = ("crack", "3号划痕", "渗漏")

@@ -8,10 +8,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from qwenvl_roi.converters.config import ConvertError, load_data_config
+from qwenvl_roi.converters.config import load_data_config
 from qwenvl_roi.converters.convert import convert
 from qwenvl_roi.converters.prepare import prepare
 from qwenvl_roi.converters.split import assign_split, group_key, hash_unit
+
+from qwenvl_roi.errors import ConvertError
 
 
 def image_splits(out: Path) -> dict[str, str]:

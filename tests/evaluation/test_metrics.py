@@ -10,9 +10,9 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, precision_recall_curve, roc_auc_score
 
 from qwenvl_roi.cli import main
+from qwenvl_roi.errors import InputError, MetricsError
 from qwenvl_roi.evaluation.cli import evaluate
-from qwenvl_roi.evaluation.files import InputError
-from qwenvl_roi.evaluation.metrics import MetricsError, compute_metrics, sweep_threshold
+from qwenvl_roi.evaluation.metrics import compute_metrics, sweep_threshold
 from qwenvl_roi.evaluation.records import JoinedRegion, join
 from qwenvl_roi.inference.config import CONFIG_FILE_NAME, load_inference_config
 

@@ -8,7 +8,8 @@ import typing
 import pytest
 
 from qwenvl_roi import families
-from qwenvl_roi.families import FAMILIES, FAMILY_NAMES, UnknownFamilyError, family, family_of_model_type
+from qwenvl_roi.errors import UnknownFamilyError
+from qwenvl_roi.families import FAMILIES, FAMILY_NAMES, family, family_of_model_type
 
 
 def test_model_family_literal_lists_exactly_the_table() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from qwenvl_roi.inference.encode import EncodingError
+from qwenvl_roi.errors import EncodingError
 from qwenvl_roi.inference.predictor import RegionPredictor
 from qwenvl_roi.inference.scoring import WordTree
 

@@ -20,7 +20,8 @@ from PIL import Image
 from pydantic import ValidationError
 
 from qwenvl_roi.cli import main
-from qwenvl_roi.schemas import DRAFT, SCHEMAS, WRITE_COMMAND, ContractError, check_record, get, schema_text
+from qwenvl_roi.errors import ContractError
+from qwenvl_roi.schemas import DRAFT, SCHEMAS, WRITE_COMMAND, check_record, get, schema_text
 from qwenvl_roi.schemas.__main__ import main as schemas_main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -184,7 +185,7 @@ def test_real_outputs_cover_every_branch(real: dict[str, Path]) -> None:
 
 
 def _as_written(name: str, obj: Any) -> str:
-    """The text the writer of that file writes for ``obj`` (converters/write.py, evaluation/files.py)."""
+    """The text the writer of that file writes for ``obj`` (qwenvl_roi/fileio.py)."""
     if name in ("regions", "predictions"):
         return json.dumps(obj, ensure_ascii=False)
     if name in ("metrics", "inference_config"):
@@ -208,9 +209,9 @@ def test_readers_and_writers_use_the_models(real: dict[str, Path]) -> None:
     through the contracts, and write what they read."""
     from qwenvl_roi.converters.build_sft import read_regions
     from qwenvl_roi.converters.meta import DatasetMeta, load_dataset_meta
-    from qwenvl_roi.converters.write import dumps
 
     from qwenvl_roi.demo.report import read_metrics
+    from qwenvl_roi.fileio import dumps
     from qwenvl_roi.inference.config import InferenceConfig, load_inference_config, save_inference_config
     from qwenvl_roi.schemas.dataset_meta import DatasetMeta as ContractMeta
     from qwenvl_roi.schemas.inference_config import InferenceConfig as ContractConfig
@@ -350,7 +351,8 @@ def test_malformed_values_fail_the_model(
 
 def test_build_sft_names_the_line_of_a_malformed_sample(real: dict[str, Path], tmp_path: Path) -> None:
     from qwenvl_roi.converters.build_sft import read_regions
-    from qwenvl_roi.converters.config import ConvertError
+
+    from qwenvl_roi.errors import ConvertError
 
     lines = _lines(real["out"] / "regions_test.jsonl")
     bad = json.loads(lines[0])
