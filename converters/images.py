@@ -19,6 +19,7 @@ import json
 import math
 import os
 import posixpath
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -105,10 +106,17 @@ def _orientation(im: Image.Image) -> tuple[int, str]:
 def inspect(path: str | Path) -> Inspection | str:
     """Header-only inspection, or the reason the image cannot be read."""
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            mode = im.mode
-            orientation, note = _orientation(im)
+        # PIL only warns, without a file name, about a corrupt EXIF block ("Possibly corrupt EXIF data",
+        # "Truncated File Read"): such a warning becomes this image's note in the report
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Image.open(path) as im:
+                w, h = im.size
+                mode = im.mode
+                orientation, note = _orientation(im)
+        said = [str(x.message) for x in caught if not issubclass(x.category, Image.DecompressionBombWarning)]
+        if said and not note:
+            note = f"EXIF or header damaged ({said[0]}); orientation read as {orientation}"
     except Image.DecompressionBombError as exc:
         return f"too large for PIL ({exc})"
     except Exception as exc:  # PIL raises many exception types for corrupt headers

@@ -162,6 +162,8 @@ def trainer_thumbnail(path: str | os.PathLike[str], reduced: bool = True) -> np.
     box = None
     with warnings.catch_warnings():  # huge industrial pictures are fine: they are reduced at once
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # a damaged EXIF block only warns, and prepare reports it for the image already (images.inspect)
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
         with Image.open(path) as im:
             if reduced and im.format == "JPEG":
                 got = im.draft("L" if im.mode == "RGB" else None, (REDUCE_TO, REDUCE_TO))

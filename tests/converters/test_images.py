@@ -169,3 +169,25 @@ def test_other_modes_become_8_bit_rgb(tmp_path: Path, files, make_config, mode: 
     assert np.abs(got - expect).max() <= 1, (got[0, 0], got[30, 40])
     assert report["images"]["converted_by_reason"] == {reason: 1}
     assert not report["problems"]
+
+
+def test_a_damaged_exif_block_is_that_images_problem_not_a_stray_warning(
+    tmp_path: Path, files, make_config
+) -> None:
+    """PIL only warns ("Truncated File Read", "Possibly corrupt EXIF data") without naming the file: the
+    report names it instead, and nothing is printed as a bare warning."""
+    import struct
+    import warnings
+
+    ifd = struct.pack(">H", 1) + struct.pack(">HHII", 0x010F, 2, 100, 0x100) + struct.pack(">I", 0)
+    exif = b"Exif\x00\x00" + b"MM\x00\x2a" + struct.pack(">I", 8) + ifd  # Make: 100 bytes past the end
+    (tmp_path / "abn" / "b1").mkdir(parents=True)
+    Image.new("RGB", (120, 90), GREY).save(tmp_path / "abn" / "b1" / "cam.jpg", exif=exif)
+    files.txt(tmp_path / "abn" / "b1" / "cam.txt", "cam.jpg;10;10;60;60;crack\n")
+    files.simple(tmp_path, n_abnormal=4, n_normal=4, folders=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = prepare(load_data_config(make_config()), progress=False).report
+    assert not [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    found = {p["kind"]: p["reason"] for p in report["problems"] if p["file"].endswith("b1/cam.jpg")}
+    assert "Truncated File Read" in found["exif_unreadable"]

@@ -140,3 +140,40 @@ def test_readme_python_snippet_runs_on_the_demo_model(demo_out: Path, capsys: py
         printed = capsys.readouterr().out.splitlines()
         assert [line.split()[0] for line in printed] == ["R1", "R2"]
         assert all(0.0 <= float(line.split()[1]) <= 1.0 for line in printed)
+
+
+def test_every_file_of_the_demo_validates_against_the_published_schemas(demo_out: Path) -> None:
+    """The demo's real outputs against docs/schemas/*.schema.json with an independent validator
+    (jsonschema, draft 2020-12): what a user's downstream tool would check."""
+    from jsonschema import Draft202012Validator
+
+    schemas = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+
+    def validator(name: str) -> Draft202012Validator:
+        return Draft202012Validator(json.loads((schemas / f"{name}.schema.json").read_text(encoding="utf-8")))
+
+    def lines(path: Path) -> list[dict]:
+        return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+    prepared = demo_out / "prepared"
+    checked = 0
+    for path in sorted(prepared.glob("regions_*.jsonl")):
+        for row in lines(path):
+            validator("regions").validate(row)
+            checked += 1
+    for name, path in (("prepare_report", prepared / "prepare_report.json"),
+                       ("dataset_meta", prepared / "dataset_meta.json")):  # fmt: skip
+        validator(name).validate(json.loads(path.read_text(encoding="utf-8")))
+    predictions = sorted((demo_out / "predictions").rglob("*.jsonl"))
+    assert predictions
+    for path in predictions:
+        for row in lines(path):
+            validator("predictions").validate(row)
+            checked += 1
+    metrics = sorted((demo_out / "eval").rglob("metrics.json"))
+    assert metrics
+    for path in metrics:
+        validator("metrics").validate(json.loads(path.read_text(encoding="utf-8")))
+    for path in (demo_out / "eval").rglob("qwenvl_roi_inference.json"):
+        validator("inference_config").validate(json.loads(path.read_text(encoding="utf-8")))
+    assert checked > 50
