@@ -25,7 +25,7 @@ from pydantic import (
 from qwenvl_roi.errors import ConvertError, OutputError
 from qwenvl_roi.families import DEFAULT_FAMILY, FAMILIES, ModelFamily, family
 
-from .sources import FORMAT_KEYS, FORMATS, SOURCES
+from .sources import FORMAT_KEYS, FORMATS, LAYOUT_KEYS, LAYOUTS, SOURCES
 
 _DEFAULT = family(DEFAULT_FAMILY)  # the table's default family: its processor limits are the fields' defaults
 
@@ -59,6 +59,18 @@ FORMAT_KEY_HELP = {
     "annotations_dir": "the folder of the annotation files, mirroring abnormal_dir's sub-folders",
     "yolo_names": "a classes.txt (one name a line) or an Ultralytics dataset YAML with names:",
     "coco_json": "the COCO file; its images' file_name are relative to abnormal_dir",
+    "dataset_root": "the benchmark's folder (MVTec AD: the root or one category; VisA: the root)",
+    "visa_split_csv": "the split file, relative to dataset_root (e.g. split_csv/2cls_highshot.csv)",
+}
+#: what a layout sets itself, for the error when a config sets it too
+LAYOUT_SETS = {
+    "abnormal_dir": "reads its images under dataset_root; remove abnormal_dir",
+    "normal_dir": "holds its own normal images (MVTec AD good, VisA normal); remove normal_dir (or null)",
+    "annotation_format": "reads its masks and labels itself; remove annotation_format",
+    "split_by_parent": (
+        "splits image by image (one folder holds a whole defect type); remove split_by_parent or set it "
+        "to false"
+    ),
 }
 
 
@@ -66,6 +78,14 @@ class DataConfig(BaseModel):
     """Every key of configs/data.yaml with its default (see docs/converters.md for the meaning)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    # a benchmark's own layout (converters/sources/: mvtec, visa) instead of the folders and annotation
+    # format below: it names the images, the masks, the labels and the splits itself (first: the keys
+    # after it are checked against it)
+    dataset_layout: str | None = None
+    dataset_root: Path | None = Field(None, validate_default=True)
+    visa_split_csv: Path | None = Field(None, validate_default=True)
+    split_from: Literal["defect_types", "layout"] | None = Field(None, validate_default=True)
 
     # paths
     abnormal_dir: Path = Path("./data/abnormal_root")
@@ -122,7 +142,7 @@ class DataConfig(BaseModel):
     near_duplicates: Literal["group", "report", "off"] = "report"
     near_duplicate_max_distance: int = 8
     near_duplicate_min_correlation: float = 0.9995
-    workers: int | None = None  # processes that hash pictures; None: by the work and the CPUs
+    workers: int | None = None  # processes that hash pictures (and decode layout masks); None: by the work
 
     # behaviour
     strict: bool = False
@@ -148,6 +168,45 @@ class DataConfig(BaseModel):
             raise ValueError(f"{v!r} is not a format; one of {', '.join(FORMATS)}")
         return v
 
+    @field_validator("dataset_layout")
+    @classmethod
+    def _layout_known(cls, v: str | None) -> str | None:
+        if v is not None and v not in LAYOUTS:
+            raise ValueError(f"{v!r} is not a layout; one of {', '.join(LAYOUTS)} (or null)")
+        return v
+
+    @field_validator(*LAYOUT_KEYS)
+    @classmethod
+    def _layout_key(cls, v: object, info: ValidationInfo) -> object:
+        """A layout's required key must be set; a key only another layout (or no layout) reads must not be."""
+        key = info.field_name or ""
+        if "dataset_layout" not in info.data:  # its own error says why
+            return v
+        layout = info.data["dataset_layout"]
+        readers = " or ".join(name for name, s in LAYOUTS.items() if key in s.keys)
+        if layout is None:
+            if v is not None:
+                raise ValueError(f"is read only with dataset_layout: {readers}; remove it")
+            return v
+        source = LAYOUTS[layout]
+        if v is None and key in source.required:
+            raise ValueError(f"dataset_layout: {layout} needs {key}: {FORMAT_KEY_HELP.get(key, '')}")
+        if v is not None and key not in source.keys:
+            raise ValueError(
+                f"is read only with dataset_layout: {readers} (this config has {layout}); remove it"
+            )
+        return v
+
+    @field_validator(*LAYOUT_SETS)
+    @classmethod
+    def _not_with_layout(cls, v: object, info: ValidationInfo) -> object:
+        """Keys a layout sets itself (checked only when written: these have defaults)."""
+        layout = info.data.get("dataset_layout")
+        key = info.field_name or ""
+        if layout is None or (key in ("normal_dir", "split_by_parent") and not v):
+            return v
+        raise ValueError(f"dataset_layout: {layout} {LAYOUT_SETS[key]}")
+
     @field_validator(*FORMAT_KEYS)
     @classmethod
     def _format_key(cls, v: Path | None, info: ValidationInfo) -> Path | None:
@@ -155,6 +214,9 @@ class DataConfig(BaseModel):
         ignored silently)."""
         fmt = info.data.get("annotation_format")
         key = info.field_name or ""
+        layout = info.data.get("dataset_layout")
+        if layout is not None and v is not None:
+            raise ValueError(f"is not read with dataset_layout: {layout} (it reads its masks); remove it")
         if fmt not in SOURCES:  # the format's own error says why
             return v
         source = SOURCES[fmt]
@@ -174,11 +236,23 @@ class DataConfig(BaseModel):
             raise ValueError("dataset_prefix must be letters, digits, '_' or '-'")
         return v
 
-    @field_validator("near_duplicate_max_distance", "near_duplicate_min_correlation", "workers", mode="before")
+    @field_validator(
+        "near_duplicate_max_distance", "near_duplicate_min_correlation", "workers", mode="before"
+    )
     @classmethod
-    def _not_bool(cls, v: object, info: ValidationInfo) -> object:
+    def _not_bool(cls, v: object) -> object:
         if isinstance(v, bool):  # YAML's yes/no/on/off: a number was meant (pydantic reads true as 1)
             raise ValueError(f"must be a number, not {str(v).lower()}")
+        return v
+
+    @field_validator("near_duplicates", mode="before")
+    @classmethod
+    def _yaml_off(cls, v: object) -> object:
+        """YAML 1.1 reads an unquoted ``off`` (and ``no``, ``false``) as false: that is the mode off."""
+        if v is False:
+            return "off"
+        if v is True:
+            raise ValueError("true/on/yes says nothing about what to do: write group, report or off")
         return v
 
     @field_validator("near_duplicate_max_distance")
@@ -205,7 +279,9 @@ class DataConfig(BaseModel):
     @classmethod
     def _workers_ok(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
-            raise ValueError(f"must be at least 1 process (or null: chosen by the work and the CPUs), got {v}")
+            raise ValueError(
+                f"must be at least 1 process (or null: chosen by the work and the CPUs), got {v}"
+            )
         return v
 
     @field_validator("label_map", mode="before")
@@ -233,6 +309,17 @@ class DataConfig(BaseModel):
             if data.get(key) is None:
                 data[key] = getattr(fam, key)
         return data
+
+    @model_validator(mode="after")
+    def _layout_folders(self) -> DataConfig:
+        """A layout names its own folders: abnormal_dir is dataset_root (the images folder the preview and
+        the report name), no normal_dir, and every image is its own split group (a benchmark's folder holds
+        a whole defect type, and the layout forces splits image by image)."""
+        if self.dataset_layout is not None and self.dataset_root is not None:
+            self.abnormal_dir = self.dataset_root
+            self.normal_dir = None
+            self.split_by_parent = False
+        return self
 
     @model_validator(mode="after")
     def _check_relations(self) -> DataConfig:
@@ -280,6 +367,8 @@ def format_validation_error(err: ValidationError, source: str, key_lines: dict[s
         line = key_lines.get(key)
         if line is None and key in FORMAT_KEYS:  # a missing key the format needs: point at the format
             line = key_lines.get("annotation_format")
+        if line is None and key in LAYOUT_KEYS:  # likewise for a layout
+            line = key_lines.get("dataset_layout")
         where = f"{source}:{line}" if line else source
         name = ".".join(loc) if loc else "(config)"
         out.append(f"{where}: {name}: {e['msg']}")

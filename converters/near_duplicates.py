@@ -753,14 +753,17 @@ def find_near_duplicates(
     usable = list(first_of.values())
     result = NearDuplicates([], max_distance, min_correlation, len(usable), hashed.decoded, hashed.cached)
     result.unreadable = {p.name: hashed.errors[p.path] for p in pictures if p.path in hashed.errors}
-    content = [p for p in usable if np.ptp(hashed.fingerprints[p.path].thumb) > 0]
-    result.flat = len(usable) - len(content)
-    usable = content
-    if len(usable) < 2:
+    if not usable:
         return result
     fps = [hashed.fingerprints[p.path] for p in usable]
-    values = np.array([f.hash for f in fps], dtype=np.uint64)
     thumbs = np.stack([f.thumb for f in fps])
+    flat = thumbs.reshape(len(fps), -1)
+    content = np.flatnonzero(flat.min(axis=1) < flat.max(axis=1))
+    result.flat = len(usable) - content.size
+    if content.size < 2:
+        return result
+    usable, thumbs = [usable[k] for k in content.tolist()], thumbs[content]
+    values = np.array([fps[k].hash for k in content.tolist()], dtype=np.uint64)
     stats = PairStats()
     verified = twin_pairs(values, thumbs, max_distance, min_correlation, stats)
     result.compared, result.hash_pairs = stats.compared, stats.hash_pairs
@@ -859,7 +862,9 @@ def report_section(
 
     ``split_of``: Picture.name -> the split it gets by its own folder group (what the set would span
     without merging); ``final_split_of``: the split it got (after ``group`` merged the folders; defaults to
-    ``split_of``). ``result`` None (mode ``off``) gives the section with no sets.
+    ``split_of``). ``result`` None (mode ``off``) gives the section with no sets. The cache's work
+    (``decoded``, ``cached``) stays out: a rerun on the same inputs must write the same report, byte for
+    byte; prepare prints it instead.
     """
     final = final_split_of if final_split_of is not None else split_of
     section: dict[str, Any] = {"mode": mode}
@@ -899,8 +904,6 @@ def report_section(
         "max_distance": result.max_distance,
         "min_correlation": result.min_correlation,
         "pictures": result.pictures,
-        "decoded": result.decoded,
-        "from_cache": result.cached,
         "unreadable": len(result.unreadable),
         "flat": result.flat,
         "compared": result.compared,
@@ -922,8 +925,6 @@ REPORT_KEYS: dict[str, str] = {
     "max_distance": "Hamming distance (bits of 64) under which two hashes are a candidate pair",
     "min_correlation": "Pearson r of the 32x32 grey thumbnails at or above which a candidate is a twin",
     "pictures": "pictures hashed",
-    "decoded": "pictures decoded in this run (the rest came from the cache)",
-    "from_cache": "pictures whose hash came from the cache (size and mtime_ns unchanged)",
     "unreadable": "pictures that could not be decoded (left out of the search)",
     "flat": "pictures whose 32x32 thumbnail is one grey level: no content to compare, left unpaired",
     "compared": "Hamming distances computed by the multi-index search (sub-quadratic work)",

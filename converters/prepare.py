@@ -10,7 +10,7 @@ import argparse
 import os
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +23,7 @@ from qwenvl_roi.fileio import write_json, write_jsonl
 from qwenvl_roi.outputs import legacy_json, made_by, mark, real_folder, staged
 from qwenvl_roi.schemas import check_record
 
+from . import twin_check
 from .audit import position_audit
 from .candidates import (
     Box,
@@ -46,7 +47,7 @@ from .report import BoxLedger, split_stats, split_warnings
 from .runtime import paused_gc
 from .sources import Dropped, Record, SourceError, make_source
 from .sources.frame import fit_frame
-from .split import IMAGE_SPLITS, SPLITS, assign_split, group_key, holdout_matches
+from .split import FORCED_SPLITS, IMAGE_SPLITS, SPLITS, assign_split, forced_split, group_key, holdout_matches
 from .walk import IMAGE_EXTS as IMAGE_EXTS  # re-exported: predict and the preview find files as prepare does
 from .walk import Skip, file_label, folder_key, walk_files
 from .walk import stem_key as stem_key
@@ -100,6 +101,8 @@ class ImageEntry:
     split: str = ""
     root: str = ""  # "" -> the same as source
     forced_split: str | None = None
+    path: str = ""  # the original file, absolute: what the near-duplicate check decodes and caches by
+    file: str = ""  # how problems name the image file (walk.file_label)
 
     def __post_init__(self) -> None:
         if not self.root:
@@ -114,6 +117,9 @@ class PrepareResult:
     report: dict[str, Any]
     meta: DatasetMeta
     out_dir: Path
+    # the near-duplicate hash cache's work in this run (pictures, decoded, from_cache); None when off. Not in
+    # the report, which must be the same bytes on a rerun
+    hashing: dict[str, int] | None = None
 
 
 def defect_box(coords: tuple[float, float, float, float], width: int, height: int) -> Box | None:
@@ -277,6 +283,8 @@ class _Collector:
                 used.height,
                 root="abnormal",
                 forced_split=rec.split,
+                path=path,
+                file=label,
             )
         checked = [check_box(raw, w, h, self.cfg.min_box_size) for raw in boxes]
         if not any(c.box is not None for c in checked):
@@ -290,7 +298,9 @@ class _Collector:
             self._drop_all(boxes, "image_unreadable")
             return None
         self._commit(checked, rec.annotation)
-        entry = ImageEntry("abnormal", shown(rel), used.image, w, h, forced_split=rec.split)
+        entry = ImageEntry(
+            "abnormal", shown(rel), used.image, w, h, forced_split=rec.split, path=path, file=label
+        )
         entry.raw_boxes = [(c.box, c.raw, rec.annotation) for c in checked if c.box is not None]
         for raw in boxes + [d.raw for d in dropped if d.marks]:  # every box marks a defect, even one dropped
             d = defect_box(raw.coords, w, h)
@@ -322,7 +332,11 @@ class _Collector:
                 continue
             used = self._use(path, "normal", rel, label)
             if used is not None:
-                entries.append(ImageEntry("normal", shown(rel), used.image, used.width, used.height))
+                entries.append(
+                    ImageEntry(
+                        "normal", shown(rel), used.image, used.width, used.height, path=path, file=label
+                    )
+                )
         return entries
 
     def _disable(self) -> bool | None:
@@ -357,24 +371,23 @@ def _resolve_labels(
     return {c: sorted(v) for c, v in sorted(variants.items())}
 
 
-def _assign_splits(entries: list[ImageEntry], cfg: DataConfig, problems: list[Problem]) -> list[str]:
-    """Group and split every image; returns warnings (e.g. one folder holding a whole source).
-
-    A group goes to test when a holdout_list entry names one of its images; else to the split its source
-    forces on its images (a benchmark's official split; when they disagree the later of train, val, test,
-    reported); else to its seeded hash. So a group never spans two splits."""
+def _splits(
+    entries: list[ImageEntry], cfg: DataConfig, key: Callable[[str], str], problems: list[Problem]
+) -> list[str]:
+    """Each entry's split, its group being ``key(e.group)``: test when a holdout_list entry names one of the
+    group's images; else the split its source forces on its images (a benchmark's official split; when they
+    disagree the later of train, val, test, reported); else the group's seeded hash."""
     roots = {"abnormal": cfg.abnormal_dir.name, "normal": cfg.normal_dir.name if cfg.normal_dir else ""}
     forced: set[str] = set()
     matched: set[str] = set()
     imposed: dict[str, set[str]] = defaultdict(set)
     for e in entries:
-        e.group = group_key(e.root, e.rel, cfg.split_by_parent, cfg.split_group_depth)
         hits = holdout_matches(cfg.holdout_list, e.rel, roots[e.root])
         if hits:
-            forced.add(e.group)
+            forced.add(key(e.group))
             matched.update(hits)
         if e.forced_split is not None:
-            imposed[e.group].add(e.forced_split)
+            imposed[key(e.group)].add(e.forced_split)
     for entry in cfg.holdout_list:
         if entry not in matched:
             problems.append(
@@ -387,9 +400,9 @@ def _assign_splits(entries: list[ImageEntry], cfg: DataConfig, problems: list[Pr
             )
     chosen: dict[str, str] = {}
     for group, splits in sorted(imposed.items()):
-        chosen[group] = max(splits, key=SPLITS.index)
-        if len(splits) > 1:
-            listed = ", ".join(sorted(splits, key=SPLITS.index))
+        chosen[group], agreed = forced_split(splits, cfg.seed, group, cfg.train_ratio, cfg.val_ratio)
+        if not agreed:
+            listed = ", ".join(sorted(splits, key=FORCED_SPLITS.index))
             problems.append(
                 Problem(
                     "split",
@@ -399,13 +412,46 @@ def _assign_splits(entries: list[ImageEntry], cfg: DataConfig, problems: list[Pr
                     f"the whole group goes to {chosen[group]} (a group never spans two splits)",
                 )
             )
+    out = []
     for e in entries:
-        if e.group in forced:
-            e.split = "test"
-        elif e.group in chosen:
-            e.split = chosen[e.group]
+        k = key(e.group)
+        if k in forced:
+            out.append("test")
+        elif k in chosen:
+            out.append(chosen[k])
         else:
-            e.split = assign_split(cfg.seed, e.group, cfg.train_ratio, cfg.val_ratio)
+            out.append(assign_split(cfg.seed, k, cfg.train_ratio, cfg.val_ratio))
+    return out
+
+
+def _own(group: str) -> str:
+    return group
+
+
+def _assign_splits(
+    entries: list[ImageEntry],
+    cfg: DataConfig,
+    problems: list[Problem],
+    write_dir: Path,
+    progress: bool | None = None,
+) -> tuple[list[str], dict[str, Any], twin_check.TwinCheck | None]:
+    """Group and split every image; returns warnings (e.g. one folder holding a whole source), the
+    report's ``near_duplicates`` section and the near-duplicate search (None when off).
+
+    A group never spans two splits (see _splits). Twins (converters/twin_check.py) are found once the groups
+    are known: ``near_duplicates: group`` splits the folders that share a twin set as one (their union's
+    key), holdout matching included, so a set never spans two splits either; ``report`` splits by folder and
+    lists the sets that span splits. Samples keep their folder as ``group``."""
+    for e in entries:
+        e.group = group_key(e.root, e.rel, cfg.split_by_parent, cfg.split_group_depth)
+    twins = twin_check.search(entries, cfg, write_dir, progress)
+    alone = None
+    if twins is not None and twins.merged:  # by folder alone: what the sets would span without the merge
+        alone = _splits(entries, cfg, _own, [])  # its problems are the final pass's, reported below
+    key = twins.split_key if twins is not None else _own
+    for e, split in zip(entries, _splits(entries, cfg, key, problems), strict=True):
+        e.split = split
+    near, twin_warns = twin_check.section(twins, entries, alone, problems)
     warns = []
     if cfg.split_by_parent:
         for source in ("abnormal", "normal"):
@@ -416,7 +462,7 @@ def _assign_splits(entries: list[ImageEntry], cfg: DataConfig, problems: list[Pr
                     f"split_by_parent is on but all {n} {source} images sit in one folder, so they all land "
                     "in one split; set split_by_parent: false for a flat folder"
                 )
-    return warns
+    return warns + twin_warns, near, twins
 
 
 def _rel_box(b: Box, e: ImageEntry) -> Box:
@@ -546,7 +592,7 @@ def prepare_into(
     labels = sorted(variants)
     uses_depth = cfg.image_bit_depth is not None or col.fixer.counts_max is not None
     meta = build_meta(cfg, labels, col.fixer.bit_depth if uses_depth else None)
-    warns = _assign_splits(entries, cfg, col.problems)
+    warns, near_duplicates, twins = _assign_splits(entries, cfg, col.problems, write_dir, progress)
     samples, short = _samples(entries, cfg, progress)
     n_short = sum(short.values())
     if n_short:
@@ -598,6 +644,7 @@ def prepare_into(
             "groups": len({s["group"] for s in samples}),
         },
         "splits": stats,
+        "near_duplicates": near_duplicates,
         "warnings": warns,
         "problem_counts": dict(sorted(Counter(p.kind for p in col.problems).items())),
         "problems": [p.as_dict() for p in col.problems],
@@ -617,7 +664,11 @@ def prepare_into(
         write_jsonl(write_dir / f"regions_{sp}.jsonl", by_split[sp])
     write_json(write_dir / META_FILE, meta.model_dump())
     write_json(write_dir / REPORT_FILE, report)
-    return PrepareResult(by_split, report, meta, out_dir)
+    hashing = None
+    if twins is not None:
+        found = twins.result
+        hashing = {"pictures": found.pictures, "decoded": found.decoded, "from_cache": found.cached}
+    return PrepareResult(by_split, report, meta, out_dir, hashing)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -653,6 +704,14 @@ def summary_lines(result: PrepareResult) -> list[str]:
         lines.append(
             f"{sp:5s}: {s['images']} images ({s['abnormal_images']} abnormal, {s['normal_images']} normal), "
             f"{s['samples']} samples; boxes per label: {labs}"
+        )
+    near = r.get("near_duplicates") or {"mode": "off"}
+    if result.hashing is not None and near["mode"] != "off":
+        h = result.hashing
+        lines.append(
+            f"near-duplicates ({near['mode']}): {h['pictures']} pictures ({h['decoded']} decoded, "
+            f"{h['from_cache']} from the cache), {near['set_count']} set(s), "
+            f"{near['sets_split_now']} spanning splits, {near['label_conflicts']} label conflict(s)"
         )
     lines += [f"warning: {w}" for w in r["warnings"]]
     lines.append(f"wrote {result.out_dir}/regions_{{train,val,test}}.jsonl, {META_FILE}, {REPORT_FILE}")

@@ -91,7 +91,13 @@ def scan_labels(
     cfg = config
     folder = cfg.annotations_dir or cfg.abnormal_dir
     if cfg.annotation_format != "coco" and not folder.is_dir():
-        key = "annotations_dir" if cfg.annotations_dir else "abnormal_dir"
+        key = (
+            "dataset_root"
+            if cfg.dataset_layout
+            else "annotations_dir"
+            if cfg.annotations_dir
+            else "abnormal_dir"
+        )
         raise ConvertError(f"{key} {folder} does not exist or is not a folder")
     try:
         source = make_source(cfg)
@@ -105,8 +111,13 @@ def scan_labels(
         raise ConvertError(str(exc)) from None
     boxes, images = count_labels(pairs)
     summary = scan_summary(boxes, images)
-    if cfg.annotation_format == "txt":
-        found: dict[str, Any] = {"txt_files": source.files_found}
+    if cfg.dataset_layout is not None:  # a benchmark layout: its masks are the annotations
+        found: dict[str, Any] = {
+            "dataset_layout": cfg.dataset_layout,
+            "mask_files": getattr(source, "masks_found", 0),
+        }
+    elif cfg.annotation_format == "txt":
+        found = {"txt_files": source.files_found}
     else:
         found = {"annotation_format": cfg.annotation_format, "annotation_files": source.files_found}
     return {

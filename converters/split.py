@@ -13,6 +13,10 @@ import posixpath
 
 SPLITS = ("train", "val", "test")
 IMAGE_SPLITS = ("train", "val")  # splits that also get whole-image datasets (sft_image_*.json)
+#: a split a source may force besides SPLITS: train or val by the group's seeded hash (a benchmark's official
+#: train set, with val carved from it; its test set is forced to "test")
+TRAIN_OR_VAL = "trainval"
+FORCED_SPLITS = (*SPLITS, TRAIN_OR_VAL)
 
 
 def group_key(source: str, rel_path: str, split_by_parent: bool, depth: int | None = None) -> str:
@@ -45,6 +49,38 @@ def assign_split(seed: int, key: str, train_ratio: float, val_ratio: float) -> s
     if u < train_ratio + val_ratio:
         return "val"
     return "test"
+
+
+def assign_train_or_val(seed: int, key: str, train_ratio: float, val_ratio: float) -> str:
+    """train / val in the proportion train_ratio : val_ratio, by the group's hash (so it stays put as the
+    data grow, as assign_split does)."""
+    total = train_ratio + val_ratio
+    if total <= 0:
+        return "train"
+    return "train" if hash_unit(seed, key) < train_ratio / total else "val"
+
+
+def _allowed(forced: str) -> frozenset[str]:
+    return frozenset(IMAGE_SPLITS) if forced == TRAIN_OR_VAL else frozenset({forced})
+
+
+def forced_split(
+    forced: set[str], seed: int, key: str, train_ratio: float, val_ratio: float
+) -> tuple[str, bool]:
+    """(the split of a group whose images are forced into ``forced`` (FORCED_SPLITS), whether they agree).
+
+    They agree when one split satisfies every image (``train`` and ``trainval``: train); ``trainval`` alone
+    is train or val by the hash. When they disagree the group goes to the latest split any of them allows
+    (train < val < test: never a test image in training)."""
+    common = frozenset(IMAGE_SPLITS + ("test",))
+    for f in forced:
+        common &= _allowed(f)
+    if common == frozenset(IMAGE_SPLITS):
+        return assign_train_or_val(seed, key, train_ratio, val_ratio), True
+    if len(common) == 1:
+        return next(iter(common)), True
+    every = frozenset().union(*(_allowed(f) for f in forced))
+    return max(every, key=SPLITS.index), False
 
 
 def holdout_matches(entries: list[str], rel_path: str, root_name: str) -> list[str]:

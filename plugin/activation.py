@@ -34,6 +34,7 @@ PATCHES: dict[str, str] = {
     "llamafactory.model.model_utils.quantization": "qwenvl_roi.plugin.hooks:patch_quantization",
     "llamafactory.model.model_utils.visual": "qwenvl_roi.plugin.hooks:patch_visual",
     "llamafactory.train.trainer_utils": "qwenvl_roi.plugin.hooks:patch_trainer_utils",
+    "llamafactory.train.sft.workflow": "qwenvl_roi.plugin.verdicts:patch_sft_workflow",
     "llamafactory.webui.common": "qwenvl_roi.plugin.webui:patch_webui_common",
     "llamafactory.webui.interface": "qwenvl_roi.plugin.webui:patch_webui_interface",
 }

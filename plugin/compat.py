@@ -59,6 +59,7 @@ _PROCESSOR = "llamafactory.data.processor"
 _QUANTIZATION = "llamafactory.model.model_utils.quantization"
 _VISUAL = "llamafactory.model.model_utils.visual"
 _TRAINER_UTILS = "llamafactory.train.trainer_utils"
+_SFT_WORKFLOW = "llamafactory.train.sft.workflow"
 _DATA_ARGS = "llamafactory.hparams.data_args"
 _MODEL_ARGS = "llamafactory.hparams.model_args"
 _FINETUNING_ARGS = "llamafactory.hparams.finetuning_args"
@@ -117,6 +118,8 @@ SYMBOLS: tuple[Symbol, ...] = (
         ("model", "training_args", "finetuning_args"),
         patched=True,
     ),
+    Symbol(_SFT_WORKFLOW, "CustomSeq2SeqTrainer", "verdicts.py", patched=True),
+    Symbol(_SFT_WORKFLOW, "plot_loss", "verdicts.py", ("save_dictionary", "keys"), patched=True),
     Symbol("llamafactory.webui.common", "DEFAULT_DATA_DIR", "webui.py", patched=True),
     Symbol("llamafactory.webui.interface", "run_web_ui", "webui.py", (), patched=True),
     Symbol("llamafactory.webui.interface", "run_web_demo", "webui.py", (), patched=True),
@@ -137,22 +140,25 @@ SYMBOLS: tuple[Symbol, ...] = (
     *_fields(_VISUAL, "CompositeModel", "selection.py", "projector_keys vision_model_keys"),
     Symbol("llamafactory.data.template", "TEMPLATES", "dataset_match.py"),
     Symbol("llamafactory.data.template", "ReasoningTemplate", "dataset_match.py"),
-    Symbol("llamafactory.extras.logging", "get_logger", "optim.py", ("name",)),
-    Symbol("llamafactory.extras.logging", "info_rank0", "optim.py", ("self", "*args", "**kwargs")),
+    Symbol("llamafactory.extras.logging", "get_logger", "optim.py, verdicts.py", ("name",)),
+    Symbol(
+        "llamafactory.extras.logging", "info_rank0", "optim.py, verdicts.py", ("self", "*args", "**kwargs")
+    ),
     CHECKPOINT_WRAPPER,
     # fields of the parsed arguments the hooks read
     *_fields(
         _DATA_ARGS,
         "DataArguments",
-        "cutoff.py, dataset_match.py",
-        "cutoff_len streaming template dataset eval_dataset dataset_dir enable_thinking",
+        "cutoff.py, dataset_match.py, verdicts.py",
+        "cutoff_len streaming template dataset eval_dataset dataset_dir enable_thinking val_size "
+        "eval_on_each_dataset",
     ),
     *_fields(
         _MODEL_ARGS,
         "ModelArguments",
-        "hooks.py, dataset_match.py",
+        "hooks.py, dataset_match.py, verdicts.py",
         "model_name_or_path image_max_pixels image_min_pixels quantization_bit quantization_method "
-        "trust_remote_code cache_dir",
+        "trust_remote_code cache_dir compute_dtype",
     ),
     *_fields(
         _FINETUNING_ARGS,

@@ -12,7 +12,7 @@ import re
 from types import ModuleType
 from typing import Any
 
-from . import compat, dataset_match, label_logits, optim, selection, settings, vision_backprop
+from . import compat, dataset_match, label_logits, optim, selection, settings, verdicts, vision_backprop
 
 # LLaMA-Factory options that build their own optimizer; the plugin's groups cannot be combined with them.
 _OWN_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
@@ -69,11 +69,13 @@ def patch_parser(module: ModuleType) -> None:
     @functools.wraps(original_train)
     def _parse_train_args(args: Any = None) -> Any:
         parsed = original_train(args)
-        model_args, data_args, _training_args, finetuning_args = parsed[:4]
+        model_args, data_args, training_args, finetuning_args = parsed[:4]
         roi = settings.get_active()
         if roi is not None:
             check_compatible(roi, model_args, finetuning_args)
         dataset_match.check_from_args(model_args, data_args, settings._recipe_name())
+        verdicts.set_plan(None)  # a failing check below leaves no earlier parse's plan behind
+        verdicts.set_plan(verdicts.build_plan(roi, model_args, data_args, training_args))
         return parsed
 
     compat.replace(module, "_parse_args", _parse_args)

@@ -33,6 +33,8 @@ class RoiSettings(BaseModel):
     roi_lr_vision_lora: float | None = Field(default=None, gt=0)
     roi_lr_vision_unfrozen: float | None = Field(default=None, gt=0)
     roi_label_logits_only: StrictBool = True
+    roi_eval_verdicts: StrictBool = False
+    roi_eval_max_samples: StrictInt = Field(default=512, ge=1)
 
     @property
     def selects_parameters(self) -> bool:
@@ -84,7 +86,7 @@ def validate(raw: dict[str, Any], source: str | None = None) -> RoiSettings:
                 f"{source}: unknown qwenvl-roi key {key!r}{hint}; allowed roi_ keys: {allowed}"
             )
     try:
-        return RoiSettings(**raw)
+        settings = RoiSettings(**raw)
     except ValidationError as err:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])} = {e.get('input')!r}: {e['msg']}" for e in err.errors()
@@ -92,6 +94,12 @@ def validate(raw: dict[str, Any], source: str | None = None) -> RoiSettings:
         raise RoiSettingsError(
             f"{source}: bad qwenvl-roi setting: {problems}; allowed roi_ keys: {allowed}"
         ) from None
+    if "roi_eval_max_samples" in raw and not settings.roi_eval_verdicts:
+        raise RoiSettingsError(
+            f"{source}: roi_eval_max_samples is set but nothing uses it: it bounds the samples scored by "
+            "roi_eval_verdicts: true"
+        )
+    return settings
 
 
 def extract(args: dict[str, Any] | list[str]) -> tuple[dict[str, Any] | list[str], RoiSettings | None]:

@@ -175,12 +175,15 @@ def write_pages(
     title: str,
     header: str,
     css: str = CSS,
+    lead: str = "",
 ) -> int:
     """Split ``cards`` into pages of ``page_size`` (at least one page), write each with ``body(its cards)``;
-    returns the number of pages."""
+    ``lead`` goes above the first page's cards only (a section too large to repeat). Returns the number of
+    pages."""
     n_pages = max(1, -(-len(cards) // page_size))
     for k in range(1, n_pages + 1):
         chunk = cards[(k - 1) * page_size : k * page_size]
-        text = page_html(title, k, n_pages, body(chunk), header, css)
+        first = lead + "\n" if k == 1 and lead else ""
+        text = page_html(title, k, n_pages, first + body(chunk), header, css)
         (folder / page_name(k)).write_text(text, encoding="utf-8")
     return n_pages

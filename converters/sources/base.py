@@ -44,6 +44,17 @@ class SourceSettings(Protocol):
     column_delim: str
     inner_coord_delims: list[str]
     coords_are_xyxy: bool
+    # benchmark layouts (layout.py): where, how to split, what prepare will drop, how many processes
+    dataset_layout: str | None
+    dataset_root: Path | None
+    visa_split_csv: Path | None
+    split_from: str | None
+    seed: int
+    train_ratio: float
+    val_ratio: float
+    test_ratio: float
+    min_box_size: float
+    workers: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +111,8 @@ class Record:
     ``annotation``: how problems name its annotation file (box problems point into it at ``raw.line``).
     ``skip``: the image is not used; ``read.problems`` say why and ``read.dropped`` hold its boxes.
     ``normal``: a normal image (its annotation lists no object, or a layout says so), never given boxes.
-    ``split``: a split the layout forces (a benchmark's official split); None: the group's seeded hash.
+    ``split``: a split the layout forces (a benchmark's official split): train, val, test, or ``trainval``
+    (split.TRAIN_OR_VAL: train or val by the group's seeded hash); None: the group's seeded hash.
     """
 
     rel: str | None

@@ -117,6 +117,17 @@ def parse_annotation(
     return image_id, raw
 
 
+def named_by_id(annotations: Any) -> list[dict[str, Any]]:
+    """A ``categories`` list naming every usable ``category_id`` of ``annotations`` by itself: for readers
+    that need the boxes, not the class names (predict --boxes scores a box whatever its class)."""
+    out: dict[Hashable, dict[str, Any]] = {}
+    for ann in annotations if isinstance(annotations, list) else []:
+        key = _key(ann.get("category_id")) if isinstance(ann, dict) else None
+        if key is not None:
+            out.setdefault(key, {"id": key, "name": str(key)})
+    return list(out.values())
+
+
 def parse_coco(obj: Any, label: str) -> CocoFile:
     """A decoded COCO object, checked entry by entry; SourceError when it is not a COCO file."""
     if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):

@@ -81,7 +81,7 @@ class DemoConfig(BaseModel):
         "weights go on, as in the measured demo)",
     )
     best_metric: str = Field(
-        "eval_loss", description="with checkpoints: the metric_for_best_model picking each phase's checkpoint"
+        "eval_roi_auroc", description="with checkpoints: the metric_for_best_model (the recipes' by default)"
     )
     phases: list[PhaseSpec] = Field(
         default_factory=lambda: [

@@ -34,6 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "same-stem txt files in the annotation format (label column optional)",
     )
     parser.add_argument(
+        "--boxes-format",
+        default=None,
+        choices=("jsonl", "txt", "yolo", "coco"),
+        help="the form of --boxes (default: a file is jsonl, a folder txt): yolo = a folder of YOLO txt "
+        "mirroring --images (fractions, optional confidence); coco = a COCO dataset file, or a results list "
+        "with --coco-images",
+    )
+    parser.add_argument(
+        "--coco-images",
+        default=None,
+        help="with --boxes-format coco and a results list [{image_id, category_id, bbox, score}]: the COCO "
+        "dataset file (images with id and file_name relative to --images) its image_id refer to",
+    )
+    parser.add_argument(
         "--images",
         default=None,
         help="with --boxes: the folder relative image paths start from (default: the boxes file's folder, "
@@ -67,6 +81,8 @@ def job_from_args(args: argparse.Namespace) -> PredictJob:
         adapter=args.adapter,
         regions=args.regions,
         boxes=args.boxes,
+        boxes_format=args.boxes_format,
+        coco_images=args.coco_images,
         images=args.images,
         meta=args.meta,
         strict=args.strict,

@@ -1,13 +1,25 @@
 """Detector boxes in: the images and candidate boxes an upstream detector proposes, read line by line.
 
-Two forms, both in original pixels of the image as shown (EXIF orientation applied, the frame labelling
-tools and the converters read boxes in):
+Four forms (``--boxes-format``; without it a file is JSONL and a folder txt), all about the image as shown
+(EXIF orientation applied, the frame labelling tools and the converters read boxes in):
 
-- a JSONL file, one image per line: ``{"image": <path relative to --images or absolute>,
-  "boxes": [[x1, y1, x2, y2], ...], "id": <optional>}``;
-- a folder of same-stem ``.txt`` files in the annotation format (``filename ; coords [; label]``, the label
-  column optional, xyxy), read by the converters' parser with its problem reporting; ``a/b/x.txt`` belongs to
-  the image ``a/b/x.<ext>`` under --images.
+- ``jsonl``: one image per line: ``{"image": <path relative to --images or absolute>,
+  "boxes": [[x1, y1, x2, y2], ...], "id": <optional>}``, original pixels;
+- ``txt``: a folder of same-stem ``.txt`` files in the annotation format (``filename ; coords [; label]``,
+  the label column optional, xyxy pixels), read by the converters' parser with its problem reporting;
+  ``a/b/x.txt`` belongs to the image ``a/b/x.<ext>`` under --images;
+- ``yolo``: a folder of ``.txt`` files paired the same way, ``class cx cy w h [conf]`` (or polygons) as
+  fractions of the displayed size, read by the converters' YOLO reader (converters/sources/yolo.py); the
+  class ids are not needed to score, so no names file; made pixels once the image's size is read (rounded
+  to 1e-6 pixel, so a box written from whole pixels reads back as those);
+- ``coco``: a COCO dataset file (``images`` with ``file_name`` relative to --images, ``annotations`` with
+  ``bbox`` [x, y, w, h] pixels), or a results list ``[{"image_id", "category_id", "bbox", "score"}]`` with
+  the dataset file its ids refer to given as ``--coco-images``; read by the converters' COCO reader
+  (converters/sources/coco.py), category names not needed. Images in ``images`` order, boxes in
+  annotation order.
+
+The txt, YOLO and COCO rows are named by the image's path relative to --images, as a JSONL line without an
+"id" whose "image" is that path: the same boxes give the same rows in every form.
 
 Nothing stops at a bad line: every problem is kept with its file and line, and the image's output row says
 what was wrong. Images are prepared as the converters prepared the training images (upright, 8-bit RGB;
@@ -20,6 +32,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +44,8 @@ from qwenvl_roi.converters.names import is_utf8, not_utf8_reason, shown
 from qwenvl_roi.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+BOX_FORMATS = ("jsonl", "txt", "yolo", "coco")
+YOLO_PLACES = 6  # decimals kept of a YOLO box made pixels (floating error of cx - w / 2 removed)
 
 
 @dataclass
@@ -45,6 +60,7 @@ class ImageJob:
     box_sources: list[str] = field(default_factory=list)  # file:line of each box (txt form)
     problems: list[str] = field(default_factory=list)  # "file:line: reason"; nothing dropped silently
     error: str | None = None  # set when the image cannot be scored at all
+    normalized: bool = False  # boxes are fractions of the displayed size (YOLO), made pixels by check()
 
 
 def _box(value: Any) -> list[float] | None:
@@ -116,15 +132,47 @@ def read_jsonl(path: Path, root: Path) -> list[ImageJob]:
 
 
 def read_txt_folder(folder: Path, root: Path) -> list[ImageJob]:
-    """Jobs from a folder of same-stem txt files (label column optional), in sorted path order.
+    """Jobs from a folder of same-stem txt files (label column optional), in sorted path order."""
+    from qwenvl_roi.converters.parse import LineParser, parse_txt
+
+    parser = LineParser(label_optional=True)
+
+    def fill(job: ImageJob, txt: Path, where: str, image: str) -> None:
+        parsed = parse_txt(txt, where, Path(image).name, parser)
+        job.problems += [str(p) for p in parsed.problems]
+        job.boxes = [list(raw.coords) for raw in parsed.boxes]
+        job.box_sources = [f"{where}:{raw.line}" for raw in parsed.boxes]
+
+    return _read_folder(folder, root, fill)
+
+
+def read_yolo_folder(folder: Path, root: Path) -> list[ImageJob]:
+    """Jobs from a folder of YOLO txt files mirroring --images (fractions, an optional confidence column),
+    in sorted path order; a ``classes.txt`` without an image of that name is the class list, not boxes."""
+    from qwenvl_roi.converters.sources.yolo import read_yolo
+
+    def fill(job: ImageJob, txt: Path, where: str, image: str) -> None:
+        read = read_yolo(str(txt), where, None)  # class ids as labels: names are not needed to score
+        job.problems += [str(p) for p in read.problems]
+        job.boxes = [list(raw.coords) for raw in read.boxes]
+        job.box_sources = [f"{where}:{raw.line}" for raw in read.boxes]
+        job.normalized = True
+
+    return _read_folder(folder, root, fill, ignore="classes.txt")
+
+
+def _read_folder(
+    folder: Path, root: Path, fill: Callable[[ImageJob, Path, str, str], None], ignore: str | None = None
+) -> list[ImageJob]:
+    """Jobs from a folder of same-stem txt files, each read by ``fill(job, file, its name, image)``.
 
     Files are found and paired as the converters pair annotations with images (converters/prepare.py:
     extensions in any case, hidden files skipped, the same relative path without its last extension).
+    ``ignore``: a file name (any case) left alone when no image has its stem.
     """
-    from qwenvl_roi.converters.parse import LineParser, Problem, parse_txt
+    from qwenvl_roi.converters.parse import Problem
     from qwenvl_roi.converters.prepare import stem_key, walk_files
 
-    parser = LineParser(label_optional=True)
     by_stem: dict[str, list[str]] = {}
     folder_problems: list[Problem] = []  # symlink loops, folders linked twice, unreadable folders
     for rel in walk_files(root, folder_problems)[0]:
@@ -151,6 +199,8 @@ def read_txt_folder(folder: Path, root: Path) -> list[ImageJob]:
                 )
             continue
         matches = by_stem.get(stem_key(rel_txt), [])
+        if not matches and ignore is not None and Path(rel_txt).name.casefold() == ignore:
+            continue
         image = matches[0] if len(matches) == 1 else stem
         job = ImageJob(shown(image), shown(image), where, root / image if len(matches) == 1 else None)
         if not is_utf8(image):
@@ -162,10 +212,7 @@ def read_txt_folder(folder: Path, root: Path) -> list[ImageJob]:
             names = ", ".join(map(shown, matches))
             job.error = f"{where}: several images under {shown(str(root))} have its name: {names}"
         else:
-            parsed = parse_txt(txt, where, Path(image).name, parser)
-            job.problems += [str(p) for p in parsed.problems]
-            job.boxes = [list(raw.coords) for raw in parsed.boxes]
-            job.box_sources = [f"{where}:{raw.line}" for raw in parsed.boxes]
+            fill(job, txt, where, image)
         jobs.append(job)
     reported: set[tuple[str, str]] = set()  # --images and --boxes may be one folder, walked twice
     for p in folder_problems:
@@ -175,12 +222,94 @@ def read_txt_folder(folder: Path, root: Path) -> list[ImageJob]:
     return jobs
 
 
-def read_jobs(boxes: Path, root: Path) -> list[ImageJob]:
-    """Jobs from --boxes (a JSONL file or a folder of txt files) with images under --images."""
-    if boxes.is_dir():
-        return read_txt_folder(boxes, root)
+def _load_json(path: Path, flag: str) -> Any:
+    """A JSON file (UTF-8 with or without BOM, UTF-16, GBK); InputError naming the flag, file and line."""
+    from qwenvl_roi.converters.parse import decode_text
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{flag} {path}: cannot read ({exc.strerror or exc})") from None
+    text, _ = decode_text(data)
+    if text is None:
+        raise InputError(f"{flag} {path}: neither UTF-8, UTF-16 nor GBK")
+    try:
+        return json.loads(text.replace("\ufeff", ""))
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{flag} {path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+        raise InputError(f"{flag} {path}: invalid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def read_coco(path: Path, root: Path, images_file: Path | None = None) -> list[ImageJob]:
+    """Jobs from a COCO dataset file, or a results list with ``images_file`` (the dataset its image_id
+    refer to): one per entry of ``images``, in order; boxes in annotation order. Entries the reader cannot
+    use (a bad ``images`` entry, an annotation whose image_id names no image) are rows of their own."""
+    from qwenvl_roi.converters.sources import SourceError
+    from qwenvl_roi.converters.sources.coco import named_by_id, parse_coco
+
+    obj = _load_json(path, "--boxes")
+    label = shown(str(path))
+    if images_file is not None:
+        doc = _load_json(images_file, "--coco-images")
+        if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
+            raise InputError(f"--coco-images {images_file}: not a COCO dataset file (no 'images' list)")
+        images, anns = doc["images"], obj if isinstance(obj, list) else None
+        if isinstance(obj, dict):
+            anns = obj.get("annotations", [])
+    elif isinstance(obj, dict) and isinstance(obj.get("images"), list):
+        images, anns = obj["images"], obj.get("annotations", [])
+    elif isinstance(obj, list):
+        raise InputError(
+            f"--boxes {path}: a COCO results list names images by id only; give the COCO dataset file its "
+            "image_id refer to with --coco-images"
+        )
+    else:
+        raise InputError(f"--boxes {path}: not COCO (a dataset file with 'images', or a results list)")
+    if not isinstance(anns, list):
+        raise InputError(f"--boxes {path}: 'annotations' is not a list")
+    try:  # categories named by their ids: a box is scored whatever its class
+        coco = parse_coco({"images": images, "annotations": anns, "categories": named_by_id(anns)}, label)
+    except SourceError as exc:
+        raise InputError(str(exc)) from None
+    jobs: list[ImageJob] = []
+    first: dict[str, str] = {}
+    for im in coco.images.values():
+        where = f"{label}:images[{im.index}]"
+        image = _path(im.file_name)
+        job = ImageJob(
+            shown(im.file_name), shown(im.file_name), where, image if image.is_absolute() else root / image
+        )
+        if im.file_name in first:
+            job.error = f"{where}: {im.file_name!r} was already listed at {first[im.file_name]}"
+        else:
+            first[im.file_name] = where
+            job.problems += [str(p) for p in im.read.problems]
+            job.boxes = [list(raw.coords) for raw in im.read.boxes]
+            job.box_sources = [f"{label}:{raw.line}" for raw in im.read.boxes]
+        jobs.append(job)
+    for p in coco.problems + coco.dangling.problems:
+        jobs.append(ImageJob(f"<{p.file}:{p.line}>", "", f"{p.file}:{p.line}", error=str(p)))
+    return jobs
+
+
+def read_jobs(
+    boxes: Path, root: Path, boxes_format: str | None = None, coco_images: Path | None = None
+) -> list[ImageJob]:
+    """Jobs from --boxes in ``boxes_format`` (BOX_FORMATS; None: a folder is txt, a file JSONL) with images
+    under --images; ``coco_images``: the COCO dataset file of a results list."""
+    fmt = boxes_format or ("txt" if boxes.is_dir() else "jsonl")
+    if coco_images is not None and fmt != "coco":
+        raise InputError("--coco-images goes with --boxes-format coco")
+    if fmt in ("txt", "yolo"):
+        if not boxes.is_dir():
+            raise InputError(f"--boxes {boxes}: --boxes-format {fmt} reads a folder of .txt files")
+        return read_txt_folder(boxes, root) if fmt == "txt" else read_yolo_folder(boxes, root)
     if not boxes.is_file():
-        raise InputError(f"--boxes {boxes}: no such file or folder")
+        what = "no such file or folder" if boxes_format is None else f"--boxes-format {fmt} reads a file"
+        raise InputError(f"--boxes {boxes}: {what}")
+    if fmt == "coco":
+        return read_coco(boxes, root, coco_images)
     return read_jsonl(boxes, root)
 
 
@@ -261,6 +390,14 @@ def check(job: ImageJob) -> PreparedImage:
         job.problems.append(f"{job.source}: {insp.note}")
     prepared.inspection = insp
     prepared.width, prepared.height = insp.width, insp.height
+    if job.normalized:  # YOLO fractions of the size as shown
+        w, h = insp.width, insp.height
+        job.boxes = [
+            [round(b[0] * w, YOLO_PLACES), round(b[1] * h, YOLO_PLACES)]
+            + [round(b[2] * w, YOLO_PLACES), round(b[3] * h, YOLO_PLACES)]
+            for b in job.boxes
+        ]
+        job.normalized = False
     for i, box in enumerate(job.boxes):
         if any(math.isnan(v) for v in box):
             prepared.notes[i] = "not 4 finite numbers"

@@ -38,6 +38,12 @@ class PredictJob(BaseModel):
     adapter: str | None = Field(None, description="LoRA adapter folder trained on `model`")
     regions: str | None = Field(None, description="regions_*.jsonl of the converters, meta beside it")
     boxes: str | None = Field(None, description="detector boxes: a JSONL file, or a folder of txt files")
+    boxes_format: Literal["jsonl", "txt", "yolo", "coco"] | None = Field(
+        None, description="with boxes: its form (None: a file is JSONL, a folder txt)"
+    )
+    coco_images: str | None = Field(
+        None, description="with a COCO results list: the COCO dataset file its image_id refer to"
+    )
     images: str | None = Field(None, description="with boxes: where relative image paths start")
     meta: str | None = Field(None, description="with boxes: dataset_meta.json or its folder")
     strict: bool = Field(False, description="with boxes: any input problem stops before scoring")
@@ -124,7 +130,9 @@ def run(job: PredictJob, backend: str | type[ScoringBackend] = DEFAULT_BACKEND) 
         raise InputError(f"--batch-size must be >= 1, got {job.batch_size}")
     if (job.regions is None) == (job.boxes is None):
         raise InputError("give either --regions (a converters' regions file) or --boxes (detector boxes)")
-    check_out(job.out, (job.regions, job.boxes))
+    check_out(job.out, (job.regions, job.boxes, job.coco_images))
+    if job.coco_images is not None and job.boxes_format != "coco":
+        raise InputError("--coco-images goes with --boxes-format coco (a COCO results list)")
     if job.boxes is not None:
         if job.mode != "score":
             raise InputError("--boxes scores (--mode score); generate mode takes --regions")
@@ -135,8 +143,8 @@ def run(job: PredictJob, backend: str | type[ScoringBackend] = DEFAULT_BACKEND) 
         if not Path(job.images).is_dir():
             raise InputError(f"--images {job.images}: not a folder")
         return _run_boxes(job, backend)
-    if job.images is not None or job.meta is not None or job.strict:
-        raise InputError("--images, --meta and --strict go with --boxes")
+    if job.images is not None or job.meta is not None or job.strict or job.boxes_format is not None:
+        raise InputError("--images, --meta, --strict and --boxes-format go with --boxes")
     return _run_regions(job, backend)
 
 
@@ -263,6 +271,10 @@ def fingerprint(
     }
     if backend.name != DEFAULT_BACKEND:  # another engine's kernels, other numbers ("hf": absent, as before)
         stamp["backend"] = backend.name
+    if job.boxes_format is not None:  # how the boxes were read (absent: as before the flag, still resumable)
+        stamp["boxes_format"] = job.boxes_format
+    if job.coco_images is not None:  # the images a COCO results list refers to
+        stamp["coco_images"] = _digest(Path(job.coco_images))
     return stamp
 
 
@@ -308,7 +320,8 @@ def _run_boxes(job: PredictJob, backend: str | type[ScoringBackend]) -> int:
     assert job.boxes is not None and job.images is not None
     ranks = distributed.from_environment()
     out = Path(job.out)
-    jobs = detections.read_jobs(Path(job.boxes), Path(job.images))
+    coco_images = Path(job.coco_images) if job.coco_images is not None else None
+    jobs = detections.read_jobs(Path(job.boxes), Path(job.images), job.boxes_format, coco_images)
     if job.strict:  # every image header and box checked before anything is scored
         problems = []
         for checked in (detections.check(j).job for j in jobs):

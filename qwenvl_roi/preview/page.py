@@ -6,7 +6,8 @@ resized as LLaMA-Factory and the processor do (qwenvl_roi/pictures.py ``model_vi
 the model's frame with the coordinates the prompt gives (``box_in_frame``). Colours (Okabe-Ito): positives
 bluish green with their label, negatives and decoys sky blue, positives whose box the converters clipped
 or fixed yellow, boxes they dropped vermillion (tagged ``L<line>``). The prompt is built by
-``converters.prompt.build_record``, the one function training data is built with.
+``converters.prompt.build_record``, the one function training data is built with. When prepare found
+near-duplicate pictures, the first page opens with them (preview/twins.py).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from qwenvl_roi.picture_pages import (
 from qwenvl_roi.pictures import FrameSettings, Mark, View, box_in_frame
 
 from .samples import LineMark, PreviewData, PreviewSample
+from .twins import twins_html
 
 SUMMARY_FILE = "preview.json"
 #: role -> (outline colour, tag text colour), Okabe-Ito
@@ -388,8 +390,11 @@ def write_preview(
             (_heading_key(item), _card(item, thumb, data, settings))
             for item, thumb in zip(chosen, thumbs, strict=True)
         ]
+        lead, twin_counts = twins_html(
+            data, folder / IMG_DIR, settings, options, font.path, names, COLORS["positive"][0]
+        )
         n_pages = write_pages(
-            folder, cards, options.page_size, _body, "Annotation preview", header, _PREVIEW_CSS
+            folder, cards, options.page_size, _body, "Annotation preview", header, _PREVIEW_CSS, lead
         )
         summary = {
             "index": INDEX_HTML,
@@ -398,6 +403,7 @@ def write_preview(
             "unreadable": len(problems),
             "stale_boxes": data.stale,
             "problems_in_no_sample": len(data.unattached),
+            **twin_counts,
             "label_legend": legend,
             "warnings": warnings,
         }

@@ -100,6 +100,17 @@ class PreviewData:
     splits: tuple[str, ...]
     unattached: list[dict[str, Any]]  # problems of files that are in no sample (left out by the converters)
     stale: int = 0  # reported boxes the txt no longer yields
+    twins: dict[str, TwinPicture] = field(default_factory=dict)  # pictures of near-duplicate sets, by image
+
+
+@dataclass
+class TwinPicture:
+    """A picture of a near-duplicate set (prepare_report.json -> near_duplicates) as the datasets hold it:
+    the file the trainer loads, its size, and the positive regions of all its samples (box, label)."""
+
+    path: Path
+    size: tuple[int, int]
+    positives: list[tuple[list[float], str]] = field(default_factory=list)
 
 
 def _required(path: Path, config_path: str) -> Path:
@@ -256,6 +267,12 @@ def load_preview(cfg: DataConfig, config_path: str, split: str | None = None) ->
     samples: list[PreviewSample] = []
     reread: dict[tuple[str, str], tuple[list[LineMark], int]] = {}
     stale = 0
+    in_sets = {
+        str(m.get("image"))
+        for st in (report.get("near_duplicates") or {}).get("sets", [])
+        for m in st.get("images", [])
+    }
+    twins: dict[str, TwinPicture] = {}
     for sp in SPLITS:  # every split, so problems of images in other splits are not listed as left out
         not_found = f"{regions[sp]} not found"
         for lineno, s in iter_jsonl(regions[sp], ConvertError, not_found):
@@ -273,6 +290,13 @@ def load_preview(cfg: DataConfig, config_path: str, split: str | None = None) ->
                 )
             width, height = int(s["width"]), int(s["height"])
             txt_problems, image_problems = index.for_sample(source, rel)
+            if f"{source}/{rel}" in in_sets:  # every split: a set shows all its pictures
+                twin = twins.setdefault(
+                    f"{source}/{rel}", TwinPicture(resolve_image(s["image"], regions[sp]), (width, height))
+                )
+                for r in s["regions"]:
+                    if r.get("positive") and (r["box"], str(r.get("label"))) not in twin.positives:
+                        twin.positives.append((r["box"], str(r.get("label"))))
             if sp not in splits:
                 continue
             item = PreviewSample(s, resolve_image(s["image"], regions[sp]))
@@ -292,4 +316,4 @@ def load_preview(cfg: DataConfig, config_path: str, split: str | None = None) ->
                 item.marks = reread[key][0]
             samples.append(item)
     samples.sort(key=PreviewSample.sort_key)
-    return PreviewData(cfg, meta, report, samples, splits, index.unattached(), stale)
+    return PreviewData(cfg, meta, report, samples, splits, index.unattached(), stale, twins)

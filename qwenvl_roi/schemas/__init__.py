@@ -116,7 +116,7 @@ SCHEMAS: dict[str, Schema] = {
             1,
             "Every input file and box accounted for, every problem with its file and line.",
             "`qwenvl-roi prepare` / `convert`",
-            "the demo's report; people",
+            "`preview` (problems and near-duplicate sets shown on the pages); the demo's report; people",
         ),
         Schema(
             "dataset_meta",

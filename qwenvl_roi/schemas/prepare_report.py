@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_validator
 
 from qwenvl_roi.converters.images import REASONS
 
@@ -30,7 +30,8 @@ class Inputs(Contract):
     """What the input folders held and what was used."""
 
     abnormal_images_found: Count = Field(
-        description="images under abnormal_dir (for labelme/voc/yolo/coco: the images folder)"
+        description="images under abnormal_dir (for labelme/voc/yolo/coco: the images folder; for a "
+        "dataset_layout: the images under dataset_root, masks not counted)"
     )
     annotation_files_found: Omittable[Count] = omitted(
         "labelme/voc/yolo: annotation files found (beside the images or under annotations_dir)"
@@ -40,8 +41,17 @@ class Inputs(Contract):
     )
     coco_annotations: Omittable[Count] = omitted("coco: annotations in the COCO file")
     coco_images_listed: Omittable[Count] = omitted("coco: images listed in the COCO file")
+    dataset_layout: Omittable[StrictStr] = omitted(
+        "the dataset_layout read: mvtec or visa (absent without one)"
+    )
+    mask_files_found: Omittable[Count] = omitted("dataset_layout: mask files under dataset_root")
     normal_images_found: Omittable[Count] = omitted("images under normal_dir (left out without normal_dir)")
+    split_csv_rows: Omittable[Count] = omitted("visa: usable rows of visa_split_csv")
+    split_from: Omittable[Literal["defect_types", "layout"]] = omitted(
+        "dataset_layout: where the forced splits come from (mvtec: split_from; visa: layout, its csv)"
+    )
     txt_files_found: Omittable[Count] = omitted("txt: txt files under abnormal_dir")
+    visa_split_csv: Omittable[StrictStr] = omitted("visa: the split csv read, relative to dataset_root")
     abnormal_images_used: Count = Field(description="abnormal images that gave samples")
     normal_images_used: Count = Field(description="normal images that gave samples")
     normal_images_from_abnormal_dir: Omittable[Count] = omitted(
@@ -203,6 +213,116 @@ class Splits(Contract):
     test: SplitStats = Field(description="the blind test split")
 
 
+Split = Literal["train", "val", "test"]
+
+
+class TwinImage(Contract):
+    """One picture of a near-duplicate set."""
+
+    image: StrictStr = Field(
+        description="<root>/<path relative to its root> (root abnormal or normal): the image part of its "
+        "samples' sample_id in regions_*.jsonl"
+    )
+    group: StrictStr = Field(description="its folder group (the samples' group)")
+    split_alone: Split = Field(
+        description="the split its folder group gets on its own (holdout_list and forced splits included)"
+    )
+    split: Split = Field(description="the split it is in, in the datasets written")
+    source: Literal["abnormal", "normal"] = Field(description="its class")
+    labels: list[StrictStr] = Field(description="the canonical labels of its kept boxes, sorted")
+
+
+class HammingRange(Contract):
+    """Hamming distances of 64-bit pHashes."""
+
+    min: Annotated[StrictInt, Field(ge=0, le=64)] = Field(description="the smallest, in bits")
+    max: Annotated[StrictInt, Field(ge=0, le=64)] = Field(description="the largest, in bits")
+
+
+class TwinSet(Contract):
+    """Pictures the hash paired and the pixels confirmed, joined transitively."""
+
+    images: Annotated[list[TwinImage], Field(min_length=2)] = Field(description="its pictures, by image")
+    distance: HammingRange = Field(description="over the set's verified pairs")
+    correlation_min: Probability = Field(
+        description="the weakest verified link: Pearson r of the two 32x32 grey thumbnails"
+    )
+    pairs: Annotated[StrictInt, Field(ge=1)] = Field(description="verified pairs inside the set")
+    splits_alone: list[Split] = Field(description="the splits its pictures' folder groups give on their own")
+    across_splits: StrictBool = Field(
+        description="splits_alone has more than one split: a leak without group"
+    )
+    splits: list[Split] = Field(
+        description="the splits its pictures are in now (one with near_duplicates: group)"
+    )
+    label_conflict: StrictBool = Field(description="its pictures are annotated differently")
+    conflicts: list[Literal["normal_vs_abnormal", "labels_differ", "boxes_differ"]] = Field(
+        description="how they differ from the first picture's annotation: class, labels, or boxes that do "
+        "not pair up one to one at IoU >= 0.5 (each also a near_duplicate_label_conflict problem)"
+    )
+
+
+class NearDuplicates(Contract):
+    """Near-duplicate pictures (twins) across the dataset (converters/near_duplicates.py). Mode group and
+    report write every key; off writes only `mode` and an empty `sets` (nothing was hashed). The hash
+    cache's work in a run (pictures decoded or taken from the cache) is printed, not written: a rerun on the
+    same inputs writes the same report."""
+
+    mode: Literal["group", "report", "off"] = Field(
+        description="the near_duplicates setting: group (the folders of a set split as one), report, off"
+    )
+    hash: Omittable[StrictStr] = omitted(
+        "what was hashed and how (its recipe; a change invalidates the cache)"
+    )
+    max_distance: Omittable[Annotated[StrictInt, Field(ge=0, le=64)]] = omitted(
+        "near_duplicate_max_distance: Hamming distance (bits of 64) up to which hashes are a candidate pair"
+    )
+    min_correlation: Omittable[Probability] = omitted(
+        "near_duplicate_min_correlation: Pearson r of the thumbnails from which a candidate pair is a twin"
+    )
+    pictures: Omittable[Count] = omitted("pictures hashed (every image used in the datasets)")
+    unreadable: Omittable[Count] = omitted(
+        "pictures whose pixels could not be decoded (each a pixels_unreadable problem)"
+    )
+    flat: Omittable[Count] = omitted(
+        "pictures whose thumbnail is one grey level: nothing to compare, never paired"
+    )
+    compared: Omittable[Count] = omitted("Hamming distances the multi-index search computed")
+    hash_pairs: Omittable[Count] = omitted("distinct pairs within max_distance")
+    verified_pairs: Omittable[Count] = omitted("of those, confirmed on the pixels: twins")
+    rejected_pairs: Omittable[Count] = omitted(
+        "hash-near pairs whose pixels differ: alike pictures that a hash alone would pair"
+    )
+    set_count: Omittable[Count] = omitted("twin sets")
+    images_in_sets: Omittable[Count] = omitted("pictures in some set")
+    sets_across_splits: Omittable[Count] = omitted(
+        "sets whose pictures' folder groups fall in more than one split on their own"
+    )
+    sets_split_now: Omittable[Count] = omitted(
+        "sets spanning more than one split in the datasets written (0 with group)"
+    )
+    label_conflicts: Omittable[Count] = omitted("sets whose pictures are annotated differently")
+    sets: list[TwinSet] = Field(description="the twin sets, sorted by their first image")
+    merged_groups: Omittable[dict[StrictStr, StrictStr]] = omitted(
+        "group: folder group -> the key its union with the folders it shares sets with is split by (the "
+        "smallest folder key of the union); folders not joined are absent; empty for report"
+    )
+    images_moved: Omittable[Count] = omitted(
+        "images in another split than their own folder group gives (group only: every image of a joined "
+        "folder follows the union)"
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> NearDuplicates:
+        """Off writes nothing else; report and group write every key."""
+        unset = [k for k in type(self).model_fields if getattr(self, k) is None]
+        if self.mode == "off" and (self.sets or len(unset) != len(type(self).model_fields) - 2):
+            raise ValueError("mode off writes only mode and an empty sets")
+        if self.mode != "off" and unset:
+            raise ValueError(f"mode {self.mode} writes every key; missing: {', '.join(unset)}")
+        return self
+
+
 class Problem(Contract):
     """One thing a person must know about: where and why."""
 
@@ -213,7 +333,7 @@ class Problem(Contract):
         | None
     ) = Field(
         description="1-based line; a JSON path (`shapes[3]`, `annotations[17]`) in a JSON annotation file; "
-        "null for a whole file"
+        "`components[k]` (0-based, raster order) of a mask; null for a whole file"
     )
     kind: StrictStr = Field(description="the kind of problem (the keys of problem_counts)")
     reason: StrictStr = Field(description="what is wrong and what was done, for a person to read")
@@ -235,6 +355,9 @@ class PrepareReport(Contract):
     position_audit: PositionAudit = Field(description="whether box positions give the answer away")
     split_policy: SplitPolicy = Field(description="how images were grouped")
     splits: Splits = Field(description="per split counts")
+    near_duplicates: Omittable[NearDuplicates] = omitted(
+        "near-duplicate pictures across the dataset and the splits they span (absent before issue #20)"
+    )
     warnings: list[StrictStr] = Field(description="what a person should read")
     problem_counts: dict[StrictStr, Count] = Field(description="problem kind -> problems, sorted by kind")
     problems: list[Problem] = Field(description="every problem, with its file and line")

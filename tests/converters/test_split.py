@@ -45,7 +45,7 @@ def test_groups_holdout_and_determinism(tmp_path: Path, files, make_config) -> N
     )
     convert(cfg, progress=False)
     out = tmp_path / "out"
-    first = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+    first = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     first_info = (tmp_path / "dinfo" / "dataset_info.json").read_bytes()
     splits = image_splits(out)
     by_group: dict[str, set[str]] = defaultdict(set)
@@ -63,7 +63,7 @@ def test_groups_holdout_and_determinism(tmp_path: Path, files, make_config) -> N
     # the whole folder of a holdout image goes to test with it
     assert all(splits[i] == "test" for i in splits if "/batch5/" in i)
     convert(cfg, progress=False)
-    assert {p.name: p.read_bytes() for p in sorted(out.iterdir())} == first
+    assert {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()} == first
     assert (tmp_path / "dinfo" / "dataset_info.json").read_bytes() == first_info
 
 

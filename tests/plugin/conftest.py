@@ -44,6 +44,12 @@ CPU_OVERRIDES: dict[str, object] = {
     "lora_dropout": 0.0,
     "warmup_ratio": 0.0,
     "seed": 0,
+    # the recipes' verdict metrics (and the best checkpoint by them) need a converted eval set with its
+    # regions file; write_dataset's has none: keep the best by eval_loss (tests/plugin/test_verdict_metrics.py
+    # runs the verdicts on a converted set)
+    "roi_eval_verdicts": False,
+    "metric_for_best_model": "eval_loss",
+    "greater_is_better": False,
 }
 
 
@@ -214,6 +220,10 @@ def recipe_case(recipe: str, model: Path, data: Path, out: Path, **overrides: ob
             "bf16": False,
             "report_to": "none",
             "deepspeed": None,
+            # as CPU_OVERRIDES: write_dataset's eval set has no regions file for the verdict metrics
+            "roi_eval_verdicts": False,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
             **overrides,
         }
     )

@@ -43,15 +43,30 @@ class HFBackend:
 
     name: ClassVar[str] = "hf"
 
-    def __init__(self, model: Any, encoder: PromptEncoder) -> None:
+    def __init__(
+        self,
+        model: Any,
+        encoder: PromptEncoder,
+        *,
+        device: Any = None,
+        dtype: Any = None,
+        inference_mode: bool = True,
+    ) -> None:
+        """``model``: loaded by `load`, or a live one (the plugin scores the model being trained). For a live
+        model, ``device`` / ``dtype`` name where inputs go and the compute dtype when its first parameter
+        cannot tell (a 4-bit weight, a ZeRO-3 partition); ``inference_mode=False`` computes under
+        ``torch.no_grad`` instead, so that no inference tensor is created inside a training process."""
+        import torch
         from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
         from llamafactory.extras.constants import IGNORE_INDEX
 
         self.model = model
         first = next(model.parameters())
-        self.torch_device, self.torch_dtype = first.device, first.dtype
-        self.device = str(first.device)
-        self.dtype = str(first.dtype).removeprefix("torch.")
+        self.torch_device = torch.device(device) if device is not None else first.device
+        self.torch_dtype = dtype if dtype is not None else first.dtype
+        self.device = str(self.torch_device)
+        self.dtype = str(self.torch_dtype).removeprefix("torch.")
+        self.grad_off = torch.inference_mode if inference_mode else torch.no_grad
         self.ignore = IGNORE_INDEX
         tokenizer = encoder.tokenizer
         self.collator = SFTDataCollatorWith4DAttentionMask(
@@ -121,7 +136,7 @@ class HFBackend:
         last = torch.tensor([n - 1 for n in lengths])
         base = batch["position_ids"][1, torch.arange(len(prompts)), last] - last
         mask = batch["attention_mask"]
-        with torch.inference_mode():
+        with self.grad_off():
             out = self.model(**batch, use_cache=True, logits_to_keep=last.unique().to(self.torch_device))
             cols = {int(p): j for j, p in enumerate(last.unique().tolist())}
             logits = out.logits[torch.arange(len(prompts)), [cols[int(p)] for p in last]]
@@ -202,7 +217,7 @@ class HFBackend:
         batch, positions = self._collate([(tuple(p.images), list(p.request.ids)) for p in passes])
         keep = sorted({pos for p in passes for pos, _ in p.request.want})
         index = {pos: j for j, pos in enumerate(keep)}
-        with torch.inference_mode():
+        with self.grad_off():
             out = self.model(
                 **batch,
                 use_cache=self.reuse_prefix is not False,
@@ -258,7 +273,7 @@ class HFBackend:
             pos[r] = torch.arange(req.cut, req.cut + n_new) + st.text_base
         keep = sorted({p - req.cut for req in reqs for p, _ in req.want})
         index = {p: j for j, p in enumerate(keep)}
-        with torch.inference_mode():
+        with self.grad_off():
             out = self.model(
                 input_ids=ids.to(self.torch_device),
                 attention_mask=mask.to(self.torch_device),

@@ -1,0 +1,130 @@
+"""`qwenvl-roi predict --boxes-format yolo|coco`: a detector's own output read by the converters' YOLO and
+COCO readers gives exactly the rows of the same boxes written as JSONL (no training needed: the tiny
+random model scores them all the same way).
+
+Fails on the code before issue #19 part 2: there was no --boxes-format (nor --coco-images) flag.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from qwenvl_roi.cli import main
+
+
+def _predict(*args: str) -> int:
+    return main(["predict", *args, "--no-progress"])
+
+
+def _images(roi_dataset: Path) -> list[tuple[str, int, int, list[list[int]]]]:
+    """(path relative to the dataset, width, height, boxes) of the test images, in path order."""
+    out = []
+    for line in (roi_dataset / "regions_test.jsonl").read_text(encoding="utf-8").splitlines():
+        s = json.loads(line)
+        rel = Path(s["image"]).relative_to(roi_dataset).as_posix()
+        out.append((rel, s["width"], s["height"], [r["box"] for r in s["regions"]]))
+    return sorted(out)
+
+
+def _write_forms(tmp_path: Path, images: list[tuple[str, int, int, list[list[int]]]]) -> dict[str, list[str]]:
+    """The same boxes as JSONL, a YOLO folder, a COCO dataset file and a COCO results list (with flags)."""
+    jsonl = tmp_path / "boxes.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": rel, "boxes": b}) + "\n" for rel, _, _, b in images))
+    yolo = tmp_path / "yolo"
+    (yolo / "classes.txt").parent.mkdir(parents=True)
+    (yolo / "classes.txt").write_text("crack\nspot\n")  # labelImg's class list: not boxes
+    coco_images, annotations, results = [], [], []
+    for k, (rel, w, h, boxes) in enumerate(images):
+        lines = []
+        for j, (x1, y1, x2, y2) in enumerate(boxes):
+            cx, cy, bw, bh = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
+            conf = f" {0.5 + j / 10!r}" if j % 2 else ""  # a detector's confidence on some lines
+            lines.append(f"{j % 2} {cx!r} {cy!r} {bw!r} {bh!r}{conf}")
+            bbox = [x1, y1, x2 - x1, y2 - y1]
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": 100 + k, "category_id": 7, "bbox": bbox}
+            )
+            results.append({"image_id": 100 + k, "category_id": 3 + j, "bbox": bbox, "score": 0.9})
+        txt = yolo / Path(rel).with_suffix(".txt")
+        txt.parent.mkdir(parents=True, exist_ok=True)
+        txt.write_text("\n".join(lines) + "\n")
+        coco_images.append({"id": 100 + k, "file_name": rel, "width": w, "height": h})
+    dataset = tmp_path / "dataset.json"  # no categories: the class names are not needed to score
+    dataset.write_text(json.dumps({"images": coco_images, "annotations": annotations}))
+    listed = tmp_path / "images.json"
+    listed.write_text(json.dumps({"images": coco_images, "categories": []}))
+    res = tmp_path / "results.json"
+    res.write_text(json.dumps(results))
+    return {
+        "jsonl": ["--boxes", str(jsonl)],
+        "yolo": ["--boxes", str(yolo), "--boxes-format", "yolo"],
+        "coco": ["--boxes", str(dataset), "--boxes-format", "coco"],
+        "coco-results": ["--boxes", str(res), "--boxes-format", "coco", "--coco-images", str(listed)],
+    }
+
+
+def test_yolo_and_coco_give_the_jsonl_rows(
+    tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    images = _images(roi_dataset)
+    forms = _write_forms(tmp_path, images)
+    common = ["--model", str(tiny_qwen2_5_vl), "--meta", str(roi_dataset), "--images", str(roi_dataset)]
+    outs = {}
+    for name, flags in forms.items():
+        outs[name] = tmp_path / f"{name}.predictions.jsonl"
+        assert _predict(*common, *flags, "--batch-size", "3", "--out", str(outs[name])) == 0, name
+    reference = outs["jsonl"].read_bytes()
+    rows = [json.loads(line) for line in reference.decode().splitlines()]
+    assert [r["image"] for r in rows] == [rel for rel, *_ in images]
+    assert all(r["problems"] == [] and all(b["score"] is not None for b in r["boxes"]) for r in rows)
+    assert [[b["box"] for b in r["boxes"]] for r in rows] == [b for *_, b in images]
+    for name, path in outs.items():
+        assert path.read_bytes() == reference, name  # byte for byte: same boxes, same prompts, same scores
+    # a results list alone names no image
+    res = forms["coco-results"][:4]
+    assert _predict(*common, *res, "--out", str(tmp_path / "x.jsonl")) == 2
+    assert "give the COCO dataset file its image_id refer to with --coco-images" in capsys.readouterr().err
+
+
+def test_box_format_problems_name_file_and_line(tmp_path: Path) -> None:
+    """Bad YOLO lines and COCO entries are reported where they are, the rest read (no model needed)."""
+    from PIL import Image
+
+    from qwenvl_roi.inference.detections import check, read_jobs
+
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.new("RGB", (200, 100)).save(root / "a.png")
+    yolo = tmp_path / "labels"
+    yolo.mkdir()
+    (yolo / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n0 x 0.5 0.2 0.2\n1 0.25 0.5 0.1\n")
+    (yolo / "b.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (job_a, job_b) = read_jobs(yolo, root, "yolo")
+    assert job_b.error is not None and "no image b.<" in job_b.error
+    checked = check(job_a).job
+    assert checked.boxes == [[80.0, 40.0, 120.0, 60.0]]  # fractions of 200x100 made pixels
+    assert any(f"{yolo / 'a.txt'}:2:" in p for p in checked.problems)
+    assert any(f"{yolo / 'a.txt'}:3:" in p and "3 number(s)" in p for p in checked.problems)
+    coco = tmp_path / "c.json"
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.png"}, {"id": 2, "file_name": "a.png"}],
+                "annotations": [
+                    {"image_id": 1, "category_id": 5, "bbox": [10, 10, 20, 30]},
+                    {"image_id": 1, "category_id": 5, "bbox": [1, "x", 2, 3]},
+                    {"image_id": 9, "category_id": 5, "bbox": [1, 1, 2, 3]},
+                ],
+            }
+        )
+    )
+    first, again, dangling = read_jobs(coco, root, "coco")
+    assert first.boxes == [[10.0, 10.0, 30.0, 40.0]] and first.source == f"{coco}:images[0]"
+    assert any("annotations[1]" in p and "not 4 numbers" in p for p in first.problems)
+    assert again.error is not None and "already listed at" in again.error
+    assert dangling.error is not None and "annotations[2]" in dangling.error
+    with pytest.raises(Exception, match="reads a folder"):
+        read_jobs(coco, root, "yolo")
