@@ -131,13 +131,15 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def roi_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def scored_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small converted dataset (Qwen2.5-VL frame, zh prompts, labels sharing a prefix)."""
     return make_dataset(tmp_path_factory.mktemp("roi-data"), short_prompts=True)
 
 
 @pytest.fixture(scope="session")
-def lora_adapter(tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def lora_adapter(
+    tiny_qwen2_5_vl: Path, scored_dataset: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """A LoRA adapter (plus lm_head, which is random in the tiny model) from real `llamafactory-cli train`."""
     work = tmp_path_factory.mktemp("lora")
     cfg = {
@@ -149,7 +151,7 @@ def lora_adapter(tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path_factory: pyt
         "lora_rank": 8,
         "additional_target": "lm_head",
         "dataset": "roi_train",
-        "dataset_dir": str(roi_dataset),
+        "dataset_dir": str(scored_dataset),
         "template": "qwen2_vl",
         "cutoff_len": 2048,
         "image_max_pixels": IMAGE_MAX_PIXELS,

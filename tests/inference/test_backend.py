@@ -64,7 +64,9 @@ def _samples(root: Path, split: str, n: int) -> list[dict]:
     return [json.loads(line) for line in lines[:n]]
 
 
-def test_whole_sequences_and_log_probs_give_the_same_scores(tiny_qwen2_5_vl: Path, roi_dataset: Path) -> None:
+def test_whole_sequences_and_log_probs_give_the_same_scores(
+    tiny_qwen2_5_vl: Path, scored_dataset: Path
+) -> None:
     """A backend shaped like vLLM's mapping (backend.py): every pass run as a whole sequence with the cache
     hints ignored, log-probs returned instead of logits. The scorer only compares values of one position,
     so the scores equal the "hf" backend's (float noise aside) and the written words are the same."""
@@ -88,11 +90,11 @@ def test_whole_sequences_and_log_probs_give_the_same_scores(tiny_qwen2_5_vl: Pat
 
     register_backend(WholeSequenceLogprobs.name, WholeSequenceLogprobs)
     try:
-        other = RegionPredictor.load(tiny_qwen2_5_vl, meta=roi_dataset, backend=WholeSequenceLogprobs.name)
+        other = RegionPredictor.load(tiny_qwen2_5_vl, meta=scored_dataset, backend=WholeSequenceLogprobs.name)
     finally:
         unregister_backend(WholeSequenceLogprobs.name)
-    hf = RegionPredictor.load(tiny_qwen2_5_vl, meta=roi_dataset)
-    samples = _samples(roi_dataset, "test", 4)
+    hf = RegionPredictor.load(tiny_qwen2_5_vl, meta=scored_dataset)
+    samples = _samples(scored_dataset, "test", 4)
     a = hf.score_samples(samples, batch_size=4, progress=False)
     b = other.score_samples(samples, batch_size=4, progress=False)
     assert isinstance(other.backend, ScoringBackend) and other.backend.states == {}
@@ -107,11 +109,11 @@ def test_whole_sequences_and_log_probs_give_the_same_scores(tiny_qwen2_5_vl: Pat
     assert departed  # continuations and off-path branches ran
 
 
-def test_hf_backend_refuses_a_cut_it_did_not_commit(tiny_qwen2_5_vl: Path, roi_dataset: Path) -> None:
+def test_hf_backend_refuses_a_cut_it_did_not_commit(tiny_qwen2_5_vl: Path, scored_dataset: Path) -> None:
     from qwenvl_roi.inference import RegionPredictor
 
-    predictor = RegionPredictor.load(tiny_qwen2_5_vl, meta=roi_dataset)
-    prompt = predictor.encoder.prompt(_samples(roi_dataset, "test", 1)[0])
+    predictor = RegionPredictor.load(tiny_qwen2_5_vl, meta=scored_dataset)
+    prompt = predictor.encoder.prompt(_samples(scored_dataset, "test", 1)[0])
     ids = prompt.ids
     got = predictor.backend.score([Pass("s", prompt.images, Request(ids, ((len(ids) - 1, (1, 2)),)))])
     assert list(got[0]) == [len(ids) - 1] and set(got[0][len(ids) - 1]) == {1, 2}
@@ -169,7 +171,7 @@ def test_fingerprint_of_the_hf_backend_is_the_one_before_backends(tmp_path: Path
     assert (other["backend"], other["device_type"], other["dtype"]) == ("vllm", "cuda", "torch.bfloat16")
 
 
-def test_check_and_load_leave_their_arguments_alone(roi_dataset: Path, tmp_path: Path) -> None:
+def test_check_and_load_leave_their_arguments_alone(scored_dataset: Path, tmp_path: Path) -> None:
     from qwenvl_roi.converters.meta import load_dataset_meta
 
     from qwenvl_roi.inference.detections import ImageJob, check, load
@@ -182,7 +184,7 @@ def test_check_and_load_leave_their_arguments_alone(roi_dataset: Path, tmp_path:
     checked = check(job)
     assert job.problems == [] and job.error is None
     assert any("clipped" in p for p in checked.job.problems) and checked.job is not job
-    loaded = load(checked, load_dataset_meta(roi_dataset))
+    loaded = load(checked, load_dataset_meta(scored_dataset))
     assert checked.picture is None and not any("upright" in p for p in checked.job.problems)
     assert loaded.picture is not None and loaded.picture.size == (40, 60)
     assert any("read upright as 8-bit RGB" in p for p in loaded.job.problems)

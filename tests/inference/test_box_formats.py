@@ -19,12 +19,12 @@ def _predict(*args: str) -> int:
     return main(["predict", *args, "--no-progress"])
 
 
-def _images(roi_dataset: Path) -> list[tuple[str, int, int, list[list[int]]]]:
+def _images(scored_dataset: Path) -> list[tuple[str, int, int, list[list[int]]]]:
     """(path relative to the dataset, width, height, boxes) of the test images, in path order."""
     out = []
-    for line in (roi_dataset / "regions_test.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in (scored_dataset / "regions_test.jsonl").read_text(encoding="utf-8").splitlines():
         s = json.loads(line)
-        rel = Path(s["image"]).relative_to(roi_dataset).as_posix()
+        rel = Path(s["image"]).relative_to(scored_dataset).as_posix()
         out.append((rel, s["width"], s["height"], [r["box"] for r in s["regions"]]))
     return sorted(out)
 
@@ -67,11 +67,11 @@ def _write_forms(tmp_path: Path, images: list[tuple[str, int, int, list[list[int
 
 
 def test_yolo_and_coco_give_the_jsonl_rows(
-    tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_qwen2_5_vl: Path, scored_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    images = _images(roi_dataset)
+    images = _images(scored_dataset)
     forms = _write_forms(tmp_path, images)
-    common = ["--model", str(tiny_qwen2_5_vl), "--meta", str(roi_dataset), "--images", str(roi_dataset)]
+    common = ["--model", str(tiny_qwen2_5_vl), "--meta", str(scored_dataset), "--images", str(scored_dataset)]
     outs = {}
     for name, flags in forms.items():
         outs[name] = tmp_path / f"{name}.predictions.jsonl"

@@ -32,18 +32,18 @@ def _predict(*args: str) -> int:
 
 
 def test_boxes_jsonl_and_txt_equal_the_regions_path(
-    merged_model: Path, roi_dataset: Path, tmp_path: Path
+    merged_model: Path, scored_dataset: Path, tmp_path: Path
 ) -> None:
-    samples = _samples(roi_dataset)
+    samples = _samples(scored_dataset)
     common = ["--model", str(merged_model), "--batch-size", "3"]
     ref = tmp_path / "regions_pred.jsonl"
-    assert _predict(*common, "--regions", str(roi_dataset / "regions_test.jsonl"), "--out", str(ref)) == 0
+    assert _predict(*common, "--regions", str(scored_dataset / "regions_test.jsonl"), "--out", str(ref)) == 0
     boxes = tmp_path / "boxes.jsonl"
     boxes.write_text(
         "".join(
             json.dumps(
                 {
-                    "image": Path(s["image"]).relative_to(roi_dataset).as_posix(),
+                    "image": Path(s["image"]).relative_to(scored_dataset).as_posix(),
                     "boxes": [r["box"] for r in s["regions"]],
                     "id": s["sample_id"],
                 }
@@ -54,7 +54,7 @@ def test_boxes_jsonl_and_txt_equal_the_regions_path(
     )
     txt = tmp_path / "txt"
     for s in samples:  # the annotation format, without a label column (one box per line, or two)
-        rel = Path(s["image"]).relative_to(roi_dataset).with_suffix(".txt")
+        rel = Path(s["image"]).relative_to(scored_dataset).with_suffix(".txt")
         (txt / rel).parent.mkdir(parents=True, exist_ok=True)
         name = Path(s["image"]).name
         lines = [f"{name}；{'，'.join(map(str, r['box']))}" for r in s["regions"]]
@@ -63,7 +63,7 @@ def test_boxes_jsonl_and_txt_equal_the_regions_path(
     for form, source in (("jsonl", boxes), ("txt", txt)):
         outs[form] = tmp_path / f"{form}.jsonl"
         rc = _predict(
-            *common, "--meta", str(roi_dataset), "--images", str(roi_dataset), "--boxes", str(source),
+            *common, "--meta", str(scored_dataset), "--images", str(scored_dataset), "--boxes", str(source),
             "--out", str(outs[form]),
         )  # fmt: skip
         assert rc == 0
@@ -73,7 +73,7 @@ def test_boxes_jsonl_and_txt_equal_the_regions_path(
         assert len(rows) == len(samples)
         for s, a, b in zip(samples, reference, rows, strict=True):
             want_id = (
-                s["sample_id"] if form == "jsonl" else Path(s["image"]).relative_to(roi_dataset).as_posix()
+                s["sample_id"] if form == "jsonl" else Path(s["image"]).relative_to(scored_dataset).as_posix()
             )
             assert b["id"] == want_id and b["prompts"] == 1 and b["problems"] == []
             # identical, not close: the same prompts in the same batches
@@ -87,10 +87,10 @@ def test_boxes_jsonl_and_txt_equal_the_regions_path(
 
 
 def test_bad_lines_are_reported_and_the_rest_scored(
-    merged_model: Path, roi_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    merged_model: Path, scored_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    s0, s1 = _samples(roi_dataset)[:2]
-    rel0 = Path(s0["image"]).relative_to(roi_dataset).as_posix()
+    s0, s1 = _samples(scored_dataset)[:2]
+    rel0 = Path(s0["image"]).relative_to(scored_dataset).as_posix()
     rotated = tmp_path / "rotated.jpg"  # stored 60x40, shown 40x60 (EXIF orientation 6)
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -104,13 +104,13 @@ def test_bad_lines_are_reported_and_the_rest_scored(
         json.dumps({"image": "missing.png", "boxes": [[1, 2, 3, 4]]}),
         json.dumps({"image": str(rotated), "boxes": [[2, 2, 38, 58], [30, 50, 90, 90]], "id": "rot"}),
         json.dumps({"image": rel0, "boxes": []}),  # the same id again
-        json.dumps({"image": Path(s1["image"]).relative_to(roi_dataset).as_posix(), "boxes": []}),
+        json.dumps({"image": Path(s1["image"]).relative_to(scored_dataset).as_posix(), "boxes": []}),
         json.dumps({"image": str(truncated), "boxes": [[1, 1, 20, 20]]}),  # broken after its header
     ]
     boxes = tmp_path / "boxes.jsonl"
     boxes.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
-    args = ["--model", str(merged_model), "--meta", str(roi_dataset), "--images", str(roi_dataset)]
+    args = ["--model", str(merged_model), "--meta", str(scored_dataset), "--images", str(scored_dataset)]
     assert _predict(*args, "--boxes", str(boxes), "--out", str(out), "--strict") == 2
     err = capsys.readouterr().err
     assert f"{boxes}:2: not valid JSON" in err and f"{boxes}:3: image" in err and "not found" in err
@@ -202,12 +202,12 @@ def _env(tmp: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def many_boxes(roi_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def many_boxes(scored_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test images 12 times over (distinct ids), one image with more boxes than a prompt holds."""
     path = tmp_path_factory.mktemp("many") / "boxes.jsonl"
     rows = []
     for rep in range(12):
-        for s in _samples(roi_dataset):
+        for s in _samples(scored_dataset):
             boxes = [r["box"] for r in s["regions"]]
             if not rows:
                 boxes = boxes * 5  # 10-20 boxes: more than max_boxes_per_image (8), so two or three prompts
@@ -225,19 +225,19 @@ def _cmd(model: Path, meta: Path, boxes: Path, out: Path) -> list[str]:
 
 @pytest.mark.slow
 def test_kill_and_rerun_gives_the_uninterrupted_file(
-    merged_model: Path, roi_dataset: Path, many_boxes: Path, tmp_path: Path
+    merged_model: Path, scored_dataset: Path, many_boxes: Path, tmp_path: Path
 ) -> None:
     env = _env(tmp_path)
     whole = tmp_path / "whole.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, roi_dataset, many_boxes, whole)],
+        [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, scored_dataset, many_boxes, whole)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _rows(whole)[0]["prompts"] >= 2  # the long box list was split
     out = tmp_path / "killed.jsonl"
     run = subprocess.Popen(
-        [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, roi_dataset, many_boxes, out)],
+        [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, scored_dataset, many_boxes, out)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     partial = tmp_path / "killed.jsonl.partial"
@@ -254,13 +254,13 @@ def test_kill_and_rerun_gives_the_uninterrupted_file(
     with part.open("ab") as fh:  # a write torn by the kill
         fh.write(b'{"batch": 57, "row": {"id": "torn')
     other = subprocess.run(  # other numbers (bf16) must not be mixed into the fp32 file
-        [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, roi_dataset, many_boxes, out),
+        [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, scored_dataset, many_boxes, out),
          "--dtype", "bfloat16"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert other.returncode == 2 and "differs in: dtype" in other.stderr, other.stderr[-3000:]
     rerun = subprocess.run(
-        [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, roi_dataset, many_boxes, out)],
+        [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, scored_dataset, many_boxes, out)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert rerun.returncode == 0, rerun.stderr[-3000:]
@@ -271,12 +271,12 @@ def test_kill_and_rerun_gives_the_uninterrupted_file(
 
 @pytest.mark.slow
 def test_two_ranks_under_torchrun_give_the_one_process_file(
-    merged_model: Path, roi_dataset: Path, many_boxes: Path, tmp_path: Path, free_port: Callable[[], int]
+    merged_model: Path, scored_dataset: Path, many_boxes: Path, tmp_path: Path, free_port: Callable[[], int]
 ) -> None:
     env = _env(tmp_path)
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, roi_dataset, many_boxes, one)],
+        [sys.executable, "-m", "qwenvl_roi", *_cmd(merged_model, scored_dataset, many_boxes, one)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -284,7 +284,7 @@ def test_two_ranks_under_torchrun_give_the_one_process_file(
     port = free_port()  # other test workers may run torchrun at the same time
     proc = subprocess.run(
         [str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), "-m", "qwenvl_roi",
-         *_cmd(merged_model, roi_dataset, many_boxes, two)],
+         *_cmd(merged_model, scored_dataset, many_boxes, two)],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]

@@ -72,7 +72,7 @@ def test_prompt_equals_llamafactory(
 
 
 def test_each_image_is_preprocessed_once_and_batches_are_unchanged(
-    tiny_qwen2_5_vl: Path, roi_dataset: Path
+    tiny_qwen2_5_vl: Path, scored_dataset: Path
 ) -> None:
     """The encoder's template processes every image once per batch (prompt + collator), and the batch the
     training collator builds from it equals the one from LLaMA-Factory's untouched template."""
@@ -80,13 +80,15 @@ def test_each_image_is_preprocessed_once_and_batches_are_unchanged(
     from llamafactory.data.collator import SFTDataCollatorWith4DAttentionMask
     from transformers import AutoModelForImageTextToText
 
-    meta = load_dataset_meta(roi_dataset)
+    meta = load_dataset_meta(scored_dataset)
     tokenizer, processor, template = load_tokenizer_and_processor(str(tiny_qwen2_5_vl), meta)
     encoder = PromptEncoder(tokenizer, processor, template, meta)
     calls: list[str] = []
     original = encoder.images.original
     encoder.images.original = lambda images, *rest: calls.extend(images) or original(images, *rest)
-    samples = [json.loads(line) for line in (roi_dataset / "regions_val.jsonl").read_text().splitlines()][:3]
+    samples = [json.loads(line) for line in (scored_dataset / "regions_val.jsonl").read_text().splitlines()][
+        :3
+    ]
     prompts = [encoder.prompt(s) for s in samples]
     model = AutoModelForImageTextToText.from_pretrained(str(tiny_qwen2_5_vl))
     features = [

@@ -148,12 +148,12 @@ def test_gbk_names_are_scored_under_a_utf8_name(
     form: str,
     gbk_inputs: tuple[Path, Path, Path, str],
     tiny_qwen2_5_vl: Path,
-    roi_dataset: Path,
+    scored_dataset: Path,
     tmp_path: Path,
 ) -> None:
     images, txt, jsonl, name = gbk_inputs
     out = tmp_path / "pred.jsonl"
-    args = ["--model", str(tiny_qwen2_5_vl), "--meta", str(roi_dataset), "--images", str(images)]
+    args = ["--model", str(tiny_qwen2_5_vl), "--meta", str(scored_dataset), "--images", str(images)]
     assert _predict(*args, "--boxes", str(jsonl if form == "jsonl" else txt), "--out", str(out)) == 0
     (row,) = _rows(out)
     assert (row["id"], row["image"]) == (name, name) and "error" not in row

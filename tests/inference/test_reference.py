@@ -57,12 +57,12 @@ def _compare(predictor: RegionPredictor, reference: LFReference, samples: list[d
 
 
 def test_trained_model_matches_llamafactory_reference(
-    merged_model: Path, roi_dataset: Path, backend_name: str
+    merged_model: Path, scored_dataset: Path, backend_name: str
 ) -> None:
-    predictor = RegionPredictor.load(merged_model, meta=roi_dataset, dtype=DTYPE, backend=backend_name)
+    predictor = RegionPredictor.load(merged_model, meta=scored_dataset, dtype=DTYPE, backend=backend_name)
     assert isinstance(predictor.backend, ScoringBackend) and predictor.backend.name == backend_name
     reference = LFReference(merged_model, predictor.meta)
-    samples = _samples(roi_dataset, "val", 6)
+    samples = _samples(scored_dataset, "val", 6)
     departures = _compare(predictor, reference, samples[:2], batch_size=1)
     departures += _compare(predictor, reference, samples[2:], batch_size=4)
     assert departures > 0  # the model's own answer leaves "normal": conditioning on it is exercised
@@ -83,12 +83,14 @@ def test_families_and_languages_match_reference(
     assert _compare(predictor, reference, samples, batch_size=3) > 0
 
 
-def test_generation_follows_the_greedy_path(merged_model: Path, roi_dataset: Path, backend_name: str) -> None:
+def test_generation_follows_the_greedy_path(
+    merged_model: Path, scored_dataset: Path, backend_name: str
+) -> None:
     """Greedy generation writes, line by line, the words of the reference's greedy constrained path."""
-    predictor = RegionPredictor.load(merged_model, meta=roi_dataset, dtype=DTYPE, backend=backend_name)
+    predictor = RegionPredictor.load(merged_model, meta=scored_dataset, dtype=DTYPE, backend=backend_name)
     reference = LFReference(merged_model, predictor.meta)
     meta = predictor.meta
-    samples = _samples(roi_dataset, "val", 6)
+    samples = _samples(scored_dataset, "val", 6)
     generated = predictor.generate_samples(samples, batch_size=3, progress=False)
     parsed = 0
     for sample, row in zip(samples, generated, strict=True):

@@ -39,17 +39,17 @@ def _safetensors_header(folder: Path) -> bytes:
 
 
 @pytest.mark.slow
-def test_model_rebuilt_at_the_same_path_is_not_resumed(roi_dataset: Path, tmp_path: Path) -> None:
+def test_model_rebuilt_at_the_same_path_is_not_resumed(scored_dataset: Path, tmp_path: Path) -> None:
     from qwenvl_roi.tiny_model import build_tiny_model
 
     model = build_tiny_model(tmp_path / "model", "qwen2_5_vl", seed=0)
     header = _safetensors_header(model)
-    samples = [json.loads(x) for x in (roi_dataset / "regions_test.jsonl").read_text().splitlines()]
+    samples = [json.loads(x) for x in (scored_dataset / "regions_test.jsonl").read_text().splitlines()]
     pictures = tmp_path / "pictures"  # copies: one is replaced below (the session's dataset is shared)
     pictures.mkdir()
     copies = {}
     for s in samples:
-        source = Path(s["image"]) if Path(s["image"]).is_absolute() else roi_dataset / s["image"]
+        source = Path(s["image"]) if Path(s["image"]).is_absolute() else scored_dataset / s["image"]
         copies.setdefault(s["image"], shutil.copy(source, pictures / f"{len(copies)}{source.suffix}"))
     boxes = tmp_path / "boxes.jsonl"
     rows = [
@@ -61,7 +61,7 @@ def test_model_rebuilt_at_the_same_path_is_not_resumed(roi_dataset: Path, tmp_pa
     boxes.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "pred.jsonl"
     cmd = [
-        sys.executable, "-m", "qwenvl_roi", "predict", "--model", str(model), "--meta", str(roi_dataset),
+        sys.executable, "-m", "qwenvl_roi", "predict", "--model", str(model), "--meta", str(scored_dataset),
         "--boxes", str(boxes), "--out", str(out), "--batch-size", "2", "--no-progress",
     ]  # fmt: skip
     run = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -10,12 +10,12 @@ from qwenvl_roi.converters.meta import load_dataset_meta
 from qwenvl_roi.converters.prompt import build_record
 
 
-def test_api_request_reproduces_training_prompt(roi_dataset: Path) -> None:
+def test_api_request_reproduces_training_prompt(scored_dataset: Path) -> None:
     from llamafactory.api.chat import _process_request
     from llamafactory.api.protocol import ChatCompletionRequest
 
-    meta = load_dataset_meta(roi_dataset)
-    sample = json.loads((roi_dataset / "regions_test.jsonl").read_text().splitlines()[0])
+    meta = load_dataset_meta(scored_dataset)
+    sample = json.loads((scored_dataset / "regions_test.jsonl").read_text().splitlines()[0])
     # --- as in the docs ---
     verdicts = [meta.normal_word] * len(sample["regions"])
     system, user, _ = build_record(sample, meta, verdicts=verdicts)["messages"]

@@ -19,14 +19,14 @@ def _samples(root: Path, split: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def merged_predictor(merged_model: Path, roi_dataset: Path) -> RegionPredictor:
-    return RegionPredictor.load(merged_model, meta=roi_dataset)
+def merged_predictor(merged_model: Path, scored_dataset: Path) -> RegionPredictor:
+    return RegionPredictor.load(merged_model, meta=scored_dataset)
 
 
 def test_adapter_and_merged_give_same_scores(
-    tiny_qwen2_5_vl: Path, lora_adapter: Path, merged_model: Path, roi_dataset: Path, tmp_path: Path
+    tiny_qwen2_5_vl: Path, lora_adapter: Path, merged_model: Path, scored_dataset: Path, tmp_path: Path
 ) -> None:
-    regions = roi_dataset / "regions_test.jsonl"
+    regions = scored_dataset / "regions_test.jsonl"
     common = ["--regions", str(regions), "--batch-size", "3", "--no-progress"]
     a, m = tmp_path / "adapter.jsonl", tmp_path / "merged.jsonl"
     assert (
@@ -53,7 +53,7 @@ def test_adapter_and_merged_give_same_scores(
     rows_a = [json.loads(x) for x in a.read_text().splitlines()]
     rows_m = [json.loads(x) for x in m.read_text().splitlines()]
     rows_b = [json.loads(x) for x in base.read_text().splitlines()]
-    assert [r["sample_id"] for r in rows_a] == [s["sample_id"] for s in _samples(roi_dataset, "test")]
+    assert [r["sample_id"] for r in rows_a] == [s["sample_id"] for s in _samples(scored_dataset, "test")]
     diff_to_base = 0.0
     for ra, rm, rb in zip(rows_a, rows_m, rows_b, strict=True):
         assert ra["image"] == rm["image"]
@@ -65,10 +65,10 @@ def test_adapter_and_merged_give_same_scores(
     assert diff_to_base > 1e-3  # the adapter is really applied
 
 
-def test_scoring_and_generation_agree(merged_predictor: RegionPredictor, roi_dataset: Path) -> None:
+def test_scoring_and_generation_agree(merged_predictor: RegionPredictor, scored_dataset: Path) -> None:
     """Wherever greedy generation writes a well-formed answer, scoring's greedy words are that answer."""
     meta = merged_predictor.meta
-    samples = _samples(roi_dataset, "val") + _samples(roi_dataset, "test")
+    samples = _samples(scored_dataset, "val") + _samples(scored_dataset, "test")
     generated = merged_predictor.generate_samples(samples, batch_size=4, progress=False)
     scored = merged_predictor.score_samples(samples, batch_size=4, progress=False)
     parsed = 0
@@ -81,7 +81,7 @@ def test_scoring_and_generation_agree(merged_predictor: RegionPredictor, roi_dat
     assert parsed >= len(samples) // 2, [g["text"] for g in generated]
 
 
-def test_predict_generate_mode_and_eval(merged_model: Path, roi_dataset: Path, tmp_path: Path) -> None:
+def test_predict_generate_mode_and_eval(merged_model: Path, scored_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "gen.jsonl"
     rc = main(
         [
@@ -89,7 +89,7 @@ def test_predict_generate_mode_and_eval(merged_model: Path, roi_dataset: Path, t
             "--model",
             str(merged_model),
             "--regions",
-            str(roi_dataset / "regions_test.jsonl"),
+            str(scored_dataset / "regions_test.jsonl"),
             "--out",
             str(out),
             "--mode",
@@ -110,7 +110,7 @@ def test_predict_generate_mode_and_eval(merged_model: Path, roi_dataset: Path, t
                 "--predictions",
                 str(out),
                 "--gold",
-                str(roi_dataset / "regions_test.jsonl"),
+                str(scored_dataset / "regions_test.jsonl"),
                 "--threshold",
                 "0.5",
                 "--out",
@@ -123,7 +123,7 @@ def test_predict_generate_mode_and_eval(merged_model: Path, roi_dataset: Path, t
     assert m["counts"]["unparsed_regions"] == sum(reg["score"] is None for r in rows for reg in r["regions"])
 
 
-def test_documented_api_snippet(merged_model: Path, roi_dataset: Path, tmp_path: Path) -> None:
+def test_documented_api_snippet(merged_model: Path, scored_dataset: Path, tmp_path: Path) -> None:
     """The flow of docs/evaluation.md: predict val+test, eval with the val sweep storing config and meta
     beside the model, then the Python API with nothing but the model folder."""
     model = tmp_path / "model"
@@ -138,7 +138,7 @@ def test_documented_api_snippet(merged_model: Path, roi_dataset: Path, tmp_path:
                     "--model",
                     str(model),
                     "--regions",
-                    str(roi_dataset / f"regions_{split}.jsonl"),
+                    str(scored_dataset / f"regions_{split}.jsonl"),
                     "--out",
                     str(tmp_path / f"pred_{split}.jsonl"),
                     "--no-progress",
@@ -153,11 +153,11 @@ def test_documented_api_snippet(merged_model: Path, roi_dataset: Path, tmp_path:
                 "--predictions",
                 str(tmp_path / "pred_test.jsonl"),
                 "--gold",
-                str(roi_dataset / "regions_test.jsonl"),
+                str(scored_dataset / "regions_test.jsonl"),
                 "--val-predictions",
                 str(tmp_path / "pred_val.jsonl"),
                 "--val-gold",
-                str(roi_dataset / "regions_val.jsonl"),
+                str(scored_dataset / "regions_val.jsonl"),
                 "--model-dir",
                 str(model),
                 "--out",
@@ -173,7 +173,7 @@ def test_documented_api_snippet(merged_model: Path, roi_dataset: Path, tmp_path:
     from qwenvl_roi.inference import RegionPredictor
 
     predictor = RegionPredictor.load(str(model))  # reads dataset_meta.json + threshold beside the model
-    sample = _samples(roi_dataset, "test")[0]
+    sample = _samples(scored_dataset, "test")[0]
     result = predictor.predict_image(sample["image"], [r["box"] for r in sample["regions"]])
     # -------------------------------------------------------------------------------------------------------
     assert predictor.config.threshold == chosen
@@ -185,10 +185,10 @@ def test_documented_api_snippet(merged_model: Path, roi_dataset: Path, tmp_path:
 
 
 def test_predict_errors_are_clear(
-    tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_qwen2_5_vl: Path, scored_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     bad = tmp_path / "regions_bad.jsonl"
-    lines = (roi_dataset / "regions_test.jsonl").read_text().splitlines()
+    lines = (scored_dataset / "regions_test.jsonl").read_text().splitlines()
     bad.write_text(lines[0] + "\n" + '{"sample_id": "x", "image": "/nope.png"}\n')
     rc = main(
         ["predict", "--model", str(tiny_qwen2_5_vl), "--regions", str(bad), "--out", str(tmp_path / "p")]
@@ -213,21 +213,21 @@ def test_predict_help_lists_the_interface(capsys: pytest.CaptureFixture) -> None
 
 
 def test_predict_names_a_wrong_model_folder(
-    roi_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    scored_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    regions = str(roi_dataset / "regions_test.jsonl")
+    regions = str(scored_dataset / "regions_test.jsonl")
     rc = main(
         ["predict", "--model", str(tmp_path / "missing"), "--regions", regions, "--out", str(tmp_path / "p")]
     )
     assert rc == 2 and "missing: not a folder" in capsys.readouterr().err
-    rc = main(["predict", "--model", str(roi_dataset), "--regions", regions, "--out", str(tmp_path / "p")])
+    rc = main(["predict", "--model", str(scored_dataset), "--regions", regions, "--out", str(tmp_path / "p")])
     assert rc == 2 and "no config.json" in capsys.readouterr().err
 
 
 def test_predict_refuses_a_model_of_another_family(
-    tiny_qwen2_vl: Path, roi_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    tiny_qwen2_vl: Path, scored_dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    regions = str(roi_dataset / "regions_test.jsonl")  # converted for Qwen2.5-VL (absolute pixels)
+    regions = str(scored_dataset / "regions_test.jsonl")  # converted for Qwen2.5-VL (absolute pixels)
     rc = main(["predict", "--model", str(tiny_qwen2_vl), "--regions", regions, "--out", str(tmp_path / "p")])
     err = capsys.readouterr().err
     assert rc == 2 and "model_family=qwen2_5_vl" in err and "'qwen2_vl'" in err
