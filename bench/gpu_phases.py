@@ -148,6 +148,8 @@ def run_config(
         raise SystemExit(f"{recipe}: expected a YAML mapping, got {type(cfg).__name__}")
     if not plugin:
         cfg = {k: v for k, v in cfg.items() if not k.startswith("roi_")}
+        if cfg.get("metric_for_best_model", "eval_loss") != "eval_loss":  # verdict metrics need the plugin
+            cfg.update(metric_for_best_model="eval_loss", greater_is_better=False)
     cfg.update(common)
     cfg.update(extra)
     cfg = {k: v for k, v in cfg.items() if v is not None}  # None = LLaMA-Factory's default (eval_dataset off)

@@ -194,6 +194,7 @@ def train(
     data: Path,
     workdir: Path,
     env: dict[str, str] | None = None,
+    timeout: float = 300,
     **overrides: object,
 ) -> subprocess.CompletedProcess[str]:
     """`llamafactory-cli train recipes/<recipe>` on the tiny model with CPU overrides; extra overrides win.
@@ -202,7 +203,7 @@ def train(
     """
     workdir.mkdir(parents=True, exist_ok=True)
     merged = train_overrides(model, data, workdir, **overrides)
-    return run_cli("train", RECIPES / recipe, merged, workdir, env=env or lf_env(workdir))
+    return run_cli("train", RECIPES / recipe, merged, workdir, env=env or lf_env(workdir), timeout=timeout)
 
 
 def recipe_case(recipe: str, model: Path, data: Path, out: Path, **overrides: object) -> dict[str, object]:

@@ -223,7 +223,7 @@ def test_deepspeed_two_cpu_ranks_give_the_single_process_figures(
     proc = lf.train(
         "phase3.yaml", tiny_qwen2_5_vl, converted, tmp_path, env=env, deepspeed=ds, **PHASE3, **run,
         roi_eval_verdicts=True, roi_eval_max_samples=7, metric_for_best_model="eval_image_line_auroc",
-        greater_is_better=True,
+        greater_is_better=True, timeout=900,  # two ranks in lockstep on a shared 2-core machine
     )  # fmt: skip
     _ok(proc)
     log = proc.stdout + proc.stderr
