@@ -18,7 +18,6 @@ import argparse
 import os
 import platform
 import random
-import resource
 import shutil
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: shared helpers (host.py)
 
-from host import cpu_model  # noqa: E402
+from host import cpu_model, timed  # noqa: E402
 
 LABELS = ["crack", "Crack", "渗漏", "spall", "ＳＰＡＬＬ"]
 
@@ -86,19 +85,6 @@ HEADER = (
     "| wall floor / convert (ratio) | rerun with the hash cache, CPU (ratio) | boxes |\n"
     "|---|---|---|---|---|---|---|---|---|\n"
 )
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (the hashing workers)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def timed(func: Any, *args: Any, **kwargs: Any) -> tuple[float, float, Any]:
-    """(wall seconds, CPU seconds of this process and its children, result) of one call."""
-    w0, c0 = time.perf_counter(), cpu_seconds()
-    result = func(*args, **kwargs)
-    return time.perf_counter() - w0, cpu_seconds() - c0, result
 
 
 def best(runs: list[tuple[float, float, Any]]) -> tuple[float, float]:

@@ -17,13 +17,11 @@ import argparse
 import os
 import platform
 import random
-import resource
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -31,7 +29,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: shared helpers (host.py)
 
-from host import cpu_model  # noqa: E402
+from host import cpu_model, timed  # noqa: E402
 
 HEADER = (
     "| images (masks) | size | workers | floor CPU (headers + masks decoded) | prepare + build-sft CPU "
@@ -77,18 +75,6 @@ def floor(root: Path) -> None:
                     im.load()
                 else:
                     _ = im.size
-
-
-def cpu_seconds() -> float:
-    """CPU time of this process and of its finished children (mask-decoding workers)."""
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
-
-
-def timed(func: Any, *args: Any, **kwargs: Any) -> tuple[float, float, Any]:
-    w0, c0 = time.perf_counter(), cpu_seconds()
-    result = func(*args, **kwargs)
-    return time.perf_counter() - w0, cpu_seconds() - c0, result
 
 
 def machine() -> str:
