@@ -26,15 +26,31 @@ class Problem:
 
     ``line``: the 1-based line of a text or XML file, the JSON path of an entry in a JSON file
     (``shapes[3]``, ``annotations[17]``), or None for the whole file.
+    ``image``: the image an annotation's problem concerns (as problems name files), when ``file`` is not the
+    image itself: a COCO file, a mask or a labels tree names no image by its own path, and the preview
+    attaches each problem to its image's samples by this. ``box``: where a box the checks clipped or
+    dropped lies on the picture (pixels of the displayed frame; absent when it lies wholly outside).
     """
 
     file: str
     line: int | str | None
     kind: str
     reason: str
+    image: str | None = None
+    box: tuple[float, float, float, float] | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {"file": self.file, "line": self.line, "kind": self.kind, "reason": self.reason}
+        out: dict[str, object] = {
+            "file": self.file,
+            "line": self.line,
+            "kind": self.kind,
+            "reason": self.reason,
+        }
+        if self.image is not None:
+            out["image"] = self.image
+        if self.box is not None:
+            out["box"] = [tidy_number(v) for v in self.box]
+        return out
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line is not None else self.file
@@ -302,7 +318,8 @@ class CheckedBox:
     kind: str = ""  # problem kind: box_fixed | box_outside | box_zero_area | box_too_small
 
 
-def _num(v: float) -> float:
+def tidy_number(v: float) -> float:
+    """A coordinate as a report shows it: an integer when whole, else rounded to 3 decimals."""
     return int(v) if float(v).is_integer() else round(v, 3)
 
 
@@ -315,27 +332,31 @@ def check_box(raw: RawBox, width: int, height: int, min_box_size: float) -> Chec
         y1, y2 = min(y1, y2), max(y1, y2)
         notes.append("corners reversed (x2<x1 or y2<y1), swapped")
     if x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height:
-        reason = f"box {list(map(_num, raw.coords))} lies outside the image {width}x{height}; dropped"
+        reason = f"box {list(map(tidy_number, raw.coords))} lies outside the image {width}x{height}; dropped"
         return CheckedBox(raw, None, "dropped", reason, "box_outside")
     cx1, cy1, cx2, cy2 = max(0.0, x1), max(0.0, y1), min(float(width), x2), min(float(height), y2)
     if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
         notes.append(f"clipped to the image {width}x{height}")
     if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
         return CheckedBox(
-            raw, None, "dropped", f"box {list(map(_num, raw.coords))} has zero area; dropped", "box_zero_area"
+            raw,
+            None,
+            "dropped",
+            f"box {list(map(tidy_number, raw.coords))} has zero area; dropped",
+            "box_zero_area",
         )
     if min(cx2 - cx1, cy2 - cy1) < min_box_size:
         return CheckedBox(
             raw,
             None,
             "dropped",
-            f"box {_num(cx2 - cx1)}x{_num(cy2 - cy1)} is smaller than min_box_size "
-            f"{_num(min_box_size)}; dropped",
+            f"box {tidy_number(cx2 - cx1)}x{tidy_number(cy2 - cy1)} is smaller than min_box_size "
+            f"{tidy_number(min_box_size)}; dropped",
             "box_too_small",
         )
-    box = (_num(cx1), _num(cy1), _num(cx2), _num(cy2))
+    box = (tidy_number(cx1), tidy_number(cy1), tidy_number(cx2), tidy_number(cy2))
     if notes:
         return CheckedBox(
-            raw, box, "clipped", f"box {list(map(_num, raw.coords))}: " + "; ".join(notes), "box_fixed"
+            raw, box, "clipped", f"box {list(map(tidy_number, raw.coords))}: " + "; ".join(notes), "box_fixed"
         )
     return CheckedBox(raw, box, "kept")

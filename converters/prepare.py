@@ -12,7 +12,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -216,11 +216,17 @@ class _Collector:
         self.problems += [Problem(label, None, kind, reason) for kind, reason in got.problems]
         return got
 
-    def _commit(self, checked: list[CheckedBox], annotation: str) -> None:
+    def _commit(self, checked: list[CheckedBox], annotation: str, width: int, height: int) -> None:
         for c in checked:
             self.ledger.add(c.status, c.kind)
+            if c.status == "clipped":
+                where = c.box
+            elif c.status == "dropped" and c.kind != "box_outside":
+                where = defect_box(c.raw.coords, width, height)
+            else:
+                where = None
             if c.status != "kept":
-                self.problems.append(Problem(annotation, c.raw.line, c.kind, c.reason))
+                self.problems.append(Problem(annotation, c.raw.line, c.kind, c.reason, box=where))
 
     def abnormal(self) -> list[ImageEntry]:
         """The images under abnormal_dir (the images folder), as the source pairs and reads them."""
@@ -241,7 +247,19 @@ class _Collector:
 
     def _entry(self, rec: Record, root: Path, abs_root: str) -> ImageEntry | None:
         """One record checked against its image (under ``root``, absolute ``abs_root``): the entry, or None
-        (every problem and box recorded)."""
+        (every problem and box recorded, those of its annotation naming the image)."""
+        start = len(self.problems)
+        try:
+            return self._checked(rec, root, abs_root)
+        finally:
+            if rec.rel is not None:
+                label = file_label(root, rec.rel)
+                for i in range(start, len(self.problems)):
+                    p = self.problems[i]
+                    if p.image is None and p.file != label:
+                        self.problems[i] = replace(p, image=label)
+
+    def _checked(self, rec: Record, root: Path, abs_root: str) -> ImageEntry | None:
         read = rec.read
         self.problems += read.problems
         for d in read.dropped:
@@ -288,7 +306,7 @@ class _Collector:
             )
         checked = [check_box(raw, w, h, self.cfg.min_box_size) for raw in boxes]
         if not any(c.box is not None for c in checked):
-            self._commit(checked, rec.annotation)
+            self._commit(checked, rec.annotation, w, h)
             self.problems.append(
                 Problem(label, None, "no_usable_box", "abnormal image has no usable box; skipped")
             )
@@ -297,7 +315,7 @@ class _Collector:
         if used is None:
             self._drop_all(boxes, "image_unreadable")
             return None
-        self._commit(checked, rec.annotation)
+        self._commit(checked, rec.annotation, w, h)
         entry = ImageEntry(
             "abnormal", shown(rel), used.image, w, h, forced_split=rec.split, path=path, file=label
         )

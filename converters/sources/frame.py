@@ -54,6 +54,21 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else f"{v:g}"
 
 
+#: a fraction times the image side within this share of the side of a whole pixel is that pixel: YOLO tools
+#: write 6 decimals (labelImg, CVAT, Roboflow) or 6 significant digits (Ultralytics), so a box drawn to the
+#: image's edge comes back as 64.000032 and would be reported as clipped
+SNAP = 1e-5
+PLACES = 6
+
+
+def to_pixels(fraction: float, side: int) -> float:
+    """A normalised coordinate in pixels of a side ``side`` long: a whole pixel when it is one but for the
+    rounding of the written fraction, else to PLACES decimals (the float error of cx - w / 2 removed)."""
+    v = fraction * side
+    whole = round(v)
+    return whole if abs(v - whole) <= SNAP * side else round(v, PLACES)
+
+
 def _mapped(
     boxes: list[RawBox], dropped: list[Dropped], fn: Callable[[Coords], Coords]
 ) -> tuple[list[RawBox], list[Dropped]]:
@@ -68,7 +83,14 @@ def fit_frame(read: Read, annotation: str, width: int, height: int, orientation:
     boxes, dropped = read.boxes, read.dropped
     if read.normalized:
         boxes, dropped = _mapped(
-            boxes, dropped, lambda c: (c[0] * width, c[1] * height, c[2] * width, c[3] * height)
+            boxes,
+            dropped,
+            lambda c: (
+                to_pixels(c[0], width),
+                to_pixels(c[1], height),
+                to_pixels(c[2], width),
+                to_pixels(c[3], height),
+            ),
         )
     if read.size is None or read.size == (width, height):
         return Fitted(boxes, dropped)

@@ -41,11 +41,11 @@ from PIL import Image
 
 from qwenvl_roi.converters.meta import DatasetMeta
 from qwenvl_roi.converters.names import is_utf8, not_utf8_reason, shown
+from qwenvl_roi.converters.sources.frame import to_pixels
 from qwenvl_roi.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 BOX_FORMATS = ("jsonl", "txt", "yolo", "coco")
-YOLO_PLACES = 6  # decimals kept of a YOLO box made pixels (floating error of cx - w / 2 removed)
 
 
 @dataclass
@@ -393,8 +393,7 @@ def check(job: ImageJob) -> PreparedImage:
     if job.normalized:  # YOLO fractions of the size as shown
         w, h = insp.width, insp.height
         job.boxes = [
-            [round(b[0] * w, YOLO_PLACES), round(b[1] * h, YOLO_PLACES)]
-            + [round(b[2] * w, YOLO_PLACES), round(b[3] * h, YOLO_PLACES)]
+            [float(to_pixels(v, side)) for v, side in zip(b, (w, h, w, h), strict=True)]
             for b in job.boxes
         ]
         job.normalized = False

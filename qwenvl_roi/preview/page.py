@@ -40,7 +40,7 @@ from qwenvl_roi.picture_pages import (
 )
 from qwenvl_roi.pictures import FrameSettings, Mark, View, box_in_frame
 
-from .samples import LineMark, PreviewData, PreviewSample
+from .samples import LineMark, PreviewData, PreviewSample, line_tag
 from .twins import twins_html
 
 SUMMARY_FILE = "preview.json"
@@ -108,12 +108,12 @@ def _marks(item: PreviewSample, view: View, settings: FrameSettings, names: dict
         role = _region_role(r, clipped)
         tag = str(r["id"]) if role == "negative" else f"{r['id']} {_label_text(r.get('label'), names)}"
         if role == "clipped":
-            tag += f" L{clipped[r['id']].line}"
+            tag += f" {line_tag(clipped[r['id']].line)}"
         drawn.append((role, r["box"], tag))
     used = {id(m) for m in clipped.values()}
     for m in item.marks:
         if m.box is not None and m.status in ("dropped", "clipped") and id(m) not in used:
-            drawn.append((m.status, m.box, f"L{m.line}"))
+            drawn.append((m.status, m.box, line_tag(m.line)))
     drawn.sort(key=lambda d: DRAW_ORDER.index(d[0]))  # stable: regions in prompt order, then lines
     marks = []
     for role, box, tag in drawn:
@@ -188,7 +188,7 @@ def _card(item: PreviewSample, thumb: Thumb, data: PreviewData, settings: FrameS
     for r in s["regions"]:
         role = _region_role(r, clipped)
         what = "positive, clipped" if role == "clipped" else ROLE_TEXT[role]
-        note = f"line {clipped[r['id']].line}: {clipped[r['id']].reason}" if role == "clipped" else ""
+        note = f"{line_tag(clipped[r['id']].line)}: {clipped[r['id']].reason}" if role == "clipped" else ""
         parts.append(
             f"<tr><td>{esc(r['id'])}</td><td {_swatch(role)}>{esc(what)}</td>"
             f"<td>{esc(r.get('label') or '')}</td><td>{_fmt_box(r['box'])}</td><td>{esc(note)}</td></tr>"
@@ -197,7 +197,7 @@ def _card(item: PreviewSample, thumb: Thumb, data: PreviewData, settings: FrameS
     for m in item.marks:
         if id(m) in used:
             continue
-        tag = f"L{esc(m.line)}" if m.line is not None else "file"  # the report's value: text, never markup
+        tag = esc(line_tag(m.line))  # the report's value: text, never markup
         if m.status == "line":
             what = f"<td>{esc(m.kind)}</td>"
         else:
@@ -273,7 +273,9 @@ def _header(
             f'<span class="sw" style="background:{hex_color(COLORS[r][0])}"></span>{ROLE_TEXT[r]}'
             for r in ("positive", "negative", "clipped", "dropped")
         )
-        + ". Tags: region id and label; <code>L&lt;n&gt;</code>: line n of the annotation txt.</p>",
+        + ". Tags: region id and label; <code>L&lt;n&gt;</code>: line n of the annotation file; "
+        "<code>shapes[3]</code>, <code>annotations[17]</code>: an entry of a JSON annotation; "
+        "<code>components[k]</code>: a defect of a mask.</p>",
     ]
     problem_counts = data.report.get("problem_counts") or {}
     if problem_counts:

@@ -62,6 +62,16 @@ class LineMark:
     not_drawn: str = ""
 
 
+def line_tag(line: Any) -> str:
+    """How a mark names its place in the annotation: ``L12`` for a line, the JSON path (``shapes[3]``) or
+    mask component (``components[0]``) as is, ``file`` for the whole file."""
+    if line is None:
+        return "file"
+    if isinstance(line, int) and not isinstance(line, bool):
+        return f"L{line}"
+    return str(line)
+
+
 @dataclass
 class PreviewSample:
     """One sample of regions_*.jsonl with the problems of its annotation and of its picture."""
@@ -137,9 +147,17 @@ class _ProblemIndex:
         self.problems = problems
         self.by_image: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.by_txt: dict[tuple[str, str], list[int]] = defaultdict(list)
+        self.by_annotated: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.used: set[int] = set()
         longest_first = sorted(roots.items(), key=lambda kv: -len(kv[1]))
         for i, p in enumerate(problems):
+            image = p.get("image")
+            if isinstance(image, str):  # an annotation's problem naming its image (any format)
+                for source, root in longest_first:
+                    if image.startswith(root + "/"):
+                        self.by_annotated[(source, image[len(root) + 1 :])].append(i)
+                        break
+                continue
             file = str(p.get("file", ""))
             for source, root in longest_first:
                 if file.startswith(root + "/"):
@@ -151,8 +169,11 @@ class _ProblemIndex:
                     break
 
     def for_sample(self, source: str, rel: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """(problems of the image's txt, problems of the image file); both marked as shown."""
-        txt = self.by_txt.get((source, stem_key(rel)), [])
+        """(problems of the image's annotation, problems of the image file); both marked as shown.
+
+        An annotation's problem is found by the image it names (reports since prepare_report version 2)
+        or, in an older report, by the txt file beside the image."""
+        txt = self.by_annotated.get((source, rel), []) + self.by_txt.get((source, stem_key(rel)), [])
         image = self.by_image.get((source, rel), [])
         self.used.update(txt, image)
         return [self.problems[i] for i in txt], [self.problems[i] for i in image]
@@ -227,6 +248,29 @@ def _line_marks(
     return marks, stale
 
 
+#: problem kinds of the box checks (converters/parse.py check_box): the report gives where such a box lies
+CHECK_KINDS = frozenset({"box_fixed", "box_outside", "box_zero_area", "box_too_small"})
+
+
+def _report_marks(problems: list[dict[str, Any]]) -> list[LineMark]:
+    """Each reported problem of an annotation that is not the seed's txt (labelme, VOC, YOLO, COCO, masks),
+    drawn where the report says its box lies (those formats' own entries are not read again here)."""
+    marks = []
+    for p in problems:
+        line, kind, reason = p.get("line"), str(p.get("kind", "")), str(p.get("reason", ""))
+        box = p.get("box")
+        where = tuple(float(v) for v in box) if isinstance(box, list) and len(box) == 4 else None
+        if kind not in CHECK_KINDS:
+            marks.append(LineMark(line, kind, reason, "line"))
+        elif kind == "box_fixed" and where is not None:
+            marks.append(LineMark(line, kind, reason, "clipped", where))  # type: ignore[arg-type]
+        else:
+            not_drawn = "" if where is not None else "lies outside the picture"
+            marks.append(LineMark(line, kind, reason, "dropped", where, not_drawn))  # type: ignore[arg-type]
+    marks.sort(key=_file_order)
+    return marks
+
+
 def _image_notes(converted: dict[str, dict[str, Any]], key: str, problems: list[dict[str, Any]]) -> list[str]:
     notes = []
     c = converted.get(key)
@@ -273,6 +317,9 @@ def load_preview(cfg: DataConfig, config_path: str, split: str | None = None) ->
         for m in st.get("images", [])
     }
     twins: dict[str, TwinPicture] = {}
+    # the seed's txt is read again to draw its problems' boxes (older reports give no box); other formats'
+    # problems are drawn where the report puts them
+    seed_txt = cfg.annotation_format == "txt" and cfg.dataset_layout is None
     for sp in SPLITS:  # every split, so problems of images in other splits are not listed as left out
         not_found = f"{regions[sp]} not found"
         for lineno, s in iter_jsonl(regions[sp], ConvertError, not_found):
@@ -304,16 +351,19 @@ def load_preview(cfg: DataConfig, config_path: str, split: str | None = None) ->
             if txt_problems:
                 root = roots.get(source)
                 txt_label = str(txt_problems[0]["file"])
-                item.txt = txt_label
+                item.txt = ", ".join(dict.fromkeys(str(p.get("file")) for p in txt_problems))
                 key = (source, rel)
-                if key not in reread:
+                if not seed_txt:
+                    item.marks = _report_marks(txt_problems)
+                elif key not in reread:
                     found = []
                     if root is not None and any(p.get("kind") in BOX_KINDS for p in txt_problems):
                         txt_rel = txt_label[len(root.as_posix()) + 1 :]
                         found = _found_boxes(root / txt_rel, txt_label, rel, width, height, cfg)
                     reread[key] = _line_marks(txt_problems, found)
                     stale += reread[key][1]
-                item.marks = reread[key][0]
+                if seed_txt:
+                    item.marks = reread[key][0]
             samples.append(item)
     samples.sort(key=PreviewSample.sort_key)
     return PreviewData(cfg, meta, report, samples, splits, index.unattached(), stale, twins)

@@ -113,7 +113,7 @@ SCHEMAS: dict[str, Schema] = {
             "prepare_report",
             "prepare_report.json",
             "qwenvl_roi.schemas.prepare_report:PrepareReport",
-            1,
+            2,
             "Every input file and box accounted for, every problem with its file and line.",
             "`qwenvl-roi prepare` / `convert`",
             "`preview` (problems and near-duplicate sets shown on the pages); the demo's report; people",

@@ -13,7 +13,7 @@ from pydantic import ConfigDict, Field, StrictBool, StrictInt, StrictStr, model_
 
 from qwenvl_roi.converters.images import REASONS
 
-from .types import Contract, Count, DigitKey, Number, Omittable, Probability, digit_keys, omitted
+from .types import Box, Contract, Count, DigitKey, Number, Omittable, Probability, digit_keys, omitted
 
 #: why an image was given an upright 8-bit RGB copy (converters/images.py REASONS)
 ConversionReason = Literal[REASONS]  # type: ignore[valid-type]
@@ -337,6 +337,14 @@ class Problem(Contract):
     )
     kind: StrictStr = Field(description="the kind of problem (the keys of problem_counts)")
     reason: StrictStr = Field(description="what is wrong and what was done, for a person to read")
+    image: Omittable[StrictStr] = omitted(
+        "the image a problem of its annotation concerns, named as `file` names files; left out when `file` "
+        "is the image itself or the problem concerns no single image"
+    )
+    box: Omittable[Box] = omitted(
+        "where a box the checks clipped (the box kept) or dropped lies on the picture, in pixels of the "
+        "frame the regions use; left out when it lies wholly outside the picture or the problem is no box's"
+    )
 
 
 class PrepareReport(Contract):

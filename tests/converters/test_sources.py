@@ -494,6 +494,32 @@ def test_yolo_broken_lines_and_detector_confidence(tmp_path: Path) -> None:
     assert boxes["dropped_by_reason"] == {"unknown_class": 2}
 
 
+def test_yolo_six_decimals_give_the_drawn_pixels(tmp_path: Path) -> None:
+    """labelImg / CVAT write 6 decimals: a box drawn to the right edge of a 64-pixel image reads back as
+    64.000032. It is the drawn box (kept as is, integer pixels), not a box the checks clip (box_fixed, which
+    strict mode refuses). A box really past the edge is still clipped."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(images / "a.jpg")
+    truth = [(51, 5, 64, 12), (0, 53, 9, 63), (20, 20, 33, 41)]
+    lines = [yolo_line(b, (64, 64), 0, seg=False) for b in truth]
+    lines.append(f"0 {60 / 64:.6f} 0.5 {10 / 64:.6f} 0.25")  # 55..65: one pixel past the edge
+    labels.mkdir()
+    (labels / "a.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "classes.txt").write_text("crack\n", encoding="utf-8")
+    keys = {"abnormal_dir": str(images), "annotation_format": "yolo", "annotations_dir": str(labels)}
+    result = run(tmp_path, keys, yolo_names=str(tmp_path / "classes.txt"), min_box_size=1)
+    boxes = result.report["boxes"]
+    assert (boxes["read"], boxes["kept"], boxes["clipped"]) == (4, 3, 1)
+    assert [(p["line"], p["kind"]) for p in result.report["problems"]] == [(4, "box_fixed")]
+    positives = {
+        tuple(r["box"]) for s in result.samples["train"] + result.samples["val"] + result.samples["test"]
+        for r in s["regions"] if r["positive"]
+    }  # fmt: skip
+    assert positives == {*truth, (55, 24, 64, 40)}
+    assert all(type(v) is int for box in positives for v in box)
+
+
 def test_yolo_names_problems(tmp_path: Path) -> None:
     keys = write_yolo(tmp_path / "data")
     names = Path(keys["yolo_names"])

@@ -42,7 +42,10 @@ def _write_forms(tmp_path: Path, images: list[tuple[str, int, int, list[list[int
         for j, (x1, y1, x2, y2) in enumerate(boxes):
             cx, cy, bw, bh = (x1 + x2) / 2 / w, (y1 + y2) / 2 / h, (x2 - x1) / w, (y2 - y1) / h
             conf = f" {0.5 + j / 10!r}" if j % 2 else ""  # a detector's confidence on some lines
-            lines.append(f"{j % 2} {cx!r} {cy!r} {bw!r} {bh!r}{conf}")
+            # as the tools write them: 6 decimals (labelImg, CVAT, Roboflow) or %g (Ultralytics), so a box
+            # comes back a few millionths of a pixel off (64.000032 at the right edge of a 64-pixel image)
+            form = "{:.6f}" if j % 2 == 0 else "{:g}"
+            lines.append(f"{j % 2} " + " ".join(form.format(v) for v in (cx, cy, bw, bh)) + conf)
             bbox = [x1, y1, x2 - x1, y2 - y1]
             annotations.append(
                 {"id": len(annotations) + 1, "image_id": 100 + k, "category_id": 7, "bbox": bbox}
