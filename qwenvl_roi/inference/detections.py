@@ -393,8 +393,7 @@ def check(job: ImageJob) -> PreparedImage:
     if job.normalized:  # YOLO fractions of the size as shown
         w, h = insp.width, insp.height
         job.boxes = [
-            [float(to_pixels(v, side)) for v, side in zip(b, (w, h, w, h), strict=True)]
-            for b in job.boxes
+            [float(to_pixels(v, side)) for v, side in zip(b, (w, h, w, h), strict=True)] for b in job.boxes
         ]
         job.normalized = False
     for i, box in enumerate(job.boxes):
