@@ -22,6 +22,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("qwenvl_roi.inference.cli", "per-region abnormal scores for a regions_*.jsonl file"),
     "eval": ("qwenvl_roi.evaluation.cli", "ROI- and image-level metrics, threshold chosen on val"),
     "demo": ("qwenvl_roi.demo.cli", "end-to-end CPU demo on a generated dataset"),
+    "webui-config": (
+        "qwenvl_roi.webui_config",
+        "a recipe as a saved configuration of LLaMA-Factory's web UI",
+    ),
     "schema": ("qwenvl_roi.schemas.cli", "JSON Schema of a file qwenvl-roi writes (regions, metrics, ...)"),
 }
 

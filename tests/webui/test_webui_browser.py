@@ -220,3 +220,44 @@ def test_launch_a_phase_from_the_webui(webui: str, project: Path, tiny_qwen2_5_v
     assert groups["language"]["lr"] == pytest.approx(1e-3)
     logged = [json.loads(line) for line in (run_dir / "trainer_log.jsonl").read_text().splitlines()]
     assert any("loss" in rec for rec in logged)
+
+
+def test_a_recipe_loads_into_the_form(webui: str, project: Path) -> None:
+    """`qwenvl-roi webui-config` + the web UI's own "Load arguments": the recipe fills the Train tab, its
+    roi_ and verdict-metric keys in "Extra arguments" (tests/webui/test_webui_config.py checks what such a
+    form launches, for every recipe)."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    from playwright.sync_api import expect, sync_playwright
+
+    from qwenvl_roi.cli import main
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "phase2.yaml"
+    assert main(["webui-config", "--recipe", str(recipe), "--dir", str(project / "llamaboard_config")]) == 0
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, headless=True, args=["--headless", "--no-sandbox"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(webui)
+            page.get_by_label("Model name").wait_for(timeout=120_000)
+            _choose(page, "Model name", MODEL_NAME)
+            page.get_by_text("Extra configurations").click()
+            config = page.get_by_label("Config path", exact=True).first
+            config.fill("roi_phase2.yaml")
+            config.press("Enter")
+            page.get_by_role("button", name="Load arguments").click()
+            extra = _field(page, "Extra arguments")
+            expect(extra).to_have_value(re.compile(r'"roi_eval_verdicts": true'), timeout=30_000)
+            loaded = json.loads(extra.input_value())
+            assert (
+                loaded["roi_vision_lora_top_blocks"] == 8
+                and loaded["metric_for_best_model"] == "eval_roi_auroc"
+            )
+            expect(_field(page, "Learning rate")).to_have_value("0.0001")
+            expect(_field(page, "Model path")).to_have_value("saves/qwen2_5_vl-7b/roi/phase1-merged")
+            expect(page.get_by_label("Chat template", exact=True).first).to_have_value("qwen2_vl")
+        finally:
+            browser.close()

@@ -1,0 +1,117 @@
+"""`qwenvl-roi webui-config`: every shipped training recipe, loaded into LLaMA-Factory's own web UI form
+and turned into training arguments by its own runner, launches what the recipe says.
+
+Reference: LLaMA-Factory's web UI code itself (no browser needed for the arguments): the Train tab's
+components as ``create_top`` / ``create_train_tab`` build them, ``Runner.load_args`` reading the saved file
+(what "Load arguments" calls), ``Runner._parse_train_args`` + ``_clean_cmd`` (what "Start" writes into the
+launched training_args.yaml). Fails on the code before: the subcommand did not exist.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from qwenvl_roi.cli import main
+from qwenvl_roi.webui_config import true_by_default
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = sorted(p for p in (REPO / "recipes").rglob("phase*.yaml"))
+#: a web UI model name of each recipe folder's family (multimodal, so the form's image fields are used)
+MODEL_NAME = {
+    "recipes": "Qwen2.5-VL-7B-Instruct",
+    "qwen3_vl": "Qwen3-VL-8B-Instruct",
+    "qwen3_5": "Qwen3.5-9B-Base",
+}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Any:
+    """The web UI's top bar and Train tab, built by LLaMA-Factory (gradio components, not rendered)."""
+    import gradio as gr
+    from llamafactory.webui.components import create_top, create_train_tab
+    from llamafactory.webui.engine import Engine
+
+    eng = Engine(pure_chat=False)
+    with gr.Blocks():
+        eng.manager.add_elems("top", create_top())
+        eng.manager.add_elems("train", create_train_tab(eng))
+    return eng
+
+
+def _launched(engine: Any, folder: Path, name: str, model_name: str) -> dict[str, Any]:
+    """The arguments the web UI launches after "Load arguments" of the saved file ``name``."""
+    from llamafactory.webui.common import _clean_cmd
+
+    manager = engine.manager
+    data = {elem: getattr(elem, "value", None) for _, elem in manager._id_to_elem.items()}
+    data[manager.get_elem_by_id("top.model_name")] = model_name
+    loaded = engine.runner.load_args("en", name)  # reads llamaboard_config/<name> under the cwd
+    output_box = manager.get_elem_by_id("train.output_box")
+    assert loaded[output_box] != "", loaded[output_box]
+    for elem, value in loaded.items():
+        if elem is not output_box:
+            data[elem] = value
+    return _clean_cmd(engine.runner._parse_train_args(data))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.relative_to(REPO / "recipes").as_posix())
+def test_recipe_launches_from_the_webui_as_written(
+    recipe: Path, engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["webui-config", "--recipe", str(recipe)]) == 0
+    name = f"roi_{recipe.stem}.yaml"
+    saved = tmp_path / "llamaboard_config" / name
+    assert saved.is_file() and f"type {name} in Config path" in capsys.readouterr().out
+    extra = json.loads(yaml.safe_load(saved.read_text(encoding="utf-8"))["train.extra_args"])
+    assert {k for k in extra if k.startswith("roi_")} == {
+        k for k, v in yaml.safe_load(recipe.read_text(encoding="utf-8")).items() if k.startswith("roi_")
+    }  # the form shows every roi_ key of the recipe (in Extra arguments)
+
+    model_name = MODEL_NAME[recipe.parent.name]
+    launched = _launched(engine, tmp_path, name, model_name)
+    wanted = yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    for key, value in wanted.items():
+        if value is None:
+            assert launched.get(key) is None, key
+        elif key == "output_dir":  # the web UI's own folder: saves/<model name>/<method>/<name>
+            want = Path("saves") / model_name / wanted["finetuning_type"] / Path(value).name
+            assert Path(launched[key]) == want
+        elif value is False and key not in launched:  # dropped from the launched YAML: the default applies
+            assert key not in true_by_default(), f"{key}: false would become true in the web UI"
+        elif key == "dataset":
+            assert launched[key] == value
+        elif isinstance(value, float):
+            assert float(launched[key]) == pytest.approx(value), key
+        else:
+            assert launched[key] == value, key
+    assert launched["stage"] == "sft" and launched["do_train"] is True
+
+
+def test_refuses_to_replace_a_saved_configuration(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "llamaboard_config"
+    folder.mkdir()
+    mine = folder / "roi_phase1.yaml"
+    mine.write_text("train.learning_rate: '1e-3'\n", encoding="utf-8")  # saved from the web UI
+    recipe = str(REPO / "recipes" / "phase1.yaml")
+    assert main(["webui-config", "--recipe", recipe, "--dir", str(folder)]) == 2
+    assert "was not written by qwenvl-roi webui-config" in capsys.readouterr().err
+    assert mine.read_text(encoding="utf-8") == "train.learning_rate: '1e-3'\n"
+    assert main(["webui-config", "--recipe", recipe, "--dir", str(folder), "--name", "other.yaml"]) == 0
+    assert (
+        main(["webui-config", "--recipe", recipe, "--dir", str(folder), "--name", "other.yaml"]) == 0
+    )  # ours
+
+
+def test_bad_recipe_keys_are_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("stage: sft\nroi_eval_verdict: true\n", encoding="utf-8")
+    assert main(["webui-config", "--recipe", str(bad), "--dir", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "roi_eval_verdict" in err and "did you mean 'roi_eval_verdicts'" in err
+    assert not (tmp_path / "c").exists()
