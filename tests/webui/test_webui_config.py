@@ -30,16 +30,19 @@ MODEL_NAME = {
 
 
 @pytest.fixture(scope="module")
-def engine() -> Any:
-    """The web UI's top bar and Train tab, built by LLaMA-Factory (gradio components, not rendered)."""
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The web UI's top bar and Train tab, built by LLaMA-Factory (gradio components, not rendered), in a
+    scratch folder: the web UI keeps its user config in llamaboard_cache/ of the current folder."""
     import gradio as gr
     from llamafactory.webui.components import create_top, create_train_tab
     from llamafactory.webui.engine import Engine
 
-    eng = Engine(pure_chat=False)
-    with gr.Blocks():
-        eng.manager.add_elems("top", create_top())
-        eng.manager.add_elems("train", create_train_tab(eng))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path_factory.mktemp("webui-cwd"))
+        eng = Engine(pure_chat=False)
+        with gr.Blocks():
+            eng.manager.add_elems("top", create_top())
+            eng.manager.add_elems("train", create_train_tab(eng))
     return eng
 
 
