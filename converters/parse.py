@@ -84,8 +84,24 @@ class ParsedTxt:
     lines_dropped: int = 0
 
 
+def _bare_utf16(data: bytes) -> str | None:
+    """ "utf-16-le" / "utf-16-be" for UTF-16 text written without a BOM (.NET's Encoding.Unicode without
+    preamble, some exporters), else None. Its ASCII characters (digits, delimiters, file names) put a zero
+    byte beside every character, which UTF-8 would accept as NUL characters and parse as bad numbers; no
+    annotation text holds NUL, so zeros on one side of the byte pairs and none on the other tell it."""
+    if len(data) < 2 or len(data) % 2 or b"\x00" not in data:
+        return None
+    even, odd = data[0::2].count(0), data[1::2].count(0)
+    if odd >= len(data) // 4 and even <= odd // 16:  # a few CJK characters have a zero low byte (U+4E00)
+        return "utf-16-le"
+    if even >= len(data) // 4 and odd <= even // 16:
+        return "utf-16-be"
+    return None
+
+
 def decode_text(data: bytes) -> tuple[str | None, str | None]:
-    """Decode UTF-8 (with or without BOM), UTF-16 with BOM, or GBK/GB18030 text; (None, None) if none fits."""
+    """Decode UTF-8 (with or without BOM), UTF-16 (with BOM, or without: see _bare_utf16), or GBK/GB18030
+    text; (None, None) if none fits."""
     if data.startswith(b"\xef\xbb\xbf"):
         try:
             return data[3:].decode("utf-8"), "utf-8-sig"
@@ -94,6 +110,12 @@ def decode_text(data: bytes) -> tuple[str | None, str | None]:
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
             return data.decode("utf-16"), "utf-16"
+        except UnicodeDecodeError:
+            return None, None
+    bare = _bare_utf16(data)
+    if bare is not None:
+        try:
+            return data.decode(bare), bare
         except UnicodeDecodeError:
             return None, None
     try:

@@ -92,6 +92,23 @@ def test_decode_text(data: bytes, encoding: str) -> None:
     assert text is not None and text.splitlines() == ["a;1;2;3;4;裂缝"]
 
 
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_bom_is_read_as_utf16(tmp_path: Path, codec: str) -> None:
+    """.NET's Encoding.Unicode without a preamble and some exporters write UTF-16 without a BOM; its zero
+    bytes are valid UTF-8 (NUL), so it used to be read as UTF-8 and every number reported as bad. '一'
+    (U+4E00) has a zero low byte too."""
+    text = "p01.jpg；10，20，110，90；一号裂缝\r\np01.jpg；150，100，300，200；渗漏\r\n"
+    assert decode_text(text.encode(codec)) == (text, codec)
+    path = tmp_path / "p01.txt"
+    path.write_bytes(text.encode(codec))
+    out = parse_txt(path, "p01.txt", "p01.jpg", LineParser())
+    assert out.problems == []
+    assert [(b.coords, b.label) for b in out.boxes] == [
+        ((10, 20, 110, 90), "一号裂缝"),
+        ((150, 100, 300, 200), "渗漏"),
+    ]
+
+
 def test_undecodable_file_is_one_problem(tmp_path: Path) -> None:
     p = tmp_path / "x.txt"
     p.write_bytes(b"\xff\xff\xff\x81\x30\xfe")
