@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Protocol
 
 from qwenvl_roi.families import DEFAULT_FAMILY, ModelFamily
 from qwenvl_roi.families import family as _family
@@ -85,6 +86,31 @@ def model_frame_size(
     w, h = llamafactory_resize(width, height, image_max_pixels, image_min_pixels)
     hh, ww = smart_resize(h, w, pmin, pmax, fam.grid_factor if factor is None else factor)
     return ww, hh
+
+
+class PixelLimits(Protocol):
+    """What fixes a picture's frame: the limits a dataset was converted with and its model family
+    (schemas.dataset_meta.DatasetMeta, pictures.FrameSettings)."""
+
+    model_family: ModelFamily
+    image_max_pixels: int
+    image_min_pixels: int
+    processor_min_pixels: int | None
+    processor_max_pixels: int | None
+
+
+def frame_size_of(limits: PixelLimits, width: int, height: int) -> tuple[int, int]:
+    """(W, H) of the grid the vision tower sees for an original ``width`` x ``height`` picture under
+    ``limits`` (processor limits left None: the family's; the family's grid factor)."""
+    return model_frame_size(
+        width,
+        height,
+        limits.image_max_pixels,
+        limits.image_min_pixels,
+        limits.processor_min_pixels,
+        limits.processor_max_pixels,
+        family=limits.model_family,
+    )
 
 
 def boxes_to_frame(

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from PIL import Image, ImageDraw, ImageFont
 
-from qwenvl_roi.converters.frames import box_to_frame, model_frame_size
+from qwenvl_roi.converters.frames import box_to_frame, frame_size_of
 from qwenvl_roi.families import DEFAULT_FAMILY, ModelFamily, family
 
 if TYPE_CHECKING:
@@ -63,15 +63,7 @@ class FrameSettings:
 
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
         """(W, H) of the grid the vision tower sees for an original ``width`` x ``height`` picture."""
-        return model_frame_size(
-            width,
-            height,
-            self.image_max_pixels,
-            self.image_min_pixels,
-            self.processor_min_pixels,
-            self.processor_max_pixels,
-            family(self.model_family).grid_factor,
-        )
+        return frame_size_of(self, width, height)
 
 
 def frame_settings(

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
-from qwenvl_roi.converters.frames import box_to_frame, model_frame_size
+from qwenvl_roi.converters.frames import box_to_frame, frame_size_of
 from qwenvl_roi.families import DEFAULT_FAMILY, FAMILIES, ModelFamily, family
 
 from .types import Pixels
@@ -94,15 +94,7 @@ class DatasetMeta(BaseModel):
 
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
         """(W, H) the model sees for an original image of this size (the family's grid factor)."""
-        return model_frame_size(
-            width,
-            height,
-            self.image_max_pixels,
-            self.image_min_pixels,
-            self.processor_min_pixels,
-            self.processor_max_pixels,
-            family(self.model_family).grid_factor,
-        )
+        return frame_size_of(self, width, height)
 
     def frame_size_for_coords(self, width: int, height: int) -> tuple[int, int] | None:
         """The frame size when the family's coordinates depend on it (resized pixels), else None."""
