@@ -9,10 +9,32 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from types import ModuleType
 from typing import Any
 
 from . import compat, dataset_match, label_logits, optim, selection, settings, verdicts, vision_backprop
+
+#: the plugin's refusals of a run's arguments: each message names the recipe, the key and the fix
+REFUSALS = (settings.RoiSettingsError, dataset_match.DatasetMismatchError)
+
+
+def message_only(exc: BaseException) -> None:
+    """Have the interpreter show this refusal, if nothing catches it, as one line without its traceback.
+
+    Why: `llamafactory-cli` lets it reach the top, where ~25 lines of LLaMA-Factory's and transformers'
+    frames come first and bury the line that says what to change. Only this exception object is shown so
+    (any other error keeps its traceback); code that catches it sees the exception as before."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], value: BaseException, tb: Any) -> None:
+        if value is exc:
+            print(f"qwenvl-roi refused the run: {value}", file=sys.stderr)
+        else:
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
+
 
 # LLaMA-Factory options that build their own optimizer; the plugin's groups cannot be combined with them.
 _OWN_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
@@ -62,7 +84,11 @@ def patch_parser(module: ModuleType) -> None:
     @functools.wraps(original_parse)
     def _parse_args(parser: Any, args: Any = None, allow_extra_keys: bool = False) -> Any:
         args = read_args(args)
-        args, roi = settings.extract(args)
+        try:
+            args, roi = settings.extract(args)
+        except REFUSALS as exc:
+            message_only(exc)
+            raise
         settings.set_active(roi)
         return original_parse(parser, args, allow_extra_keys)
 
@@ -71,11 +97,15 @@ def patch_parser(module: ModuleType) -> None:
         parsed = original_train(args)
         model_args, data_args, training_args, finetuning_args = parsed[:4]
         roi = settings.get_active()
-        if roi is not None:
-            check_compatible(roi, model_args, finetuning_args)
-        dataset_match.check_from_args(model_args, data_args, settings._recipe_name())
         verdicts.set_plan(None)  # a failing check below leaves no earlier parse's plan behind
-        verdicts.set_plan(verdicts.build_plan(roi, model_args, data_args, training_args))
+        try:
+            if roi is not None:
+                check_compatible(roi, model_args, finetuning_args)
+            dataset_match.check_from_args(model_args, data_args, settings._recipe_name())
+            verdicts.set_plan(verdicts.build_plan(roi, model_args, data_args, training_args, finetuning_args))
+        except REFUSALS as exc:
+            message_only(exc)
+            raise
         return parsed
 
     compat.replace(module, "_parse_args", _parse_args)

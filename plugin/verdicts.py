@@ -31,6 +31,7 @@ work; a rank that has none repeats a pass of its own and discards the result.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import json
 import math
@@ -125,6 +126,22 @@ def choose_samples(samples: Sequence[dict[str, Any]], limit: int, seed: int = SU
     return sorted(chosen)
 
 
+def no_picture_fits(samples: Sequence[dict[str, Any]], limit: int) -> str:
+    """Why ``limit`` chooses nothing (every picture has more samples than it), or "" when some fit."""
+    if not samples or len(samples) <= limit:
+        return ""
+    sizes: dict[str, int] = {}
+    for s in samples:
+        sizes[str(s["image"])] = sizes.get(str(s["image"]), 0) + 1
+    smallest = min(sizes.values())
+    if smallest <= limit:
+        return ""
+    return (
+        f"roi_eval_max_samples: {limit} fits no whole picture (a picture's samples are scored together, and "
+        f"every picture has at least {smallest}); raise it to {smallest} or more"
+    )
+
+
 def _regions_file(dataset_dir: Path, entry: Any) -> tuple[Path | None, str]:
     """(regions file, '') for one of our region datasets, else (None, why not)."""
     if not isinstance(entry, dict):
@@ -172,11 +189,21 @@ def _eval_names(data_args: Any) -> list[str]:
 
 
 def build_plan(
-    roi: settings.RoiSettings | None, model_args: Any, data_args: Any, training_args: Any
+    roi: settings.RoiSettings | None,
+    model_args: Any,
+    data_args: Any,
+    training_args: Any,
+    finetuning_args: Any = None,
 ) -> VerdictPlan | None:
     """The plan for a run with roi_eval_verdicts that evaluates; None when it gets no verdicts.
     VerdictSetupError when the eval set is not one of ours, or the metric for the best model cannot work."""
     recipe = settings._recipe_name()
+    stage = getattr(finetuning_args, "stage", "sft")
+    if roi is not None and roi.roi_eval_verdicts and stage != "sft":
+        raise VerdictSetupError(
+            f"{recipe}: roi_eval_verdicts scores the answers of supervised fine-tuning (stage: sft); "
+            f"stage: {stage} would evaluate without them. Set stage: sft or roi_eval_verdicts: false"
+        )
     plan = None
     strategy = getattr(training_args, "eval_strategy", "no")
     during_training = str(getattr(strategy, "value", strategy)) != "no"
@@ -258,12 +285,19 @@ def _resolve(
             f"{len(samples)} samples: they come from different conversions; re-run `qwenvl-roi convert`"
         )
     chosen = [samples[i] for i in choose_samples(samples, roi.roi_eval_max_samples)]
+    too_small = no_picture_fits(samples, roi.roi_eval_max_samples)
+    if too_small:
+        raise err(f"{recipe}: eval dataset {name!r}: {too_small}")
     defined, why, positives = _defined(chosen)
-    what = f"the {len(chosen)} chosen samples of {name!r}" if len(chosen) < len(samples) else repr(name)
+    if len(chosen) < len(samples):
+        what = f"the {len(chosen)} chosen samples of {name!r} hold"
+    else:
+        what = f"{name!r} holds"
     if not positives:
         raise err(
-            f"{recipe}: roi_eval_verdicts: {what} hold no positive region: no threshold and no F1 can be "
-            "chosen on it; evaluate on a split with defects (or raise roi_eval_max_samples)"
+            f"{recipe}: roi_eval_verdicts: {what} no positive region: no threshold and no F1 can be "
+            "chosen on it; evaluate on a split with defects"
+            + (" (or raise roi_eval_max_samples)" if len(chosen) < len(samples) else "")
         )
     # eval_on_each_dataset: LLaMA-Factory hands the Trainer a dict, whose evaluations are named eval_<name>
     prefix = f"eval_{name}" if getattr(data_args, "eval_on_each_dataset", False) else "eval"
@@ -279,7 +313,7 @@ def _resolve(
         model_path=str(model_args.model_name_or_path),
         compute_dtype=None if dtype is None else str(dtype).removeprefix("torch."),
         batch_size=max(1, int(getattr(training_args, "per_device_eval_batch_size", 1) or 1)),
-        undefined_why={m: f"{what}: {w}" for m, w in why.items()},
+        undefined_why={m: f"{what.rsplit(' ', 1)[0]}: {w}" for m, w in why.items()},
     )
 
 
@@ -299,9 +333,16 @@ def check_best_metric(training_args: Any, plan: VerdictPlan | None, recipe: str)
         return
     key = chosen if chosen.startswith("eval_") else f"eval_{chosen}"
     name = _verdict_metric(key)
-    if name is None:
-        return
     err = VerdictSetupError
+    if name is None:
+        names = [f"{plan.prefix if plan else 'eval'}_{m}" for m in (*QUALITY_METRICS, *INFO_METRICS)]
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.85)
+        if close:  # a misspelt verdict metric would only fail at the first evaluation, steps later
+            raise err(
+                f"{recipe}: metric_for_best_model: {chosen} is not logged by any evaluation (did you mean "
+                f"{close[0]!r}?)"
+            )
+        return
     if plan is None:
         raise err(
             f"{recipe}: metric_for_best_model: {chosen} is a qwenvl-roi verdict metric; it is only logged "

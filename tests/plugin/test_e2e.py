@@ -110,6 +110,9 @@ def test_misspelt_key_stops_the_cli(lf, tiny_qwen2_5_vl: Path, roi_dataset: Path
     assert proc.returncode != 0
     assert "unknown qwenvl-roi key 'roi_train_projecter' (did you mean 'roi_train_projector'?)" in proc.stderr
     assert not (tmp_path / "out").exists()
+    # the message alone, not under LLaMA-Factory's traceback (red team of issue #21: ~25 lines came first)
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "qwenvl-roi refused the run: " in proc.stderr
 
 
 def test_resume_after_kill(lf, tiny_qwen2_5_vl: Path, roi_dataset: Path, tmp_path: Path) -> None:

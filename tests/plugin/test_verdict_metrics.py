@@ -289,6 +289,11 @@ def test_eval_sets_and_best_metrics_checked_before_training(
         # no evaluation while training (the demo, the benchmarks): the recipe's metric is never read
         {"roi_eval_verdicts": False, "eval_strategy": "no", "load_best_model_at_end": False,
          **{k: recipe[k] for k in ("metric_for_best_model", "greater_is_better")}},
+        # found by the red team: the verdicts hook only the sft workflow; a misspelt verdict metric failed
+        # at the first evaluation, eval_steps later
+        {"stage": "pt"},
+        {"metric_for_best_model": "eval_roi_aurc"},
+        {"roi_eval_verdicts": False, "metric_for_best_model": "roi_aurocc"},
     ])  # fmt: skip
     plan = got[0]["plan"]
     assert plan["dataset"] == "roi_val" and plan["total"] == 8 and len(plan["samples"]) == 8
@@ -306,6 +311,11 @@ def test_eval_sets_and_best_metrics_checked_before_training(
     assert "the run has no eval_dataset (val_size: 0.2 splits" in got[8]["error"]
     assert "roi_eval_max_samples is set but nothing uses it" in got[9]["error"]
     assert got[10]["plan"]["dataset"] == "roi_val" and got[11] == {"plan": None}
+    assert "stage: pt would evaluate without them. Set stage: sft" in got[12]["error"]
+    assert (
+        "eval_roi_aurc is not logged by any evaluation (did you mean 'eval_roi_auroc'?)" in got[13]["error"]
+    )
+    assert "roi_aurocc is not logged by any evaluation (did you mean 'eval_roi_auroc'?)" in got[14]["error"]
 
     stock = _cases(lf, tiny_qwen2_5_vl, roi_dataset, tmp_path / "b", [{}])[0]["error"]
     assert "needs an eval_dataset written by `qwenvl-roi convert`" in stock
@@ -321,6 +331,19 @@ def test_eval_sets_and_best_metrics_checked_before_training(
         "eval_image_auroc is undefined on this eval set: 'roi_val': it has 4 abnormal and 0 normal"
         in (undefined[1]["error"])
     )
+
+
+def test_a_bound_below_every_picture_is_named() -> None:
+    """Found by the red team: with roi_eval_max_samples below every picture's sample count nothing was
+    chosen, and the run was refused as 'the 0 chosen samples ... hold no positive region'."""
+    from qwenvl_roi.plugin.verdicts import choose_samples, no_picture_fits
+
+    samples = [{"image": f"p{i // 3}.png"} for i in range(9)]  # 3 pictures of 3 samples each
+    assert choose_samples(samples, 2) == []
+    assert "roi_eval_max_samples: 2 fits no whole picture" in no_picture_fits(samples, 2)
+    assert "raise it to 3 or more" in no_picture_fits(samples, 2)
+    assert no_picture_fits(samples, 3) == "" and no_picture_fits(samples, 9) == ""
+    assert no_picture_fits([*samples, {"image": "single.png"}], 2) == ""  # one picture fits
 
 
 def test_the_subset_is_seeded_whole_pictures_in_file_order() -> None:
