@@ -260,6 +260,7 @@ class _Collector:
                         self.problems[i] = replace(p, image=label)
 
     def _checked(self, rec: Record, root: Path, abs_root: str) -> ImageEntry | None:
+        """_entry's work: the record's problems and boxes recorded, its image checked and used."""
         read = rec.read
         self.problems += read.problems
         for d in read.dropped:

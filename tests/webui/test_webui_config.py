@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from qwenvl_roi.cli import main
-from qwenvl_roi.webui_config import true_by_default
+from qwenvl_roi.webui_config import COMMA_LISTS, FIELDS, NOT_DEFAULTED, cli_defaults, true_by_default
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for p in (REPO / "recipes").rglob("phase*.yaml"))
@@ -118,3 +118,117 @@ def test_bad_recipe_keys_are_named(tmp_path: Path, capsys: pytest.CaptureFixture
     err = capsys.readouterr().err
     assert "roi_eval_verdict" in err and "did you mean 'roi_eval_verdicts'" in err
     assert not (tmp_path / "c").exists()
+
+
+BASE = {
+    "stage": "sft",
+    "do_train": True,
+    "model_name_or_path": "models/qwen2_5_vl",
+    "template": "qwen2_vl",
+    "dataset_dir": "dataset_info",
+    "dataset": "roi_train",
+    "finetuning_type": "lora",
+    "output_dir": "saves/x/run",
+    "bf16": True,
+}
+#: recipes users write (the red team's): every one must launch as llamafactory-cli train would run it
+USER_RECIPES: dict[str, dict[str, Any]] = {
+    "freeze": {
+        "finetuning_type": "freeze",
+        "freeze_trainable_layers": 4,
+        "freeze_trainable_modules": "q_proj,v_proj",
+        "freeze_extra_modules": "embed_tokens",
+    },
+    "lora_options": {
+        "use_rslora": True,
+        "use_dora": True,
+        "loraplus_lr_ratio": 16.0,
+        "additional_target": "lm_head",
+        "create_new_adapter": True,
+    },
+    "quantized_video": {"quantization_bit": 4, "video_max_pixels": 100000, "video_min_pixels": 1024},
+    "lists": {
+        "dataset": ["roi_train", "roi_extra"],
+        "lora_target": ["q_proj", "v_proj"],
+        "report_to": ["tensorboard", "wandb"],
+    },
+    "ratio_steps": {"save_steps": 0.25, "logging_steps": 0.01},
+    "off_the_slider_grid": {"save_steps": 25, "logging_steps": 10, "per_device_train_batch_size": 2048},
+    "null_and_left_out": {"max_samples": None, "lora_rank": 64},  # lora_alpha left out: 2 x rank
+    "full": {"finetuning_type": "full", "deepspeed": "recipes/deepspeed/ds_z3.json", "val_size": 0.1},
+}
+_LORA = ("lora_rank", "lora_alpha", "lora_dropout", "loraplus_lr_ratio", "create_new_adapter", "use_rslora")
+_LORA += ("use_dora", "pissa_init", "lora_target", "additional_target")
+#: the arguments the runner emits only for some methods
+ONLY_FOR = {
+    **dict.fromkeys(_LORA, "lora"),
+    **dict.fromkeys(
+        ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules"), "freeze"
+    ),
+}
+
+
+def _as_cli_reads(key: str, value: Any) -> Any:
+    """A value as LLaMA-Factory reads it: comma text and lists alike (split_arg), null/false/"" as absent."""
+    if value in (None, False, ""):
+        return None
+    if key in COMMA_LISTS:
+        return [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    if isinstance(value, float) or key in ("learning_rate", "num_train_epochs", "max_grad_norm"):
+        return pytest.approx(float(value))
+    return value
+
+
+@pytest.mark.parametrize("case", sorted(USER_RECIPES))
+def test_user_recipes_launch_as_llamafactory_cli_would(
+    case: str, engine: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every key the recipe sets, and every form field it leaves out, launches with the value
+    llamafactory-cli train would use (the recipe's, else the argument classes' default)."""
+    recipe = {**BASE, **USER_RECIPES[case]}
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert main(["webui-config", "--recipe", str(path)]) == 0
+    launched = _launched(engine, tmp_path, f"roi_{case}.yaml", "Qwen2.5-VL-7B-Instruct")
+    defaults = cli_defaults()
+    wanted = {k: defaults[k] for k in FIELDS if k not in NOT_DEFAULTED and k in defaults}
+    wanted.update(recipe)
+    if wanted.get("lora_alpha") is None:
+        wanted["lora_alpha"] = wanted["lora_rank"] * 2  # FinetuningArguments.__post_init__
+    for key, value in wanted.items():
+        if (
+            key in ("output_dir", "do_train", "stage")
+            or ONLY_FOR.get(key, wanted["finetuning_type"]) != wanted["finetuning_type"]
+        ):
+            continue
+        if key == "quantization_method" and wanted.get("quantization_bit") is None:
+            continue
+        got = launched.get("pissa_init" if key == "pissa_init" else key)
+        assert _as_cli_reads(key, got) == _as_cli_reads(key, value), (key, got, value)
+
+
+def test_recipes_the_form_cannot_carry_are_refused_or_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    def run(name: str, recipe: dict[str, Any]) -> int:
+        path = tmp_path / f"{name}.yaml"
+        text = yaml.safe_dump(recipe)
+        path.write_text(("run_name: 2024-05-01\n" if name == "date" else "") + text, encoding="utf-8")
+        return main(["webui-config", "--recipe", str(path), "--dir", str(tmp_path / "c")])
+
+    assert run("date", BASE) == 2
+    assert "run_name: not a JSON value (a YAML date or timestamp?); quote it" in capsys.readouterr().err
+    assert run("export", {k: v for k, v in BASE.items() if k not in ("stage", "do_train")}) == 2
+    assert "not a training recipe (do_train: None)" in capsys.readouterr().err
+    assert run("predict", {**BASE, "do_train": False, "do_predict": True}) == 2
+    assert "the web UI's Train tab always trains" in capsys.readouterr().err
+    assert run("lora_rank_too_big", {**BASE, "lora_rank": 4096, "lora_alpha": 16}) == 2
+    assert "lora_rank: 4096 does not fit the web UI's field train.lora_rank" in capsys.readouterr().err
+    assert run("double_quant", {**BASE, "quantization_bit": 4, "double_quantization": False}) == 0
+    assert (
+        "double_quantization: the web UI always launches quantized runs with true" in capsys.readouterr().out
+    )
+    recipe = str(REPO / "recipes" / "phase1.yaml")
+    assert main(["webui-config", "--recipe", recipe, "--dir", str(tmp_path / "d"), "--name", "x.yml"]) == 2
+    assert "a file name ending in .yaml" in capsys.readouterr().err and not (tmp_path / "d").exists()
