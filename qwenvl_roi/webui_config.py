@@ -17,6 +17,7 @@ What the web UI cannot carry is said, not dropped silently: a ``false`` in "Extr
 the launched YAML (LLaMA-Factory's ``_clean_cmd``), which is harmless where false is the default and named
 where the default is true; ``double_quantization: false`` (the runner always sets true) is named too.
 """
+
 from __future__ import annotations
 
 import argparse
