@@ -17,7 +17,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,6 +109,24 @@ def webui(project: Path, free_port: Callable[[], int]) -> Iterator[str]:
         log.close()
 
 
+@contextmanager
+def _opened(url: str, chromium: str) -> Iterator[Any]:
+    """The web UI in headless Debian Chromium, once its Train tab has rendered."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, headless=True, args=["--headless", "--no-sandbox"]
+        )
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url)
+            page.get_by_label("Model name").wait_for(timeout=120_000)
+            yield page
+        finally:
+            browser.close()
+
+
 def _field(page, name: str):
     """A Gradio textbox by its label text (labels carry an info line, so match the label span)."""
     label = re.compile(r"^\s*" + re.escape(name) + r"\s*$")
@@ -145,7 +165,7 @@ def test_launch_a_phase_from_the_webui(webui: str, project: Path, tiny_qwen2_5_v
     chromium = _chromium()
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     out_name = "roi_webui_phase1"
     extra = {
@@ -157,57 +177,48 @@ def test_launch_a_phase_from_the_webui(webui: str, project: Path, tiny_qwen2_5_v
         "report_to": "none",
         "use_cpu": True,
     }
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium, headless=True, args=["--headless", "--no-sandbox"]
-        )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(webui)
-            page.get_by_label("Model name").wait_for(timeout=120_000)
-            # the plugin made the project's dataset folder the default
-            expect(_field(page, "Data dir")).to_have_value("dataset_info", timeout=60_000)
+    with _opened(webui, chromium) as page:
+        # the plugin made the project's dataset folder the default
+        expect(_field(page, "Data dir")).to_have_value("dataset_info", timeout=60_000)
 
-            _choose(page, "Model name", MODEL_NAME)
-            expect(page.get_by_label("Chat template", exact=True).first).to_have_value("qwen2_vl")
-            _field(page, "Model path").fill(str(tiny_qwen2_5_vl))
-            _field(page, "Model path").press("Tab")
+        _choose(page, "Model name", MODEL_NAME)
+        expect(page.get_by_label("Chat template", exact=True).first).to_have_value("qwen2_vl")
+        _field(page, "Model path").fill(str(tiny_qwen2_5_vl))
+        _field(page, "Model path").press("Tab")
 
-            _choose(page, "Dataset", "roi_train")
-            page.keyboard.press("Escape")
-            page.get_by_role("button", name="Preview dataset").click()
-            expect(page.get_by_text("<regions>").first).to_be_visible(timeout=30_000)
-            n_train = len(json.loads((project / "prepared" / "sft_train.json").read_text(encoding="utf-8")))
-            expect(_field(page, "Count")).to_have_value(str(n_train))
-            page.get_by_role("button", name="Close").click()
+        _choose(page, "Dataset", "roi_train")
+        page.keyboard.press("Escape")
+        page.get_by_role("button", name="Preview dataset").click()
+        expect(page.get_by_text("<regions>").first).to_be_visible(timeout=30_000)
+        n_train = len(json.loads((project / "prepared" / "sft_train.json").read_text(encoding="utf-8")))
+        expect(_field(page, "Count")).to_have_value(str(n_train))
+        page.get_by_role("button", name="Close").click()
 
-            _field(page, "Learning rate").fill("1e-3")
-            _field(page, "Epochs").fill("2")
-            _field(page, "Max samples").fill("100")
-            _choose(page, "Compute type", "fp32")
-            _set_number(page, "Batch size", 4)
-            _set_number(page, "Gradient accumulation", 1)
-            _set_number(page, "Cutoff length", 1024)
-            page.get_by_text("Extra configurations").click()
-            _set_number(page, "Logging steps", 1)
-            _set_number(page, "Save steps", 10)
-            _field(page, "Extra arguments").fill(json.dumps(extra))
-            page.get_by_text("Multimodal configurations").click()
-            _field(page, "Image max pixels").fill(str(SIDE * SIDE))
-            out_box = page.get_by_label("Output dir", exact=True).first
-            out_box.fill(out_name)
-            out_box.press("Enter")
+        _field(page, "Learning rate").fill("1e-3")
+        _field(page, "Epochs").fill("2")
+        _field(page, "Max samples").fill("100")
+        _choose(page, "Compute type", "fp32")
+        _set_number(page, "Batch size", 4)
+        _set_number(page, "Gradient accumulation", 1)
+        _set_number(page, "Cutoff length", 1024)
+        page.get_by_text("Extra configurations").click()
+        _set_number(page, "Logging steps", 1)
+        _set_number(page, "Save steps", 10)
+        _field(page, "Extra arguments").fill(json.dumps(extra))
+        page.get_by_text("Multimodal configurations").click()
+        _field(page, "Image max pixels").fill(str(SIDE * SIDE))
+        out_box = page.get_by_label("Output dir", exact=True).first
+        out_box.fill(out_name)
+        out_box.press("Enter")
 
-            page.get_by_role("button", name="Start").click()
-            expect(page.get_by_text("Finished.").first).to_be_visible(timeout=600_000)
-            assert "loss" in page.locator("body").inner_text().lower()
-            loss_plot = page.locator(".block").filter(has=page.get_by_text("Loss", exact=True)).last
-            expect(loss_plot.locator("img, svg, canvas").first).to_be_visible()
-            shot = os.environ.get("QWENVL_ROI_SCREENSHOT")
-            if shot:
-                _screenshot(page, shot, loss_plot)
-        finally:
-            browser.close()
+        page.get_by_role("button", name="Start").click()
+        expect(page.get_by_text("Finished.").first).to_be_visible(timeout=600_000)
+        assert "loss" in page.locator("body").inner_text().lower()
+        loss_plot = page.locator(".block").filter(has=page.get_by_text("Loss", exact=True)).last
+        expect(loss_plot.locator("img, svg, canvas").first).to_be_visible()
+        shot = os.environ.get("QWENVL_ROI_SCREENSHOT")
+        if shot:
+            _screenshot(page, shot, loss_plot)
 
     run_dir = project / "saves" / MODEL_NAME / "lora" / out_name
     assert sorted(p.name for p in run_dir.glob("checkpoint-*")), f"no checkpoint in {run_dir}"
@@ -229,35 +240,25 @@ def test_a_recipe_loads_into_the_form(webui: str, project: Path) -> None:
     chromium = _chromium()
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (.ci/run installs it: apt-get install chromium)")
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from qwenvl_roi.cli import main
 
     recipe = Path(__file__).resolve().parents[2] / "recipes" / "phase2.yaml"
     assert main(["webui-config", "--recipe", str(recipe), "--dir", str(project / "llamaboard_config")]) == 0
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=chromium, headless=True, args=["--headless", "--no-sandbox"]
+    with _opened(webui, chromium) as page:
+        _choose(page, "Model name", MODEL_NAME)
+        page.get_by_text("Extra configurations").click()
+        config = page.get_by_label("Config path", exact=True).first
+        config.fill("roi_phase2.yaml")
+        config.press("Enter")
+        page.get_by_role("button", name="Load arguments").click()
+        extra = _field(page, "Extra arguments")
+        expect(extra).to_have_value(re.compile(r'"roi_eval_verdicts": true'), timeout=30_000)
+        loaded = json.loads(extra.input_value())
+        assert (
+            loaded["roi_vision_lora_top_blocks"] == 8 and loaded["metric_for_best_model"] == "eval_roi_auroc"
         )
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(webui)
-            page.get_by_label("Model name").wait_for(timeout=120_000)
-            _choose(page, "Model name", MODEL_NAME)
-            page.get_by_text("Extra configurations").click()
-            config = page.get_by_label("Config path", exact=True).first
-            config.fill("roi_phase2.yaml")
-            config.press("Enter")
-            page.get_by_role("button", name="Load arguments").click()
-            extra = _field(page, "Extra arguments")
-            expect(extra).to_have_value(re.compile(r'"roi_eval_verdicts": true'), timeout=30_000)
-            loaded = json.loads(extra.input_value())
-            assert (
-                loaded["roi_vision_lora_top_blocks"] == 8
-                and loaded["metric_for_best_model"] == "eval_roi_auroc"
-            )
-            expect(_field(page, "Learning rate")).to_have_value("0.0001")
-            expect(_field(page, "Model path")).to_have_value("saves/qwen2_5_vl-7b/roi/phase1-merged")
-            expect(page.get_by_label("Chat template", exact=True).first).to_have_value("qwen2_vl")
-        finally:
-            browser.close()
+        expect(_field(page, "Learning rate")).to_have_value("0.0001")
+        expect(_field(page, "Model path")).to_have_value("saves/qwen2_5_vl-7b/roi/phase1-merged")
+        expect(page.get_by_label("Chat template", exact=True).first).to_have_value("qwen2_vl")
