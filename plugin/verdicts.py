@@ -208,6 +208,11 @@ def build_plan(
     strategy = getattr(training_args, "eval_strategy", "no")
     during_training = str(getattr(strategy, "value", strategy)) != "no"
     if roi is not None and roi.roi_eval_verdicts and (during_training or training_args.do_eval):
+        from transformers import Trainer
+
+        mismatch = evaluation_loop_mismatch(Trainer.evaluation_loop)
+        if mismatch:
+            raise VerdictSetupError(f"{recipe}: roi_eval_verdicts: {mismatch}")
         plan = _resolve(roi, model_args, data_args, training_args, recipe)
     if during_training:  # the Trainer reads metric_for_best_model at every evaluation during training
         check_best_metric(training_args, plan, recipe)
@@ -588,6 +593,29 @@ def _logger() -> Any:
 
 # ---------------------------------------------------------------------------------------------------------
 # The patch of llamafactory.train.sft.workflow
+
+
+#: the parameters VerdictTrainer.evaluation_loop relies on (metric_key_prefix may come positionally, 5th)
+EVALUATION_LOOP_PARAMS = ("self", "dataloader", "description", "prediction_loss_only", "ignore_keys")
+EVALUATION_LOOP_PARAMS += ("metric_key_prefix",)
+
+
+def evaluation_loop_mismatch(method: Any) -> str:
+    """Why ``method`` (transformers' Trainer.evaluation_loop) is not the one the verdict trainer wraps, or "".
+
+    Why: the override is transformers', not LLaMA-Factory's (compat.py checks those); a transformers whose
+    evaluation_loop took other parameters would have the verdicts added to the wrong evaluations or to none,
+    silently. pyproject.toml pins transformers; this check names the difference if the pin is lifted."""
+    import inspect
+
+    names = tuple(inspect.signature(method).parameters)
+    if names[: len(EVALUATION_LOOP_PARAMS)] == EVALUATION_LOOP_PARAMS:
+        return ""
+    return (
+        f"transformers' Trainer.evaluation_loop takes ({', '.join(names)}); the verdict metrics wrap "
+        f"({', '.join(EVALUATION_LOOP_PARAMS)}). Use the pinned transformers (pyproject.toml) or "
+        "roi_eval_verdicts: false"
+    )
 
 
 @functools.cache

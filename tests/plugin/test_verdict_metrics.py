@@ -333,6 +333,22 @@ def test_eval_sets_and_best_metrics_checked_before_training(
     )
 
 
+def test_the_wrapped_evaluation_loop_is_checked() -> None:
+    """The override is transformers' (not a LLaMA-Factory symbol compat.py checks): the installed one fits,
+    and one with other parameters is named before any training (a run with roi_eval_verdicts refuses)."""
+    from qwenvl_roi.plugin.verdicts import evaluation_loop_mismatch
+    from transformers import Trainer
+
+    assert evaluation_loop_mismatch(Trainer.evaluation_loop) == ""
+
+    def moved(self, dataloader, description, metric_key_prefix="eval", prediction_loss_only=None):
+        return None
+
+    why = evaluation_loop_mismatch(moved)
+    assert "takes (self, dataloader, description, metric_key_prefix, prediction_loss_only)" in why
+    assert "roi_eval_verdicts: false" in why
+
+
 def test_a_bound_below_every_picture_is_named() -> None:
     """Found by the red team: with roi_eval_max_samples below every picture's sample count nothing was
     chosen, and the run was refused as 'the 0 chosen samples ... hold no positive region'."""
