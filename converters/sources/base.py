@@ -284,6 +284,21 @@ class PerImageFiles(Source):
             yield rel, self.read_file(f"{ann_root}/{rel}", file_label(ann_root, rel), None)
 
 
+def read_named_file(path: str | Path, key: str, label: str) -> str:
+    """The text (BOM removed) of a dataset-wide file a data.yaml key names (coco_json, yolo_names,
+    visa_split_csv); SourceError naming the key and the file (``label``) when it cannot be read or decoded:
+    without it nothing of the dataset can be used, so the command stops."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise SourceError(f"{key} {label}: cannot read: {exc.strerror or exc}") from None
+    text, _ = decode_text(data)
+    if text is None:
+        raise SourceError(f"{key} {label}: neither UTF-8, UTF-16 nor GBK")
+    return text.replace("\ufeff", "")
+
+
 def read_text(path: str, label: str) -> tuple[str, str] | Problem:
     """(text, encoding) of an annotation file (UTF-8 with or without BOM, UTF-16 with BOM, GBK), or the
     problem that stops it being read."""

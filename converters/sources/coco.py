@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..names import shown
-from ..parse import Problem, RawBox, decode_text
+from ..parse import Problem, RawBox
 from ..walk import file_label
-from .base import Dropped, Read, Record, Source, SourceError, SourceSettings, finite
+from .base import Dropped, Read, Record, Source, SourceError, SourceSettings, finite, read_named_file
 
 
 @dataclass
@@ -195,16 +195,9 @@ def parse_coco(obj: Any, label: str) -> CocoFile:
 def load_coco(path: Any) -> CocoFile:
     """Read and check a COCO file; SourceError naming the file (and line) when it cannot be read."""
     label = shown(str(path))
+    text = read_named_file(path, "coco_json", label)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise SourceError(f"coco_json {label}: cannot read: {exc.strerror or exc}") from None
-    text, _ = decode_text(data)
-    if text is None:
-        raise SourceError(f"coco_json {label}: neither UTF-8, UTF-16 nor GBK")
-    try:
-        obj = json.loads(text.replace("\ufeff", ""))
+        obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SourceError(f"coco_json {label}:{exc.lineno}: invalid JSON: {exc.msg}") from None
     return parse_coco(obj, label)

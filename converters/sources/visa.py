@@ -22,9 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..parse import Problem, decode_text
+from ..parse import Problem
 from ..split import TRAIN_OR_VAL
-from .base import Read, Record, SourceError, SourceSettings
+from .base import Read, Record, SourceError, SourceSettings, read_named_file
 from .coco import norm_file_name
 from .layout import LayoutSource, find, index, stray
 
@@ -77,17 +77,9 @@ class VisaSource(LayoutSource):
 
     def _table(self) -> list[list[str]]:
         """The csv's rows (header first); SourceError when it cannot be read."""
+        text = read_named_file(self.csv_path, "visa_split_csv", self.csv_label)
         try:
-            data = self.csv_path.read_bytes()
-        except OSError as exc:
-            raise SourceError(
-                f"visa_split_csv {self.csv_label}: cannot read: {exc.strerror or exc}"
-            ) from None
-        text, _ = decode_text(data)
-        if text is None:
-            raise SourceError(f"visa_split_csv {self.csv_label}: neither UTF-8, UTF-16 nor GBK")
-        try:
-            return list(csv.reader(io.StringIO(text.replace("\ufeff", ""), newline="")))
+            return list(csv.reader(io.StringIO(text, newline="")))
         except csv.Error as exc:
             raise SourceError(f"visa_split_csv {self.csv_label}: not a csv file ({exc})") from None
 

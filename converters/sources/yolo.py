@@ -21,8 +21,18 @@ import yaml
 
 from qwenvl_roi.fileio import split_lines
 
-from ..parse import Problem, RawBox, decode_text
-from .base import Dropped, PerImageFiles, Read, SourceError, SourceSettings, extent, failed, read_text
+from ..parse import Problem, RawBox
+from .base import (
+    Dropped,
+    PerImageFiles,
+    Read,
+    SourceError,
+    SourceSettings,
+    extent,
+    failed,
+    read_named_file,
+    read_text,
+)
 
 
 def load_names(path: Path) -> dict[int, str]:
@@ -30,14 +40,7 @@ def load_names(path: Path) -> dict[int, str]:
 
     The YAML is read without YAML's type guessing (``names: [no, 3号划痕]`` are the texts written, not a
     boolean), as the names are labels."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SourceError(f"yolo_names {path}: cannot read: {exc.strerror or exc}") from None
-    text, _ = decode_text(data)
-    if text is None:
-        raise SourceError(f"yolo_names {path}: neither UTF-8, UTF-16 nor GBK")
-    text = text.replace("\ufeff", "")
+    text = read_named_file(path, "yolo_names", str(path))
     if path.suffix.lower() not in (".yaml", ".yml"):
         lines = [line.strip() for line in split_lines(text)]
         while lines and not lines[-1]:
