@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from qwenvl_roi.errors import ConvertError, OutputError
-from qwenvl_roi.families import DEFAULT_FAMILY, FAMILIES, ModelFamily, family
+from qwenvl_roi.families import DEFAULT_FAMILY, ModelFamily, family, with_processor_defaults
 
 from .sources import FORMAT_KEYS, FORMATS, LAYOUT_KEYS, LAYOUTS, SOURCES
 
@@ -298,17 +298,7 @@ class DataConfig(BaseModel):
     @classmethod
     def _family_defaults(cls, data: object) -> object:
         """Unset (or null) processor pixel limits default to the model family's released processor."""
-        if not isinstance(data, dict):
-            return data
-        name = data.get("model_family", DEFAULT_FAMILY)
-        fam = FAMILIES.get(name) if isinstance(name, str) else None
-        if fam is None:  # the field's own validation names the allowed families
-            return data
-        data = dict(data)
-        for key in ("processor_min_pixels", "processor_max_pixels"):
-            if data.get(key) is None:
-                data[key] = getattr(fam, key)
-        return data
+        return with_processor_defaults(data, null_is_unset=True)
 
     @model_validator(mode="after")
     def _layout_folders(self) -> DataConfig:

@@ -412,6 +412,23 @@ def family(name: str) -> Family:
         ) from None
 
 
+PROCESSOR_LIMITS = ("processor_min_pixels", "processor_max_pixels")
+
+
+def with_processor_defaults(data: object, null_is_unset: bool) -> object:
+    """Settings (a dict about to be validated) with the processor pixel limits they leave out taken from
+    their ``model_family``'s released processor; with ``null_is_unset`` a null limit too. Anything else
+    (not a dict, an unknown family: its own validation names it) is returned as it is."""
+    if not isinstance(data, dict):
+        return data
+    name = data.get("model_family", DEFAULT_FAMILY)
+    fam = FAMILIES.get(name) if isinstance(name, str) else None
+    if fam is None:
+        return data
+    unset = (lambda k: data.get(k) is None) if null_is_unset else (lambda k: k not in data)
+    return {**data, **{k: getattr(fam, k) for k in PROCESSOR_LIMITS if unset(k)}}
+
+
 def find_family(model_type: str | None) -> Family | None:
     """The family covering an HF ``config.model_type`` (MoE variants included), or None."""
     name = MODEL_TYPES.get(model_type or "")

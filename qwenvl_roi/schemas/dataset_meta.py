@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from qwenvl_roi.converters.frames import box_to_frame, frame_size_of
-from qwenvl_roi.families import DEFAULT_FAMILY, FAMILIES, ModelFamily, family
+from qwenvl_roi.families import DEFAULT_FAMILY, ModelFamily, family, with_processor_defaults
 
 from .types import Pixels
 
@@ -83,14 +83,9 @@ class DatasetMeta(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _family_defaults(cls, data: object) -> object:
-        """Processor pixel limits missing from a file default to its family's released processor."""
-        if not isinstance(data, dict):
-            return data
-        name = data.get("model_family", DEFAULT_FAMILY)
-        fam = FAMILIES.get(name) if isinstance(name, str) else None
-        if fam is None:
-            return data
-        return {**{k: getattr(fam, k) for k in ("processor_min_pixels", "processor_max_pixels")}, **data}
+        """Processor pixel limits missing from a file default to its family's released processor (a null
+        stays an error: this project writes both)."""
+        return with_processor_defaults(data, null_is_unset=False)
 
     def frame_size(self, width: int, height: int) -> tuple[int, int]:
         """(W, H) the model sees for an original image of this size (the family's grid factor)."""
