@@ -21,9 +21,13 @@ where the default is true; ``double_quantization: false`` (the runner always set
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -118,8 +122,9 @@ COMMA_LISTS = {
 NOT_DEFAULTED = {"model_name_or_path", "template", "dataset", "dataset_dir", "finetuning_type"}
 
 
-def cli_defaults() -> dict[str, Any]:
-    """llamafactory-cli train's default of every training argument (its argument classes)."""
+@functools.cache
+def cli_defaults() -> Mapping[str, Any]:
+    """llamafactory-cli train's default of every training argument (its argument classes); read once."""
     from dataclasses import MISSING, fields
 
     from llamafactory.hparams import (
@@ -140,7 +145,7 @@ def cli_defaults() -> dict[str, Any]:
             else:
                 continue
             out[f.name] = getattr(value, "value", value)  # enums (lr_scheduler_type, ...) as their text
-    return out
+    return MappingProxyType(out)
 
 
 def true_by_default() -> set[str]:
@@ -296,8 +301,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
     recipe_path = Path(args.recipe)
     try:
         recipe = load_recipe(recipe_path)
