@@ -7,6 +7,8 @@ records only its size), so the annotation txt of an image with such problems is 
 converters' own parser (``converters/parse.py``: ``parse_txt`` and ``check_box``, in the frame and with the
 settings prepare used) and every box is matched to its reported problem by line, kind and reason. A reported
 box that the txt no longer yields (the file changed after convert) is shown as text and counted as stale.
+The other formats' problems name their image and carry their box (prepare_report version 2): they are drawn
+from the report as they are.
 """
 
 from __future__ import annotations
@@ -149,24 +151,28 @@ class _ProblemIndex:
         self.by_txt: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.by_annotated: dict[tuple[str, str], list[int]] = defaultdict(list)
         self.used: set[int] = set()
-        longest_first = sorted(roots.items(), key=lambda kv: -len(kv[1]))
+        self.longest_first = sorted(roots.items(), key=lambda kv: -len(kv[1]))
         for i, p in enumerate(problems):
             image = p.get("image")
             if isinstance(image, str):  # an annotation's problem naming its image (any format)
-                for source, root in longest_first:
-                    if image.startswith(root + "/"):
-                        self.by_annotated[(source, image[len(root) + 1 :])].append(i)
-                        break
+                found = self._under_root(image)
+                if found is not None:
+                    self.by_annotated[found].append(i)
                 continue
-            file = str(p.get("file", ""))
-            for source, root in longest_first:
-                if file.startswith(root + "/"):
-                    rel = file[len(root) + 1 :]
-                    if rel.casefold().endswith(".txt"):
-                        self.by_txt[(source, stem_key(rel))].append(i)
-                    else:
-                        self.by_image[(source, rel)].append(i)
-                    break
+            found = self._under_root(str(p.get("file", "")))
+            if found is not None:
+                source, rel = found
+                if rel.casefold().endswith(".txt"):
+                    self.by_txt[(source, stem_key(rel))].append(i)
+                else:
+                    self.by_image[found].append(i)
+
+    def _under_root(self, label: str) -> tuple[str, str] | None:
+        """(source, path relative to its root) of a file as the report names it, or None."""
+        for source, root in self.longest_first:
+            if label.startswith(root + "/"):
+                return source, label[len(root) + 1 :]
+        return None
 
     def for_sample(self, source: str, rel: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(problems of the image's annotation, problems of the image file); both marked as shown.
@@ -259,14 +265,16 @@ def _report_marks(problems: list[dict[str, Any]]) -> list[LineMark]:
     for p in problems:
         line, kind, reason = p.get("line"), str(p.get("kind", "")), str(p.get("reason", ""))
         box = p.get("box")
-        where = tuple(float(v) for v in box) if isinstance(box, list) and len(box) == 4 else None
+        where: Box | None = None
+        if isinstance(box, list) and len(box) == 4:
+            where = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))
         if kind not in CHECK_KINDS:
             marks.append(LineMark(line, kind, reason, "line"))
         elif kind == "box_fixed" and where is not None:
-            marks.append(LineMark(line, kind, reason, "clipped", where))  # type: ignore[arg-type]
+            marks.append(LineMark(line, kind, reason, "clipped", where))
         else:
             not_drawn = "" if where is not None else "lies outside the picture"
-            marks.append(LineMark(line, kind, reason, "dropped", where, not_drawn))  # type: ignore[arg-type]
+            marks.append(LineMark(line, kind, reason, "dropped", where, not_drawn))
     marks.sort(key=_file_order)
     return marks
 
@@ -309,7 +317,7 @@ def load_preview(cfg: DataConfig, config_path: str, split: str | None = None) ->
     converted = {c["image"]: c for c in (report.get("images") or {}).get("converted_images", [])}
     roots = {"abnormal": cfg.abnormal_dir, "normal": cfg.normal_dir}
     samples: list[PreviewSample] = []
-    reread: dict[tuple[str, str], tuple[list[LineMark], int]] = {}
+    marked: dict[tuple[str, str], tuple[list[LineMark], int]] = {}  # image -> (marks, stale boxes)
     stale = 0
     in_sets = {
         str(m.get("image"))
@@ -353,17 +361,17 @@ def load_preview(cfg: DataConfig, config_path: str, split: str | None = None) ->
                 txt_label = str(txt_problems[0]["file"])
                 item.txt = ", ".join(dict.fromkeys(str(p.get("file")) for p in txt_problems))
                 key = (source, rel)
-                if not seed_txt:
-                    item.marks = _report_marks(txt_problems)
-                elif key not in reread:
-                    found = []
-                    if root is not None and any(p.get("kind") in BOX_KINDS for p in txt_problems):
-                        txt_rel = txt_label[len(root.as_posix()) + 1 :]
-                        found = _found_boxes(root / txt_rel, txt_label, rel, width, height, cfg)
-                    reread[key] = _line_marks(txt_problems, found)
-                    stale += reread[key][1]
-                if seed_txt:
-                    item.marks = reread[key][0]
+                if key not in marked:  # once per image (an image may give several samples)
+                    if seed_txt:
+                        found = []
+                        if root is not None and any(p.get("kind") in BOX_KINDS for p in txt_problems):
+                            txt_rel = txt_label[len(root.as_posix()) + 1 :]
+                            found = _found_boxes(root / txt_rel, txt_label, rel, width, height, cfg)
+                        marked[key] = _line_marks(txt_problems, found)
+                    else:
+                        marked[key] = (_report_marks(txt_problems), 0)
+                    stale += marked[key][1]
+                item.marks = marked[key][0]
             samples.append(item)
     samples.sort(key=PreviewSample.sort_key)
     return PreviewData(cfg, meta, report, samples, splits, index.unattached(), stale, twins)
