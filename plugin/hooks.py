@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 from typing import Any
 
@@ -34,6 +36,16 @@ def message_only(exc: BaseException) -> None:
             previous(kind, value, tb)
 
     sys.excepthook = hook
+
+
+@contextmanager
+def refusals_in_one_line() -> Iterator[None]:
+    """Run argument checks whose refusals (REFUSALS) are shown as one line if nothing catches them."""
+    try:
+        yield
+    except REFUSALS as exc:
+        message_only(exc)
+        raise
 
 
 # LLaMA-Factory options that build their own optimizer; the plugin's groups cannot be combined with them.
@@ -84,11 +96,8 @@ def patch_parser(module: ModuleType) -> None:
     @functools.wraps(original_parse)
     def _parse_args(parser: Any, args: Any = None, allow_extra_keys: bool = False) -> Any:
         args = read_args(args)
-        try:
+        with refusals_in_one_line():
             args, roi = settings.extract(args)
-        except REFUSALS as exc:
-            message_only(exc)
-            raise
         settings.set_active(roi)
         return original_parse(parser, args, allow_extra_keys)
 
@@ -98,14 +107,11 @@ def patch_parser(module: ModuleType) -> None:
         model_args, data_args, training_args, finetuning_args = parsed[:4]
         roi = settings.get_active()
         verdicts.set_plan(None)  # a failing check below leaves no earlier parse's plan behind
-        try:
+        with refusals_in_one_line():
             if roi is not None:
                 check_compatible(roi, model_args, finetuning_args)
             dataset_match.check_from_args(model_args, data_args, settings._recipe_name())
             verdicts.set_plan(verdicts.build_plan(roi, model_args, data_args, training_args, finetuning_args))
-        except REFUSALS as exc:
-            message_only(exc)
-            raise
         return parsed
 
     compat.replace(module, "_parse_args", _parse_args)

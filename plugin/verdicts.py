@@ -37,6 +37,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,10 +131,7 @@ def no_picture_fits(samples: Sequence[dict[str, Any]], limit: int) -> str:
     """Why ``limit`` chooses nothing (every picture has more samples than it), or "" when some fit."""
     if not samples or len(samples) <= limit:
         return ""
-    sizes: dict[str, int] = {}
-    for s in samples:
-        sizes[str(s["image"])] = sizes.get(str(s["image"]), 0) + 1
-    smallest = min(sizes.values())
+    smallest = min(Counter(str(s["image"]) for s in samples).values())  # samples per picture
     if smallest <= limit:
         return ""
     return (
