@@ -525,10 +525,9 @@ def metrics_of(rows: Sequence[dict[str, Any]], gold: Path, preds: Path) -> dict[
     from qwenvl_roi.evaluation.metrics import compute_metrics, sweep_threshold
     from qwenvl_roi.evaluation.records import join
     from qwenvl_roi.fileio import write_jsonl
-    from qwenvl_roi.schemas import check_record
+    from qwenvl_roi.schemas import check_records
 
-    for row in rows:
-        check_record("predictions", row)
+    check_records("predictions", rows)
     write_jsonl(preds, list(rows))
     regions = join(preds, gold)
     threshold, _ = sweep_threshold(regions)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qwenvl_roi.converters.names import shown
 from qwenvl_roi.inference import detections, distributed, resumable
 from qwenvl_roi.inference.backend import DEFAULT_BACKEND, ScoringBackend
-from qwenvl_roi.schemas import check_record
+from qwenvl_roi.schemas import check_records
 
 
 class PredictJob(BaseModel):
@@ -168,8 +168,7 @@ def _run_regions(job: PredictJob, backend: str | type[ScoringBackend]) -> int:
         rows = predictor.score_samples(samples, batch_size=job.batch_size, progress=job.progress)
     else:
         rows = predictor.generate_samples(samples, batch_size=job.batch_size, progress=job.progress)
-    for row in rows:  # the published contract of a --regions row, checked before anything is written
-        check_record("predictions", row)
+    check_records("predictions", rows)  # the published contract of a --regions row, before any writing
     write_jsonl(job.out, rows)
     flagged = sum(bool(r["abnormal"]) for row in rows for r in row["regions"])
     unparsed = sum(r["score"] is None for row in rows for r in row["regions"])
@@ -306,8 +305,7 @@ def score_batch(predictor: Any, jobs: list[detections.ImageJob], batch_size: int
         detections.output_row(p, r, predictor.config.threshold)
         for p, r in zip(prepared, per_image, strict=True)
     ]
-    for row in out:  # the published contract of a --boxes row (a ContractError is a bug of ours)
-        check_record("predictions", row)
+    check_records("predictions", out)  # the published contract of a --boxes row (a ContractError: our bug)
     return out
 
 

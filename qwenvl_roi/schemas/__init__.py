@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,14 +67,22 @@ def errors_text(exc: Any) -> str:
 
 def check_record(name: str, record: Any) -> None:
     """Validate one record a writer is about to write against the named contract (ContractError if not)."""
+    check_records(name, (record,))
+
+
+def check_records(name: str, records: Iterable[Any]) -> None:
+    """Validate every record a writer is about to write against the named contract (ContractError at the
+    first that breaks it)."""
     from pydantic import ValidationError
 
-    try:
-        get(name).adapter().validate_python(record)
-    except ValidationError as exc:
-        raise ContractError(
-            f"a {name} record breaks its contract (qwenvl_roi/schemas): {errors_text(exc)}"
-        ) from None
+    validate = get(name).adapter().validate_python
+    for record in records:
+        try:
+            validate(record)
+        except ValidationError as exc:
+            raise ContractError(
+                f"a {name} record breaks its contract (qwenvl_roi/schemas): {errors_text(exc)}"
+            ) from None
 
 
 SCHEMAS: dict[str, Schema] = {
