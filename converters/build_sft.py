@@ -8,6 +8,7 @@ dataset_info.json are merged, never clobbering other datasets.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import posixpath
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from qwenvl_roi.schemas.regions import RegionSample
 from .config import DataConfig, coerce_config, load_data_config, report_error
 from .meta import META_FILE, DatasetMeta, build_meta, load_dataset_meta
 from .paths import relative_to_folder, resolve_image
-from .prompt import build_image_record, build_record
+from .prompt import build_image_record, build_record, framed_boxes
 from .runtime import paused_gc
 from .split import IMAGE_SPLITS, SPLITS
 
@@ -73,6 +74,7 @@ class MediaPaths:
         self.prefix = relative_to_folder(regions_file.parent, dataset_dir)
         self.dataset_dir = dataset_dir
 
+    @functools.cache  # noqa: B019 - one MediaPaths per build; most images give two records
     def __call__(self, image: str) -> str:
         if posixpath.isabs(image) or "\\" in image:  # absolute, or a Windows path: resolve it in full
             return relative_to_folder(resolve_image(image, self.regions_file), self.dataset_dir)
@@ -220,9 +222,14 @@ def build_into(
         else:
             split_samples = list(read_regions(out_dir / f"regions_{sp}.jsonl"))  # = the staged copy
         media = MediaPaths(out_dir / f"regions_{sp}.jsonl", cfg.dataset_info_dir)
+        framed = framed_boxes(split_samples, meta)  # every region of the split framed at once
         records = (
-            _with_media(build_record(s, meta), media)
-            for s in tqdm(split_samples, desc=f"build-sft: {sp}", unit="sample", disable=disable)
+            _with_media(build_record(s, meta, framed=boxes), media)
+            for s, boxes in zip(
+                tqdm(split_samples, desc=f"build-sft: {sp}", unit="sample", disable=disable),
+                framed,
+                strict=True,
+            )
         )
         counts[f"{cfg.dataset_prefix}_{sp}"] = write_json_array(write_dir / f"sft_{sp}.json", records)
         if sp in IMAGE_SPLITS:

@@ -21,10 +21,7 @@
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
-import sys
-from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -70,26 +67,25 @@ class CandidatePolicy:
 
 
 class ImageRandom:
-    """A deterministic random stream seeded only by (seed, image): SHAKE-128 output read as 53-bit floats.
+    """A deterministic random stream seeded only by (seed, image): SHAKE-128 output read as 53-bit floats
+    (block n = the digest of key + n as 4 big-endian bytes, 32 big-endian 64-bit words, top 53 bits each).
 
     Cheaper to create than ``random.Random`` (no Mersenne-Twister seeding per image) and identical on
     every platform; only ``random``, ``randint`` and ``shuffle`` are provided because nothing else is used.
+    ``first``: the stream's first block, when computed for many streams at once (image_rngs).
     """
 
     __slots__ = ("_buf", "_i", "_key", "_n")
 
-    def __init__(self, key: bytes):
+    def __init__(self, key: bytes, first: list[float] | None = None):
         self._key = key
-        self._n = 0
-        self._buf: Sequence[int] = ()
+        self._n = 0 if first is None else 1
+        self._buf: list[float] = [] if first is None else first
         self._i = 0
 
     def _refill(self) -> None:
         self._n += 1
-        words = array("Q", hashlib.shake_128(self._key + self._n.to_bytes(4, "big")).digest(8 * _BLOCK))
-        if _LITTLE:  # read the digest as big-endian words on every platform
-            words.byteswap()
-        self._buf = words
+        self._buf = _floats_of([(self._key + self._n.to_bytes(4, "big"), _BLOCK)]).tolist()
         self._i = 0
 
     @property
@@ -104,17 +100,19 @@ class ImageRandom:
             self._refill()
             i = 0
         self._i = i + 1
-        return (self._buf[i] >> 11) * _TWO_M53
+        return self._buf[i]
 
     def floats(self, n: int) -> list[float]:
         """The next n floats in [0, 1) (the same values n calls of random() would give)."""
-        out: list[float] = []
+        i, end = self._i, self._i + n
+        if end <= len(self._buf):
+            self._i = end
+            return self._buf[i:end]
+        out = self._buf[i:]
         while len(out) < n:
-            if self._i >= len(self._buf):
-                self._refill()
-            take = min(n - len(out), len(self._buf) - self._i)
-            out += [(v >> 11) * _TWO_M53 for v in self._buf[self._i : self._i + take]]
-            self._i += take
+            self._refill()
+            self._i = min(n - len(out), _BLOCK)
+            out += self._buf[: self._i]
         return out
 
     def randint(self, a: int, b: int) -> int:
@@ -123,20 +121,30 @@ class ImageRandom:
 
     def shuffle(self, x: list) -> None:
         """Fisher-Yates in place."""
-        us = self.floats(max(0, len(x) - 1))
-        for k, i in enumerate(range(len(x) - 1, 0, -1)):
+        n = len(x)
+        if n < 2:
+            return
+        us = self.floats(n - 1)
+        for k in range(n - 1):
+            i = n - 1 - k
             j = int(us[k] * (i + 1))
             x[i], x[j] = x[j], x[i]
 
 
 _BLOCK = 32
-_LITTLE = sys.byteorder == "little"
 _TWO_M53 = 2.0**-53
 
 
 def image_rng(seed: int, image_key: str) -> ImageRandom:
     """A generator seeded only by (seed, image), independent of every other image."""
     return ImageRandom(f"{seed}\x00candidates\x00{image_key}\x00".encode())
+
+
+def image_rngs(seed: int, image_keys: Sequence[str]) -> list[ImageRandom]:
+    """image_rng of every image, their first blocks computed in one go."""
+    keys = [f"{seed}\x00candidates\x00{k}\x00".encode() for k in image_keys]
+    first = _floats_of([(key + b"\x00\x00\x00\x01", _BLOCK) for key in keys]).reshape(-1, _BLOCK).tolist()
+    return [ImageRandom(key, block) for key, block in zip(keys, first, strict=True)]
 
 
 def iou(a: Box, b: Box) -> float:
@@ -152,16 +160,14 @@ def iou(a: Box, b: Box) -> float:
 
 @dataclass(frozen=True)
 class BoxPool:
-    """Where negatives and decoys come from: every kept positive's (cx/W, cy/H, w/W, h/H), sorted, each with
-    a drawing weight (cumulative in ``cum``)."""
+    """Where negatives and decoys come from: every kept positive's (cx/W, cy/H, w/W, h/H) as rows of
+    ``array``, sorted, with the running sum of their drawing weights in ``cum``."""
 
-    boxes: tuple[RelBox, ...]
-    cum: tuple[float, ...]
-    array: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)), compare=False, repr=False)
-    cum_array: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
+    array: np.ndarray  # (n, 4)
+    cum: np.ndarray  # (n,)
 
     def __len__(self) -> int:
-        return len(self.boxes)
+        return len(self.array)
 
 
 @dataclass(frozen=True)
@@ -169,23 +175,32 @@ class Compensation:
     """Drawing weights per cell (8x8 grid of centres x two size classes) that undo the checks' pull."""
 
     median_area: float
-    weights: dict[tuple[int, int, int], float]
+    weights: np.ndarray  # (GRID, GRID, 2); 1.0 where no positive fell
 
-    def cell(self, box: RelBox) -> tuple[int, int, int]:
-        cx, cy, w, h = box
-        gx = min(GRID - 1, max(0, int(cx * GRID)))
-        return (gx, min(GRID - 1, max(0, int(cy * GRID))), int(w * h > self.median_area))
+    def cells(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The cell of each (cx, cy, w, h) row: column, row (centre clamped to the grid), size class."""
+        gx = np.clip(np.trunc(boxes[:, 0] * GRID), 0, GRID - 1).astype(np.int64)
+        gy = np.clip(np.trunc(boxes[:, 1] * GRID), 0, GRID - 1).astype(np.int64)
+        return gx, gy, (boxes[:, 2] * boxes[:, 3] > self.median_area).astype(np.int64)
 
-    def weight(self, box: RelBox) -> float:
-        return self.weights.get(self.cell(box), 1.0)
+
+def _sorted_rows(relative_boxes: Sequence[RelBox]) -> np.ndarray:
+    """The boxes as an (n, 4) array in the order ``sorted`` gives the tuples (by cx, then cy, w, h)."""
+    rows = np.array(relative_boxes, dtype=np.float64).reshape(-1, 4)
+    return rows[np.lexsort(rows.T[::-1])]
 
 
 def box_pool(relative_boxes: Sequence[RelBox], compensation: Compensation | None = None) -> BoxPool:
     """The pool of (a split's) positives, weighted by ``compensation`` when given, else uniformly."""
-    boxes = tuple(sorted(relative_boxes))
-    weights = [compensation.weight(b) for b in boxes] if compensation else [1.0] * len(boxes)
-    cum = tuple(itertools.accumulate(weights))
-    return BoxPool(boxes, cum, np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(cum))
+    rows = _sorted_rows(relative_boxes)
+    weights = compensation.weights[compensation.cells(rows)] if compensation else np.ones(len(rows))
+    return BoxPool(rows, np.cumsum(weights))  # a running sum, added left to right
+
+
+def _stream(key: bytes, count: int) -> np.ndarray:
+    """The first ``count`` floats ImageRandom(key) gives, as one array."""
+    blocks = -(-count // _BLOCK)
+    return _floats_of([(key + n.to_bytes(4, "big"), _BLOCK) for n in range(1, blocks + 1)])[:count]
 
 
 def compensation(
@@ -198,32 +213,40 @@ def compensation(
     the centre, often large boxes) are rejected more often; left alone, the accepted negatives would sit
     farther out and be smaller than the positives, and position alone would tell them apart. The chance is
     estimated per cell by simulating the same draw (jitter, TRIES_PER_SOURCE retries) against the layouts of
-    ACCEPTANCE_TRIALS random abnormal images, on the whole dataset (one table serves every split).
+    ACCEPTANCE_TRIALS random abnormal images, on the whole dataset (one table serves every split); all
+    trials of all cells are computed at once.
     """
     if not boxes or not layouts:
         return None
-    boxes = sorted(boxes)
-    areas = sorted(b[2] * b[3] for b in boxes)
-    table = Compensation(areas[len(areas) // 2], {})
-    cells: dict[tuple[int, int, int], list[RelBox]] = {}
-    for b in boxes:
-        cells.setdefault(table.cell(b), []).append(b)
-    rng = ImageRandom(f"{seed}\x00acceptance\x00".encode())
-    for key in sorted(cells):
-        members = cells[key]
-        accepted = 0
-        for _ in range(ACCEPTANCE_TRIALS):
-            us = rng.floats(2 + 2 * TRIES_PER_SOURCE)
-            cx, cy, w, h = members[int(us[0] * len(members))]
-            layout = layouts[int(us[1] * len(layouts))]
-            for t in range(TRIES_PER_SOURCE):
-                x = min(max(cx + (2.0 * us[2 + 2 * t] - 1.0) * JITTER * w - w / 2, 0.0), 1.0 - w)
-                y = min(max(cy + (2.0 * us[3 + 2 * t] - 1.0) * JITTER * h - h / 2, 0.0), 1.0 - h)
-                if _clear((x, y, x + w, y + h), layout.positives, layout.defects, policy):
-                    accepted += 1
-                    break
-        rate = (accepted + 1) / (ACCEPTANCE_TRIALS + 1)
-        table.weights[key] = 1.0 / max(rate, MIN_ACCEPTANCE)
+    rows = _sorted_rows(boxes)
+    areas = np.sort(rows[:, 2] * rows[:, 3])
+    table = Compensation(float(areas[len(areas) // 2]), np.ones((GRID, GRID, 2)))
+    gx, gy, big = table.cells(rows)
+    cell_id = (gx * GRID + gy) * 2 + big  # sorted(cells) order = ascending id
+    ids, sizes = np.unique(cell_id, return_counts=True)
+    members = rows[np.argsort(cell_id, kind="stable")]  # each cell's boxes in sorted order, cell after cell
+    per = 2 + 2 * TRIES_PER_SOURCE
+    u = _stream(f"{seed}\x00acceptance\x00".encode(), len(ids) * ACCEPTANCE_TRIALS * per)
+    u = u.reshape(len(ids), ACCEPTANCE_TRIALS, per)
+    starts = np.cumsum(sizes) - sizes
+    pick = starts[:, None] + (u[..., 0] * sizes[:, None]).astype(np.int64)  # (cells, trials)
+    cx, cy, w, h = (members[pick, k][..., None] for k in range(4))  # (cells, trials, 1)
+    which = (u[..., 1] * len(layouts)).astype(np.int64)  # each trial's layout
+    keep = _avoid_array([lay.positives for lay in layouts], 1.0)
+    cover = _avoid_array([lay.defects for lay in layouts], policy.max_cover)
+    jx, jy = u[..., 2::2], u[..., 3::2]  # (cells, trials, tries)
+    x1 = np.minimum(np.maximum(cx + (2.0 * jx - 1.0) * JITTER * w - w / 2, 0.0), 1.0 - w)
+    y1 = np.minimum(np.maximum(cy + (2.0 * jy - 1.0) * JITTER * h - h / 2, 0.0), 1.0 - h)
+    x2, y2 = x1 + w, y1 + h
+    accepted = np.zeros(len(ids), np.int64)
+    step = max(1, CHUNK_ELEMENTS // (x1[0].size * max(keep.shape[1], cover.shape[1])))  # cells at once
+    for c in range(0, len(ids), step):
+        at = slice(c, c + step)
+        lay = which[at][..., None]  # the trial's layout for each of its tries
+        ok = _clear_of(x1[at], y1[at], x2[at], y2[at], keep[lay], cover[lay], policy.max_iou)
+        accepted[at] = ok.any(axis=2).sum(axis=1)  # a trial succeeds at its first clear try
+    rate = (accepted + 1) / (ACCEPTANCE_TRIALS + 1)
+    table.weights.reshape(-1)[ids] = 1.0 / np.maximum(rate, MIN_ACCEPTANCE)
     return table
 
 
@@ -246,34 +269,39 @@ def _clamp_box(x1: float, y1: float, w: int, h: int, width: int, height: int) ->
     return (x, y, x + w, y + h)
 
 
-def _clear(box: Box, keep_clear: Sequence[Box], defects: Sequence[Box], policy: CandidatePolicy) -> bool:
-    """IoU <= max_iou with every kept positive and at most max_cover of every parsed box's area covered."""
-    x1, y1, x2, y2 = box
+def _clear_of(
+    x1: np.ndarray,
+    y1: np.ndarray,
+    x2: np.ndarray,
+    y2: np.ndarray,
+    keep: np.ndarray,
+    cover: np.ndarray,
+    max_iou: float,
+) -> np.ndarray:
+    """For boxes (x1, y1, x2, y2) of any shape S: IoU <= max_iou with every ``keep`` box and at most
+    max_cover of every ``cover`` box's area covered (S + (boxes, 5) arrays of _avoid_array, broadcast)."""
+    ok = np.ones(np.broadcast_shapes(x1.shape, x2.shape), bool)
+    x1, y1, x2, y2 = (v[..., None] for v in (x1, y1, x2, y2))
     area = (x2 - x1) * (y2 - y1)
-    max_iou, max_cover = policy.max_iou, policy.max_cover
-    for p in keep_clear:  # iou() inlined: this loop runs for every try of every negative
-        iw = (x2 if x2 < p[2] else p[2]) - (x1 if x1 > p[0] else p[0])
-        ih = (y2 if y2 < p[3] else p[3]) - (y1 if y1 > p[1] else p[1])
-        if iw > 0 and ih > 0:
-            inter = iw * ih
-            if inter > max_iou * (area + (p[2] - p[0]) * (p[3] - p[1]) - inter):
-                return False
-    for d in defects:
-        iw = (x2 if x2 < d[2] else d[2]) - (x1 if x1 > d[0] else d[0])
-        ih = (y2 if y2 < d[3] else d[3]) - (y1 if y1 > d[1] else d[1])
-        if iw > 0 and ih > 0 and iw * ih > max_cover * (d[2] - d[0]) * (d[3] - d[1]):
-            return False
-    return True
+    for b, is_cover in ((keep, False), (cover, True)):
+        iw = np.minimum(x2, b[..., 2]) - np.maximum(x1, b[..., 0])
+        ih = np.minimum(y2, b[..., 3]) - np.maximum(y1, b[..., 1])
+        inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
+        # cover: more than max_cover of the box's area; IoU: above max_iou, written without a division
+        limit = b[..., 4] if is_cover else max_iou * (area + b[..., 4] - inter)
+        ok &= ~((inter > 0) & (inter > limit)).any(axis=-1)
+    return ok
 
 
-def _floats(key: bytes, count: int) -> np.ndarray:
-    """``count`` floats in [0, 1) from SHAKE-128 of ``key`` (big-endian 64-bit words, top 53 bits): one
-    hash call per request instead of one Python float at a time."""
-    words = np.frombuffer(hashlib.shake_128(key).digest(8 * count), dtype=">u8")
+def _floats_of(requests: Sequence[tuple[bytes, int]]) -> np.ndarray:
+    """For each (key, count): ``count`` floats in [0, 1) from SHAKE-128 of ``key`` (big-endian 64-bit words,
+    top 53 bits), all in one array: one hash call per request and one conversion for all of them."""
+    digest = b"".join([hashlib.shake_128(key).digest(8 * count) for key, count in requests])
+    words = np.frombuffer(digest, dtype=">u8")
     return (words >> np.uint64(11)).astype(np.float64) * _TWO_M53
 
 
-@dataclass
+@dataclass(slots=True)
 class _Request:
     """The negatives one sample needs, and what they must keep clear of; ``out`` is filled by _fill."""
 
@@ -284,7 +312,7 @@ class _Request:
     keep_clear: Sequence[Box]
     defects: Sequence[Box]
     pool: BoxPool
-    out: list[Box] = field(default_factory=list)
+    out: list[list[int]] = field(default_factory=list)  # [x1, y1, x2, y2] of each negative found
 
 
 _PAD = (np.inf, np.inf, -np.inf, -np.inf, 0.0)  # a box nothing intersects: padding for the avoid arrays
@@ -309,9 +337,7 @@ def _fill_chunk(reqs: list[_Request], slots: list[int], tag: bytes, policy: Cand
     the sequential rule (copy a positive, re-jitter it up to TRIES_PER_SOURCE times, then draw another),
     computed for all sources of all requests at once, one try at a time for the sources still failing."""
     per = 1 + 2 * TRIES_PER_SOURCE  # which positive, then x and y of each try
-    u = np.concatenate(
-        [_floats(r.key + tag, n * per).reshape(n, per) for r, n in zip(reqs, slots, strict=True)]
-    )
+    u = _floats_of([(r.key + tag, n * per) for r, n in zip(reqs, slots, strict=True)]).reshape(-1, per)
     owner = np.repeat(np.arange(len(reqs)), slots)
     width = np.array([r.width for r in reqs], dtype=np.float64)[owner]
     height = np.array([r.height for r in reqs], dtype=np.float64)[owner]
@@ -322,7 +348,7 @@ def _fill_chunk(reqs: list[_Request], slots: list[int], tag: bytes, policy: Cand
     for pid, pool in pools.items():
         m = pool_of == pid
         if len(pool):
-            idx = np.searchsorted(pool.cum_array, u[m, 0] * pool.cum_array[-1], side="right")
+            idx = np.searchsorted(pool.cum, u[m, 0] * pool.cum[-1], side="right")
             cx[m], cy[m], rw[m], rh[m] = pool.array[np.minimum(idx, len(pool) - 1)].T
             pooled[m] = True
         else:
@@ -353,25 +379,14 @@ def _fill_chunk(reqs: list[_Request], slots: list[int], tag: bytes, policy: Cand
             np.minimum(np.where(fy > 0, np.floor(fy + 0.5), 0.0), height[a] - h[a]),
             np.floor(jy * (height[a] - h[a] + 1)),
         )
-        bx2, by2 = (bx + w[a])[:, None], (by + h[a])[:, None]
-        ok = np.ones(len(a), bool)
-        for boxes, is_cover in ((keep, False), (cover, True)):
-            b = boxes[owner[a]]
-            iw = np.minimum(bx2, b[..., 2]) - np.maximum(bx[:, None], b[..., 0])
-            ih = np.minimum(by2, b[..., 3]) - np.maximum(by[:, None], b[..., 1])
-            inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-            # cover: more than max_cover of the box's area; IoU: above max_iou, written without a division
-            area = (w[a] * h[a])[:, None]
-            limit = b[..., 4] if is_cover else policy.max_iou * (area + b[..., 4] - inter)
-            ok &= ~((inter > 0) & (inter > limit)).any(axis=1)
+        ok = _clear_of(bx, by, bx + w[a], by + h[a], keep[owner[a]], cover[owner[a]], policy.max_iou)
         x1[a[ok]], y1[a[ok]] = bx[ok], by[ok]
         active = a[~ok]
     hit_rows = np.flatnonzero(~np.isnan(x1))
     found = np.stack([x1, y1, x1 + w, y1 + h], axis=1)[hit_rows].astype(np.int64).tolist()
     bounds = np.searchsorted(hit_rows, np.cumsum([0, *slots]))
     for i, r in enumerate(reqs):
-        need = r.n - len(r.out)
-        r.out += [tuple(b) for b in found[bounds[i] : min(bounds[i + 1], bounds[i] + need)]]
+        r.out += found[bounds[i] : min(bounds[i + 1], bounds[i] + r.n - len(r.out))]
 
 
 def _fill(reqs: list[_Request], policy: CandidatePolicy) -> None:
@@ -422,7 +437,7 @@ def _borrowed(
     return boxes, defects + boxes
 
 
-@dataclass
+@dataclass(slots=True)
 class DrawnSample:
     """One sample's candidates in prompt order; ``wanted`` is the drawn count (more than len if short)."""
 
@@ -430,7 +445,7 @@ class DrawnSample:
     wanted: int
 
 
-def _finish(rng: ImageRandom, items: list[tuple[Box, str | None, bool]]) -> list[dict]:
+def _finish(rng: ImageRandom, items: list[tuple[Sequence[float], str | None, bool]]) -> list[dict]:
     rng.shuffle(items)
     return [
         {"id": f"R{i}", "box": list(box), "label": label, "positive": positive}
@@ -443,7 +458,7 @@ def _count(rng: ImageRandom, policy: CandidatePolicy) -> int:
     return policy.lo + int(rng.random() * (policy.hi - policy.lo + 1))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DrawJob:
     """One image to draw samples for (see draw_samples for the fields)."""
 
@@ -489,7 +504,7 @@ def _plan(
 def draw_many(jobs: Sequence[DrawJob], policy: CandidatePolicy) -> list[list[DrawnSample]]:
     """The samples of many images at once (the negatives of all of them drawn together, see _fill_chunk);
     each image's result depends only on its own job."""
-    plans: list[tuple[int, list[tuple[Box, str | None, bool]], int, _Request]] = []
+    plans: list[tuple[int, list[tuple[Sequence[float], str | None, bool]], int, _Request]] = []
     for j, job in enumerate(jobs):
         for s, (items, k, n, keep_clear, avoid) in enumerate(_plan(job, policy)):
             key = job.rng.key + f"\x00negatives\x00{s}".encode()

@@ -105,15 +105,22 @@ def _orientation(im: Image.Image) -> tuple[int, str]:
 
 def inspect(path: str | Path) -> Inspection | str:
     """Header-only inspection, or the reason the image cannot be read."""
+    # PIL only warns, without a file name, about a corrupt EXIF block ("Possibly corrupt EXIF data",
+    # "Truncated File Read"): such a warning becomes this image's note in the report
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        return _inspect(path, caught)
+
+
+def _inspect(path: str | Path, caught: list[warnings.WarningMessage]) -> Inspection | str:
+    """inspect's work, inside a ``catch_warnings(record=True)`` (filter "always") whose list is ``caught``:
+    emptied first, so it holds this image's warnings only (a survey records once for every image)."""
+    caught.clear()
     try:
-        # PIL only warns, without a file name, about a corrupt EXIF block ("Possibly corrupt EXIF data",
-        # "Truncated File Read"): such a warning becomes this image's note in the report
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            with Image.open(path) as im:
-                w, h = im.size
-                mode = im.mode
-                orientation, note = _orientation(im)
+        with Image.open(path) as im:
+            w, h = im.size
+            mode = im.mode
+            orientation, note = _orientation(im)
         said = [str(x.message) for x in caught if not issubclass(x.category, Image.DecompressionBombWarning)]
         if said and not note:
             note = f"EXIF or header damaged ({said[0]}); orientation read as {orientation}"
@@ -239,9 +246,12 @@ class ImageFixer:
     # --- survey ------------------------------------------------------------------------------------------
     def survey(self, paths: list[str]) -> None:
         """Inspect every header; read the pixel range of each high-bit-depth image (cached by size+mtime)."""
+        with warnings.catch_warnings(record=True) as caught:  # once, not once per image (see inspect)
+            warnings.simplefilter("always")
+            for p in paths:
+                self.inspections[p] = _inspect(p, caught)
         for p in paths:
-            insp = inspect(p)
-            self.inspections[p] = insp
+            insp = self.inspections[p]
             if isinstance(insp, str) or not insp.reasons or self.mode != "fix":
                 continue
             if insp.mode in HIGH_DEPTH_MODES:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from qwenvl_roi.errors import ConvertError, OutputError
 from qwenvl_roi.fileio import write_json, write_jsonl
 from qwenvl_roi.outputs import legacy_json, made_by, mark, real_folder, staged
-from qwenvl_roi.schemas import check_record
+from qwenvl_roi.schemas import check_record, check_records
 
 from . import twin_check
 from .audit import position_audit
@@ -35,7 +35,7 @@ from .candidates import (
     box_pool,
     compensation,
     draw_many,
-    image_rng,
+    image_rngs,
 )
 from .config import DataConfig, coerce_config, load_data_config, report_error
 from .images import ImageFixer, Outcome
@@ -431,15 +431,14 @@ def _splits(
                     f"the whole group goes to {chosen[group]} (a group never spans two splits)",
                 )
             )
+    for k in forced:
+        chosen[k] = "test"
     out = []
     for e in entries:
         k = key(e.group)
-        if k in forced:
-            out.append("test")
-        elif k in chosen:
-            out.append(chosen[k])
-        else:
-            out.append(assign_split(cfg.seed, k, cfg.train_ratio, cfg.val_ratio))
+        if k not in chosen:  # by the group's hash, computed once per group
+            chosen[k] = assign_split(cfg.seed, k, cfg.train_ratio, cfg.val_ratio)
+        out.append(chosen[k])
     return out
 
 
@@ -525,9 +524,9 @@ def _samples(
     short: Counter[str] = Counter()
     disable = None if progress is None else not progress
     jobs = []
-    for e in entries:
+    rngs = image_rngs(cfg.seed, [f"{e.root}/{e.rel}" for e in entries])
+    for e, rng in zip(entries, rngs, strict=True):
         pool, layouts = sources[e.split] if len(sources[e.split][0]) else sources[None]
-        rng = image_rng(cfg.seed, f"{e.root}/{e.rel}")
         jobs.append(DrawJob(rng, e.width, e.height, e.boxes, pool, e.defects, layouts))
     batch = 4096  # images drawn together (progress granularity; the result does not depend on it)
     drawn_per_image: list[list[DrawnSample]] = []
@@ -672,8 +671,7 @@ def prepare_into(
     # the published contracts (qwenvl_roi/schemas), checked before anything is written: a ContractError is a
     # bug of ours, never a half-written set
     check_record("prepare_report", report)
-    for s in samples:
-        check_record("regions", s)
+    check_records("regions", samples)
     if strict and col.problems:  # the set stays as it was; the report goes beside it (strict_report)
         raise StrictModeError(col.problems, real_folder(out_dir) / STRICT_REPORT_FILE, report)
     for name in DERIVED_FILES:  # the previous run's datasets: rewritten below

@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import numpy as np
+
+from qwenvl_roi.families import family
 from qwenvl_roi.fileio import split_lines
 
-from .frames import boxes_to_frame
+from .frames import boxes_to_frame, boxes_to_frame_many
 from .meta import DatasetMeta
 
 _LINE = re.compile(r"^\s*(?P<key>[^:：]+?)\s*[:：]\s*(?P<value>.*?)\s*$")
@@ -49,22 +52,47 @@ def system_text(meta: DatasetMeta) -> str:
     return _fill(meta.system_prompt, meta)
 
 
-def regions_block(sample: Mapping[str, Any], meta: DatasetMeta) -> str:
-    """``<regions>`` block with every candidate's box in the model's coordinate frame."""
-    w, h = int(sample["width"]), int(sample["height"])
+def framed_boxes(samples: Sequence[Mapping[str, Any]], meta: DatasetMeta) -> list[list[list[int]]]:
+    """Every sample's region boxes in the model's coordinate frame, computed for all samples at once (the
+    same integers regions_block computes for one sample: frames.boxes_to_frame_many)."""
+    counts = [len(s["regions"]) for s in samples]
+    if not sum(counts):
+        return [[] for _ in samples]
+    every = (v for s in samples for r in s["regions"] for v in r["box"])
+    boxes = np.fromiter(every, dtype=np.float64, count=4 * sum(counts)).reshape(-1, 4)
+    shapes = [(int(s["width"]), int(s["height"])) for s in samples]
+    sizes = np.repeat(np.array(shapes), counts, axis=0)
+    frame_w = frame_h = None
+    if family(meta.model_family).frame_needs_size:
+        frame_of = {wh: meta.frame_size(*wh) for wh in set(shapes)}  # one per image shape
+        frame_w, frame_h = np.repeat(np.array([frame_of[wh] for wh in shapes]), counts, axis=0).T
+    rows = boxes_to_frame_many(boxes, sizes[:, 0], sizes[:, 1], meta.model_family, frame_w, frame_h).tolist()
+    ends = np.cumsum(counts).tolist()
+    return [rows[end - n : end] for n, end in zip(counts, ends, strict=True)]
+
+
+def regions_block(
+    sample: Mapping[str, Any], meta: DatasetMeta, framed: Sequence[Sequence[int]] | None = None
+) -> str:
+    """``<regions>`` block with every candidate's box in the model's coordinate frame (``framed``: those
+    boxes already computed, see framed_boxes)."""
     regions = sample["regions"]
-    framed = boxes_to_frame(
-        [r["box"] for r in regions], w, h, meta.model_family, meta.frame_size_for_coords(w, h)
-    )
+    if framed is None:
+        w, h = int(sample["width"]), int(sample["height"])
+        framed = boxes_to_frame(
+            [r["box"] for r in regions], w, h, meta.model_family, meta.frame_size_for_coords(w, h)
+        )
     lines = ["<regions>"]
     lines += [f"{r['id']}: [{b[0]}, {b[1]}, {b[2]}, {b[3]}]" for r, b in zip(regions, framed, strict=True)]
     lines.append("</regions>")
     return "\n".join(lines)
 
 
-def user_text(sample: Mapping[str, Any], meta: DatasetMeta) -> str:
+def user_text(
+    sample: Mapping[str, Any], meta: DatasetMeta, framed: Sequence[Sequence[int]] | None = None
+) -> str:
     """User turn of a region sample: one ``<image>``, the instruction, the ``<regions>`` block."""
-    return f"<image>{_fill(meta.region_instruction, meta)}\n{regions_block(sample, meta)}"
+    return f"<image>{_fill(meta.region_instruction, meta)}\n{regions_block(sample, meta, framed)}"
 
 
 def image_user_text(meta: DatasetMeta) -> str:
@@ -115,14 +143,18 @@ def answer_text(
 
 
 def build_record(
-    sample: Mapping[str, Any], meta: DatasetMeta, verdicts: Sequence[str] | None = None
+    sample: Mapping[str, Any],
+    meta: DatasetMeta,
+    verdicts: Sequence[str] | None = None,
+    framed: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, Any]:
-    """LLaMA-Factory sharegpt record for one regions_*.jsonl sample; ``verdicts=None`` = gold."""
+    """LLaMA-Factory sharegpt record for one regions_*.jsonl sample; ``verdicts=None`` = gold; ``framed``:
+    its boxes in the model's frame when already computed (framed_boxes)."""
     answer = answer_text(sample, meta, verdicts)
     return {
         "messages": [
             {"role": "system", "content": system_text(meta)},
-            {"role": "user", "content": user_text(sample, meta)},
+            {"role": "user", "content": user_text(sample, meta, framed)},
             {"role": "assistant", "content": answer},
         ],
         "images": [sample["image"]],

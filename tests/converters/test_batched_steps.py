@@ -1,0 +1,173 @@
+"""The converters' batched steps against the one-at-a-time computations they replace, on inputs chosen to hit
+the edges (halves, the frame border, boxes past the image, crowded layouts):
+
+- every region of a split framed at once (frames.boxes_to_frame_many, prompt.framed_boxes) = the per-image
+  boxes_to_frame that test_frames.py / test_family_frames.py hold to LLaMA-Factory, the processors and
+  norm1000, for every family;
+- the acceptance table of candidate drawing (candidates.compensation), all cells and trials at once = the
+  rule in its docstring written out as plain loops here;
+- JSONL rows written by orjson (fileio.compact_row) = json's reading of them, with json taking over for
+  what orjson refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+from qwenvl_roi.converters.candidates import (
+    ACCEPTANCE_TRIALS,
+    GRID,
+    JITTER,
+    MIN_ACCEPTANCE,
+    TRIES_PER_SOURCE,
+    CandidatePolicy,
+    ImageRandom,
+    Layout,
+    compensation,
+)
+from qwenvl_roi.converters.config import DataConfig
+from qwenvl_roi.converters.frames import boxes_to_frame, boxes_to_frame_many
+from qwenvl_roi.converters.meta import build_meta
+from qwenvl_roi.converters.prompt import framed_boxes, regions_block
+
+from qwenvl_roi.families import FAMILIES
+from qwenvl_roi.fileio import compact_row, write_jsonl
+
+
+def _edge_boxes(rng: random.Random, w: int, h: int) -> list[list[float]]:
+    """Integer and half-pixel boxes, boxes on the border and past it (as a clipped positive never is, but
+    the encoders clamp), degenerate ones."""
+    boxes: list[list[float]] = [[0, 0, w, h], [w - 1, h - 1, w, h], [0.5, 0.5, 1.5, 2.5], [w, h, w, h]]
+    for _ in range(40):
+        x1, y1 = rng.uniform(-5, w), rng.uniform(-5, h)
+        x2, y2 = x1 + rng.uniform(0, w / 2), y1 + rng.uniform(0, h / 2)
+        boxes.append([round(x1 * 2) / 2, round(y1 * 2) / 2, round(x2 * 2) / 2, round(y2 * 2) / 2])
+        boxes.append([rng.randint(0, w), rng.randint(0, h), rng.randint(0, w + 3), rng.randint(0, h + 3)])
+    return boxes
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_framing_many_images_at_once_equals_one_at_a_time(family: str) -> None:
+    rng = random.Random(11)
+    meta = build_meta(DataConfig(model_family=family), [])
+    sizes = [(64, 64), (1920, 1080), (33, 4000), (1, 1), (1025, 767), (300, 200), (7, 3)]
+    samples = []
+    for k, (w, h) in enumerate(sizes * 3):
+        boxes = _edge_boxes(rng, w, h)[: 1 + k % 9] if k < len(sizes) * 2 else []  # some samples with none
+        regions = [
+            {"id": f"R{i}", "box": b, "label": None, "positive": False} for i, b in enumerate(boxes, 1)
+        ]
+        samples.append({"width": w, "height": h, "regions": regions})
+    batched = framed_boxes(samples, meta)
+    for s, rows in zip(samples, batched, strict=True):
+        w, h = s["width"], s["height"]
+        one = boxes_to_frame([r["box"] for r in s["regions"]], w, h, family, meta.frame_size_for_coords(w, h))
+        assert rows == one and all(type(v) is int for row in rows for v in row), (family, w, h)
+        assert regions_block(s, meta, rows) == regions_block(s, meta)
+    for w, h in sizes:  # many boxes of one image, straight through the array function
+        boxes = _edge_boxes(rng, w, h)
+        n = len(boxes)
+        size = meta.frame_size_for_coords(w, h)
+        fw, fh = (np.full(n, size[0]), np.full(n, size[1])) if size else (None, None)
+        got = boxes_to_frame_many(np.array(boxes, float), np.full(n, w), np.full(n, h), family, fw, fh)
+        assert got.tolist() == boxes_to_frame(boxes, w, h, family, size), (family, w, h)
+
+
+def _clear(box, keep, defects, policy: CandidatePolicy) -> bool:
+    """The negative rule, written out: IoU <= max_iou with every kept positive, at most max_cover of every
+    parsed box's area covered."""
+    x1, y1, x2, y2 = box
+    area = (x2 - x1) * (y2 - y1)
+    for p in keep:
+        iw, ih = min(x2, p[2]) - max(x1, p[0]), min(y2, p[3]) - max(y1, p[1])
+        if iw > 0 and ih > 0 and iw * ih > policy.max_iou * (area + (p[2] - p[0]) * (p[3] - p[1]) - iw * ih):
+            return False
+    for d in defects:
+        iw, ih = min(x2, d[2]) - max(x1, d[0]), min(y2, d[3]) - max(y1, d[1])
+        if iw > 0 and ih > 0 and iw * ih > policy.max_cover * (d[2] - d[0]) * (d[3] - d[1]):
+            return False
+    return True
+
+
+def _acceptance_by_loops(boxes, layouts, policy: CandidatePolicy, seed: int) -> dict:
+    """compensation's table by its docstring, one trial and one try at a time: per cell (8x8 centres x
+    above / not above the median area, cells in sorted order), ACCEPTANCE_TRIALS trials that copy a random
+    member of the cell, jittered up to TRIES_PER_SOURCE times, into a random layout."""
+    boxes = sorted(boxes)
+    areas = sorted(b[2] * b[3] for b in boxes)
+    median = areas[len(areas) // 2]
+
+    def cell(b):
+        gx = min(GRID - 1, max(0, int(b[0] * GRID)))
+        return (gx, min(GRID - 1, max(0, int(b[1] * GRID))), int(b[2] * b[3] > median))
+
+    cells: dict = {}
+    for b in boxes:
+        cells.setdefault(cell(b), []).append(b)
+    rng = ImageRandom(f"{seed}\x00acceptance\x00".encode())
+    weights = {}
+    for key in sorted(cells):
+        members, accepted = cells[key], 0
+        for _ in range(ACCEPTANCE_TRIALS):
+            us = [rng.random() for _ in range(2 + 2 * TRIES_PER_SOURCE)]
+            cx, cy, w, h = members[int(us[0] * len(members))]
+            layout = layouts[int(us[1] * len(layouts))]
+            for t in range(TRIES_PER_SOURCE):
+                x = min(max(cx + (2.0 * us[2 + 2 * t] - 1.0) * JITTER * w - w / 2, 0.0), 1.0 - w)
+                y = min(max(cy + (2.0 * us[3 + 2 * t] - 1.0) * JITTER * h - h / 2, 0.0), 1.0 - h)
+                if _clear((x, y, x + w, y + h), layout.positives, layout.defects, policy):
+                    accepted += 1
+                    break
+        weights[key] = 1.0 / max((accepted + 1) / (ACCEPTANCE_TRIALS + 1), MIN_ACCEPTANCE)
+    return {"median": median, "weights": weights}
+
+
+@pytest.mark.parametrize("crowded", [False, True])
+def test_acceptance_table_equals_the_rule_written_as_loops(crowded: bool) -> None:
+    rng = random.Random(5)
+    layouts, positives = [], []
+    for i in range(120):
+        n = rng.randint(1, 40 if crowded and i % 7 == 0 else 3)  # a few images with many defects
+        boxes = []
+        for _ in range(n):
+            w, h = rng.uniform(0.02, 0.4), rng.uniform(0.02, 0.4)
+            x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+            boxes.append((x, y, x + w, y + h))
+            positives.append((x + w / 2, y + h / 2, w, h))
+        extra = [(0.0, 0.0, 0.05, 1.0)] if i % 3 == 0 else []  # a dropped sliver: only a defect
+        layouts.append(Layout(tuple(boxes), tuple(boxes + extra)))
+    policy = CandidatePolicy(lo=6, hi=8, neg_per_pos=1, max_iou=0.1, min_box_size=4, max_cover=0.1)
+    table = compensation(positives, layouts, policy, seed=3)
+    want = _acceptance_by_loops(positives, layouts, policy, seed=3)
+    assert table is not None and table.median_area == want["median"]
+    got = {
+        (gx, gy, big): float(table.weights[gx, gy, big])
+        for gx in range(GRID)
+        for gy in range(GRID)
+        for big in range(2)
+        if (gx, gy, big) in want["weights"] or table.weights[gx, gy, big] != 1.0
+    }
+    assert got == want["weights"]
+    assert len(set(got.values())) > 3  # the trials did reject: the table is not flat
+
+
+def test_rows_written_by_orjson_read_back_as_json_reads_them(tmp_path) -> None:
+    rows = [
+        {"id": "R1", "box": [0, 1.5, 1e-05, 1e16], "label": "裂缝\u2028", "positive": True, "n": None},
+        {"text": 'quote " backslash \\ tab \t nul \x00 emoji 😀', "big": 2**63 - 1},
+        {"huge": 10**30, "neg": -(2**70)},  # beyond 64 bits: json writes it
+        {1: "an int key"},  # not a string key: json writes it as "1"
+    ]
+    path = tmp_path / "rows.jsonl"
+    assert write_jsonl(path, rows) == len(rows)
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == len(rows) + 1
+    for row, line in zip(rows, lines, strict=False):
+        assert json.loads(line) == json.loads(json.dumps(row)), line
+    assert lines[0].startswith(b'{"id":"R1","box":[0,1.5,')  # compact, UTF-8 kept readable
+    assert "裂缝".encode() in lines[0]
+    assert compact_row({"x": math.pi}) == b'{"x":3.141592653589793}'
