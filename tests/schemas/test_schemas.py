@@ -404,3 +404,22 @@ def test_dataset_meta_format_version_is_the_files() -> None:
 
     assert get("dataset_meta").version == META_VERSION
     assert _published("dataset_meta")["properties"]["version"]["default"] == META_VERSION
+
+
+def test_a_box_checked_in_one_call_keeps_the_full_checks_behaviour() -> None:
+    """Box's one-call check of four finite numbers (types._four_numbers) hands everything else to the full
+    check: the same error locations, strict mode honoured, and the box returned is a copy."""
+    from qwenvl_roi.schemas.regions import Region
+
+    good = {"id": "R1", "box": [1, 2.5, 3, 4], "label": None, "positive": False}
+    box = good["box"]
+    region = Region.model_validate(good)
+    assert region.box == box and region.box is not box
+    with pytest.raises(ValidationError, match=r"box\.2\n.*finite"):
+        Region.model_validate({**good, "box": [1, 2, math.nan, 4]})
+    with pytest.raises(ValidationError, match="valid list"):
+        Region.model_validate({**good, "box": (1, 2, 3, 4)}, strict=True)
+    assert Region.model_validate({**good, "box": (1, 2, 3, 4)}).box == [1, 2, 3, 4]  # lax, as before
+    for bad in ([1, 2, 3], [1, 2, 3, 4, 5], [1, 2, 3, True], [1, 2, 3, "4"], [1, 2, 3, 10**400]):
+        with pytest.raises(ValidationError):
+            Region.model_validate({**good, "box": bad})
