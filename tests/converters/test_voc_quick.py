@@ -48,6 +48,7 @@ UNSURE = {  # nothing to report, but the quick path cannot be sure of its tags o
     "two sizes": doc(two, size="<size><width>64</width></size><size><width>64</width></size>"),
     "name with a child": doc(OBJ.format(name="cr<b/>ack", x1=5)),
     "namespace": doc(two).replace("<annotation>", '<annotation xmlns="urn:x">'),
+    "namespace on a leaf": doc(two).replace("<width>", '<width xmlns="urn:x">'),
 }
 REPORTED = {
     "no bndbox": doc(OBJ.format(name="crack", x1=5).replace("bndbox", "box")),
@@ -56,6 +57,7 @@ REPORTED = {
     "empty name": doc(OBJ.format(name="  ", x1=5)),
     "no name": doc(OBJ.format(name="c", x1=5).replace("<name>c</name>", "")),
     "another image": doc(two).replace("a.jpg", "b.jpg"),
+    "another image, namespaced": doc(two).replace("<filename>a.jpg", '<filename xmlns="urn:x">b.jpg'),
     "size unreadable": doc(two, size="<size><width>w</width><height>48</height></size>"),
     "another root": doc(two).replace("annotation>", "labels>"),
     "entity": doc(two, head='<!DOCTYPE a [<!ENTITY e "x">]>\n'),
