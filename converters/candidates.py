@@ -158,7 +158,7 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compared by identity
 class BoxPool:
     """Where negatives and decoys come from: every kept positive's (cx/W, cy/H, w/W, h/H) as rows of
     ``array``, sorted, with the running sum of their drawing weights in ``cum``."""
@@ -170,7 +170,7 @@ class BoxPool:
         return len(self.array)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Compensation:
     """Drawing weights per cell (8x8 grid of centres x two size classes) that undo the checks' pull."""
 
@@ -231,23 +231,40 @@ def compensation(
     starts = np.cumsum(sizes) - sizes
     pick = starts[:, None] + (u[..., 0] * sizes[:, None]).astype(np.int64)  # (cells, trials)
     cx, cy, w, h = (members[pick, k][..., None] for k in range(4))  # (cells, trials, 1)
-    which = (u[..., 1] * len(layouts)).astype(np.int64)  # each trial's layout
-    keep = _avoid_array([lay.positives for lay in layouts], 1.0)
-    cover = _avoid_array([lay.defects for lay in layouts], policy.max_cover)
+    which = (u[..., 1] * len(layouts)).astype(np.int64).reshape(-1)  # each trial's layout
     jx, jy = u[..., 2::2], u[..., 3::2]  # (cells, trials, tries)
     x1 = np.minimum(np.maximum(cx + (2.0 * jx - 1.0) * JITTER * w - w / 2, 0.0), 1.0 - w)
     y1 = np.minimum(np.maximum(cy + (2.0 * jy - 1.0) * JITTER * h - h / 2, 0.0), 1.0 - h)
-    x2, y2 = x1 + w, y1 + h
-    accepted = np.zeros(len(ids), np.int64)
-    step = max(1, CHUNK_ELEMENTS // (x1[0].size * max(keep.shape[1], cover.shape[1])))  # cells at once
-    for c in range(0, len(ids), step):
-        at = slice(c, c + step)
-        lay = which[at][..., None]  # the trial's layout for each of its tries
-        ok = _clear_of(x1[at], y1[at], x2[at], y2[at], keep[lay], cover[lay], policy.max_iou)
-        accepted[at] = ok.any(axis=2).sum(axis=1)  # a trial succeeds at its first clear try
+    x1, y1 = x1.reshape(len(which), -1), y1.reshape(len(which), -1)  # (trials of all cells, tries)
+    x2, y2 = x1 + w.reshape(-1, 1), y1 + h.reshape(-1, 1)
+    clear = np.zeros(len(which), bool)
+    for rows, keep, cover, at in _by_layout_size(which, layouts, policy, TRIES_PER_SOURCE):
+        ok = _clear_of(
+            x1[rows], y1[rows], x2[rows], y2[rows], keep[at, None], cover[at, None], policy.max_iou
+        )
+        clear[rows] = ok.any(axis=1)  # a trial succeeds at its first clear try
+    accepted = clear.reshape(len(ids), ACCEPTANCE_TRIALS).sum(axis=1)
     rate = (accepted + 1) / (ACCEPTANCE_TRIALS + 1)
     table.weights.reshape(-1)[ids] = 1.0 / np.maximum(rate, MIN_ACCEPTANCE)
     return table
+
+
+def _by_layout_size(
+    which: np.ndarray, layouts: Sequence[Layout], policy: CandidatePolicy, tries: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The trials (each naming its layout in ``which``) in groups of layouts of about the same box count,
+    each group in chunks bounded in memory: (trial rows, the group's keep and cover arrays, each row's
+    layout in them). One crowded layout then pads only the trials that drew it, not every trial."""
+    count = np.array([max(1, len(lay.positives), len(lay.defects)) for lay in layouts])
+    size_class = np.ceil(np.log2(count[which])).astype(np.int64)
+    for c in np.unique(size_class):
+        rows = np.flatnonzero(size_class == c)
+        chosen, at = np.unique(which[rows], return_inverse=True)
+        keep = _avoid_array([layouts[i].positives for i in chosen], 1.0)
+        cover = _avoid_array([layouts[i].defects for i in chosen], policy.max_cover)
+        step = max(1, CHUNK_ELEMENTS // (tries * max(keep.shape[1], cover.shape[1])))
+        for start in range(0, len(rows), step):
+            yield rows[start : start + step], keep, cover, at.reshape(-1)[start : start + step]
 
 
 @dataclass(frozen=True)
@@ -393,20 +410,25 @@ def _fill(reqs: list[_Request], policy: CandidatePolicy) -> None:
     """Fill every request's negatives: a first round of SLOTS_PER_NEGATIVE sources per negative, then, for
     requests still short (crowded images), SECOND_ROUND_SOURCES more per missing one (about
     MAX_TRIES_PER_NEGATIVE tries per negative in all); a request still short stays short."""
+
+    def boxes(r: _Request) -> int:
+        return max(1, len(r.keep_clear), len(r.defects))
+
     for tag, sources in ((b"\x00round1", lambda r: SLOTS_PER_NEGATIVE * r.n + 2), (b"\x00round2", None)):
-        todo = [r for r in reqs if len(r.out) < r.n]
+        # each request's negatives depend on it alone, so requests are grouped freely: by box count, so
+        # that a crowded image pads only the few requests beside it
+        todo = sorted((r for r in reqs if len(r.out) < r.n), key=boxes)
         if sources is None:
             slots = [SECOND_ROUND_SOURCES * (r.n - len(r.out)) for r in todo]
         else:
             slots = [sources(r) for r in todo]
         i = 0
-        while i < len(todo):  # chunks bounded in memory: sources x tries x avoided boxes
-            j, size = i, 0
+        while i < len(todo):  # chunks bounded in memory: sources x tries x the chunk's most boxes
+            j, n_sources = i, 0
             while j < len(todo):
-                cost = slots[j] * TRIES_PER_SOURCE * max(1, len(todo[j].keep_clear), len(todo[j].defects))
-                if j > i and size + cost > CHUNK_ELEMENTS:
+                if j > i and (n_sources + slots[j]) * TRIES_PER_SOURCE * boxes(todo[j]) > CHUNK_ELEMENTS:
                     break
-                size += cost
+                n_sources += slots[j]
                 j += 1
             _fill_chunk(todo[i:j], slots[i:j], tag, policy)
             i = j

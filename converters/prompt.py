@@ -58,6 +58,8 @@ def framed_boxes(samples: Sequence[Mapping[str, Any]], meta: DatasetMeta) -> lis
     counts = [len(s["regions"]) for s in samples]
     if not sum(counts):
         return [[] for _ in samples]
+    if any(len(r["box"]) != 4 for s in samples for r in s["regions"]):  # as regions_block would refuse
+        raise ValueError("a region box is not [x1, y1, x2, y2]")
     every = (v for s in samples for r in s["regions"] for v in r["box"])
     boxes = np.fromiter(every, dtype=np.float64, count=4 * sum(counts)).reshape(-1, 4)
     shapes = [(int(s["width"]), int(s["height"])) for s in samples]

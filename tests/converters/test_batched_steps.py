@@ -25,9 +25,15 @@ from qwenvl_roi.converters.candidates import (
     MIN_ACCEPTANCE,
     TRIES_PER_SOURCE,
     CandidatePolicy,
+    DrawJob,
     ImageRandom,
     Layout,
+    box_pool,
     compensation,
+    draw_many,
+    draw_samples,
+    image_rng,
+    image_rngs,
 )
 from qwenvl_roi.converters.config import DataConfig
 from qwenvl_roi.converters.frames import boxes_to_frame, boxes_to_frame_many
@@ -75,6 +81,13 @@ def test_framing_many_images_at_once_equals_one_at_a_time(family: str) -> None:
         fw, fh = (np.full(n, size[0]), np.full(n, size[1])) if size else (None, None)
         got = boxes_to_frame_many(np.array(boxes, float), np.full(n, w), np.full(n, h), family, fw, fh)
         assert got.tolist() == boxes_to_frame(boxes, w, h, family, size), (family, w, h)
+
+
+def test_framing_refuses_a_box_that_is_not_four_numbers() -> None:
+    meta = build_meta(DataConfig(model_family="qwen3_vl"), [])
+    regions = [{"id": "R1", "box": [10, 20, 30]}, {"id": "R2", "box": [40, 50, 60, 70, 80]}]
+    with pytest.raises(ValueError, match="not"):
+        framed_boxes([{"width": 100, "height": 100, "regions": regions}], meta)
 
 
 def _clear(box, keep, defects, policy: CandidatePolicy) -> bool:
@@ -171,3 +184,35 @@ def test_rows_written_by_orjson_read_back_as_json_reads_them(tmp_path) -> None:
     assert lines[0].startswith(b'{"id":"R1","box":[0,1.5,')  # compact, UTF-8 kept readable
     assert "裂缝".encode() in lines[0]
     assert compact_row({"x": math.pi}) == b'{"x":3.141592653589793}'
+
+
+def test_each_image_draws_the_same_alone_or_in_a_batch_with_a_crowded_one() -> None:
+    """Requests are grouped by box count (a crowded image pads only its neighbours), which is only sound
+    because each request's negatives depend on it alone: a batch gives every image what it gets alone."""
+    rng = random.Random(8)
+
+    def rel() -> tuple[float, float, float, float]:
+        w, h = rng.uniform(0.02, 0.3), rng.uniform(0.02, 0.3)
+        x, y = rng.uniform(0, 1 - w), rng.uniform(0, 1 - h)
+        return (x, y, x + w, y + h)
+
+    crowd = tuple(
+        (x, y, x + 0.01, y + 0.01)
+        for x, y in ((rng.random() * 0.98, rng.random() * 0.98) for _ in range(300))
+    )
+    layouts = [Layout((rel(), rel()), (rel(),)) for _ in range(20)] + [Layout(crowd, crowd)]
+    pool = box_pool(
+        [(rng.random(), rng.random(), rng.uniform(0.02, 0.3), rng.uniform(0.02, 0.3)) for _ in range(50)]
+    )
+    policy = CandidatePolicy(lo=6, hi=8, neg_per_pos=1, max_iou=0.1, min_box_size=4, max_cover=0.1)
+    jobs = []
+    for i, r in enumerate(image_rngs(0, [f"img{i}" for i in range(120)])):
+        positives = [] if i % 2 else [((10 + i, 20, 60 + i, 70), "crack")] * (1 + i % 5)
+        jobs.append(DrawJob(r, 640, 480, positives, pool, (), layouts))
+    together = draw_many(jobs, policy)
+    for i, job in enumerate(jobs):
+        alone = draw_samples(
+            image_rng(0, f"img{i}"), 640, 480, job.positives, pool, policy, job.defects, layouts
+        )
+        assert [(s.regions, s.wanted) for s in together[i]] == [(s.regions, s.wanted) for s in alone], i
+    assert any(len(s.regions) < s.wanted for drawn in together for s in drawn)  # the crowded ones: short
