@@ -8,7 +8,6 @@ dataset_info.json are merged, never clobbering other datasets.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import posixpath
 from collections.abc import Iterator
@@ -73,9 +72,15 @@ class MediaPaths:
         # one relpath for the folder; each image is then joined to it (out_dir is a real folder we wrote)
         self.prefix = relative_to_folder(regions_file.parent, dataset_dir)
         self.dataset_dir = dataset_dir
+        self._done: dict[str, str] = {}  # most images give two records (regions and image-level)
 
-    @functools.cache  # noqa: B019 - one MediaPaths per build; most images give two records
     def __call__(self, image: str) -> str:
+        done = self._done.get(image)
+        if done is None:
+            done = self._done[image] = self._media(image)
+        return done
+
+    def _media(self, image: str) -> str:
         if posixpath.isabs(image) or "\\" in image:  # absolute, or a Windows path: resolve it in full
             return relative_to_folder(resolve_image(image, self.regions_file), self.dataset_dir)
         return posixpath.normpath(posixpath.join(self.prefix, image))

@@ -31,6 +31,9 @@ from .config import DataConfig
 
 Box = tuple[float, float, float, float]
 RelBox = tuple[float, float, float, float]  # a box relative to its image's size
+Item = tuple[
+    Sequence[float], str | None, bool
+]  # a candidate: its box, its label (None: not a defect), positive
 
 # Used only when there is no positive at all to learn sizes from: 5-30 % of each side.
 FALLBACK_SIZES: tuple[tuple[float, float], ...] = tuple(
@@ -85,7 +88,7 @@ class ImageRandom:
 
     def _refill(self) -> None:
         self._n += 1
-        self._buf = _floats_of([(self._key + self._n.to_bytes(4, "big"), _BLOCK)]).tolist()
+        self._buf = _floats_of([(_block_key(self._key, self._n), _BLOCK)]).tolist()
         self._i = 0
 
     @property
@@ -135,15 +138,20 @@ _BLOCK = 32
 _TWO_M53 = 2.0**-53
 
 
+def _block_key(key: bytes, n: int) -> bytes:
+    """What block n (from 1) of the stream ``key`` is the SHAKE-128 digest of."""
+    return key + n.to_bytes(4, "big")
+
+
 def image_rng(seed: int, image_key: str) -> ImageRandom:
     """A generator seeded only by (seed, image), independent of every other image."""
-    return ImageRandom(f"{seed}\x00candidates\x00{image_key}\x00".encode())
+    return image_rngs(seed, [image_key])[0]
 
 
 def image_rngs(seed: int, image_keys: Sequence[str]) -> list[ImageRandom]:
     """image_rng of every image, their first blocks computed in one go."""
     keys = [f"{seed}\x00candidates\x00{k}\x00".encode() for k in image_keys]
-    first = _floats_of([(key + b"\x00\x00\x00\x01", _BLOCK) for key in keys]).reshape(-1, _BLOCK).tolist()
+    first = _floats_of([(_block_key(key, 1), _BLOCK) for key in keys]).reshape(-1, _BLOCK).tolist()
     return [ImageRandom(key, block) for key, block in zip(keys, first, strict=True)]
 
 
@@ -200,7 +208,7 @@ def box_pool(relative_boxes: Sequence[RelBox], compensation: Compensation | None
 def _stream(key: bytes, count: int) -> np.ndarray:
     """The first ``count`` floats ImageRandom(key) gives, as one array."""
     blocks = -(-count // _BLOCK)
-    return _floats_of([(key + n.to_bytes(4, "big"), _BLOCK) for n in range(1, blocks + 1)])[:count]
+    return _floats_of([(_block_key(key, n), _BLOCK) for n in range(1, blocks + 1)])[:count]
 
 
 def compensation(
@@ -220,7 +228,8 @@ def compensation(
         return None
     rows = _sorted_rows(boxes)
     areas = np.sort(rows[:, 2] * rows[:, 3])
-    table = Compensation(float(areas[len(areas) // 2]), np.ones((GRID, GRID, 2)))
+    weights = np.ones((GRID, GRID, 2))
+    table = Compensation(float(areas[len(areas) // 2]), weights)
     gx, gy, big = table.cells(rows)
     cell_id = (gx * GRID + gy) * 2 + big  # sorted(cells) order = ascending id
     ids, sizes = np.unique(cell_id, return_counts=True)
@@ -238,14 +247,13 @@ def compensation(
     x1, y1 = x1.reshape(len(which), -1), y1.reshape(len(which), -1)  # (trials of all cells, tries)
     x2, y2 = x1 + w.reshape(-1, 1), y1 + h.reshape(-1, 1)
     clear = np.zeros(len(which), bool)
-    for rows, keep, cover, at in _by_layout_size(which, layouts, policy, TRIES_PER_SOURCE):
-        ok = _clear_of(
-            x1[rows], y1[rows], x2[rows], y2[rows], keep[at, None], cover[at, None], policy.max_iou
-        )
-        clear[rows] = ok.any(axis=1)  # a trial succeeds at its first clear try
+    for trials, keep, cover, at in _by_layout_size(which, layouts, policy, TRIES_PER_SOURCE):
+        box = (x1[trials], y1[trials], x2[trials], y2[trials])
+        ok = _clear_of(*box, keep[at, None], cover[at, None], policy.max_iou)
+        clear[trials] = ok.any(axis=1)  # a trial succeeds at its first clear try
     accepted = clear.reshape(len(ids), ACCEPTANCE_TRIALS).sum(axis=1)
     rate = (accepted + 1) / (ACCEPTANCE_TRIALS + 1)
-    table.weights.reshape(-1)[ids] = 1.0 / np.maximum(rate, MIN_ACCEPTANCE)
+    weights[np.unravel_index(ids, weights.shape)] = 1.0 / np.maximum(rate, MIN_ACCEPTANCE)
     return table
 
 
@@ -411,13 +419,13 @@ def _fill(reqs: list[_Request], policy: CandidatePolicy) -> None:
     requests still short (crowded images), SECOND_ROUND_SOURCES more per missing one (about
     MAX_TRIES_PER_NEGATIVE tries per negative in all); a request still short stays short."""
 
-    def boxes(r: _Request) -> int:
+    def avoided_count(r: _Request) -> int:
         return max(1, len(r.keep_clear), len(r.defects))
 
     for tag, sources in ((b"\x00round1", lambda r: SLOTS_PER_NEGATIVE * r.n + 2), (b"\x00round2", None)):
         # each request's negatives depend on it alone, so requests are grouped freely: by box count, so
         # that a crowded image pads only the few requests beside it
-        todo = sorted((r for r in reqs if len(r.out) < r.n), key=boxes)
+        todo = sorted((r for r in reqs if len(r.out) < r.n), key=avoided_count)
         if sources is None:
             slots = [SECOND_ROUND_SOURCES * (r.n - len(r.out)) for r in todo]
         else:
@@ -426,7 +434,10 @@ def _fill(reqs: list[_Request], policy: CandidatePolicy) -> None:
         while i < len(todo):  # chunks bounded in memory: sources x tries x the chunk's most boxes
             j, n_sources = i, 0
             while j < len(todo):
-                if j > i and (n_sources + slots[j]) * TRIES_PER_SOURCE * boxes(todo[j]) > CHUNK_ELEMENTS:
+                if (
+                    j > i
+                    and (n_sources + slots[j]) * TRIES_PER_SOURCE * avoided_count(todo[j]) > CHUNK_ELEMENTS
+                ):
                     break
                 n_sources += slots[j]
                 j += 1
@@ -467,7 +478,7 @@ class DrawnSample:
     wanted: int
 
 
-def _finish(rng: ImageRandom, items: list[tuple[Sequence[float], str | None, bool]]) -> list[dict]:
+def _finish(rng: ImageRandom, items: list[Item]) -> list[dict]:
     rng.shuffle(items)
     return [
         {"id": f"R{i}", "box": list(box), "label": label, "positive": positive}
@@ -495,7 +506,7 @@ class DrawJob:
 
 def _plan(
     job: DrawJob, policy: CandidatePolicy
-) -> Iterator[tuple[list[tuple[Box, str | None, bool]], int, int, Sequence[Box], Sequence[Box]]]:
+) -> Iterator[tuple[list[Item], int, int, Sequence[Box], Sequence[Box]]]:
     """Per sample of the image: (positives or borrowed decoys, drawn count K, negatives needed, boxes to keep
     IoU-clear of, boxes not to cover)."""
     rng = job.rng
@@ -526,7 +537,7 @@ def _plan(
 def draw_many(jobs: Sequence[DrawJob], policy: CandidatePolicy) -> list[list[DrawnSample]]:
     """The samples of many images at once (the negatives of all of them drawn together, see _fill_chunk);
     each image's result depends only on its own job."""
-    plans: list[tuple[int, list[tuple[Sequence[float], str | None, bool]], int, _Request]] = []
+    plans: list[tuple[int, list[Item], int, _Request]] = []
     for j, job in enumerate(jobs):
         for s, (items, k, n, keep_clear, avoid) in enumerate(_plan(job, policy)):
             key = job.rng.key + f"\x00negatives\x00{s}".encode()

@@ -20,6 +20,8 @@ import math
 import os
 import posixpath
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -103,18 +105,25 @@ def _orientation(im: Image.Image) -> tuple[int, str]:
     return (value if isinstance(value, int) and 2 <= value <= 8 else 1), ""
 
 
-def inspect(path: str | Path) -> Inspection | str:
-    """Header-only inspection, or the reason the image cannot be read."""
-    # PIL only warns, without a file name, about a corrupt EXIF block ("Possibly corrupt EXIF data",
-    # "Truncated File Read"): such a warning becomes this image's note in the report
+@contextmanager
+def _recording() -> Iterator[list[warnings.WarningMessage]]:
+    """Every warning raised inside, recorded (none shown). PIL only warns, without a file name, about a
+    corrupt EXIF block ("Possibly corrupt EXIF data", "Truncated File Read"): such a warning becomes the
+    image's note in the report."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        yield caught
+
+
+def inspect(path: str | Path) -> Inspection | str:
+    """Header-only inspection, or the reason the image cannot be read."""
+    with _recording() as caught:
         return _inspect(path, caught)
 
 
 def _inspect(path: str | Path, caught: list[warnings.WarningMessage]) -> Inspection | str:
-    """inspect's work, inside a ``catch_warnings(record=True)`` (filter "always") whose list is ``caught``:
-    emptied first, so it holds this image's warnings only (a survey records once for every image)."""
+    """inspect's work inside ``_recording``, whose list is ``caught``: emptied first, so that it holds this
+    image's warnings only (a survey records once for every image)."""
     caught.clear()
     try:
         with Image.open(path) as im:
@@ -246,8 +255,7 @@ class ImageFixer:
     # --- survey ------------------------------------------------------------------------------------------
     def survey(self, paths: list[str]) -> None:
         """Inspect every header; read the pixel range of each high-bit-depth image (cached by size+mtime)."""
-        with warnings.catch_warnings(record=True) as caught:  # once, not once per image (see inspect)
-            warnings.simplefilter("always")
+        with _recording() as caught:  # once, not once per image
             for p in paths:
                 self.inspections[p] = _inspect(p, caught)
         for p in paths:

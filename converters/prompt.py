@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from qwenvl_roi.families import family
 from qwenvl_roi.fileio import split_lines
 
 from .frames import boxes_to_frame, boxes_to_frame_many
@@ -64,9 +63,9 @@ def framed_boxes(samples: Sequence[Mapping[str, Any]], meta: DatasetMeta) -> lis
     boxes = np.fromiter(every, dtype=np.float64, count=4 * sum(counts)).reshape(-1, 4)
     shapes = [(int(s["width"]), int(s["height"])) for s in samples]
     sizes = np.repeat(np.array(shapes), counts, axis=0)
+    frame_of = {wh: meta.frame_size_for_coords(*wh) for wh in set(shapes)}  # one per image shape
     frame_w = frame_h = None
-    if family(meta.model_family).frame_needs_size:
-        frame_of = {wh: meta.frame_size(*wh) for wh in set(shapes)}  # one per image shape
+    if any(frame_of.values()):  # the family's coordinates depend on the frame size
         frame_w, frame_h = np.repeat(np.array([frame_of[wh] for wh in shapes]), counts, axis=0).T
     rows = boxes_to_frame_many(boxes, sizes[:, 0], sizes[:, 1], meta.model_family, frame_w, frame_h).tolist()
     ends = np.cumsum(counts).tolist()

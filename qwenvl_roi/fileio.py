@@ -163,20 +163,24 @@ def compact_row(obj: Any) -> bytes:
     """One compact JSON row, UTF-8 (orjson: about 4x json's speed on the converters' 20,000-sample sets).
 
     What orjson refuses (an integer beyond 64 bits, a key that is not a string) is written by json with the
-    same separators. orjson writes NaN and infinities as null: every row writer checks its contract
-    (qwenvl_roi.schemas, finite numbers only) before writing."""
+    same separators. Not-a-number and infinities are not JSON: orjson writes them as null, json refuses
+    them; the writers of numbers (regions, predictions) check their contract, finite numbers only, first."""
     try:
         return orjson.dumps(obj)
     except TypeError:  # orjson.JSONEncodeError is a TypeError
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+
+
+def jsonl_bytes(rows: Iterable[Any]) -> bytes:
+    """JSONL text: one compact row a line, each ended by a newline."""
+    return b"".join(compact_row(row) + b"\n" for row in rows)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     """Atomically write one compact JSON object per line; returns the row count."""
-    lines = [compact_row(row) for row in rows]
-    with atomic_open(path, "wb") as fh:
-        fh.write(b"".join(line + b"\n" for line in lines))
-    return len(lines)
+    listed = list(rows)
+    write_bytes(path, jsonl_bytes(listed))
+    return len(listed)
 
 
 def write_json_array(path: str | Path, rows: Iterable[Any]) -> int:

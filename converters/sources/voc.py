@@ -166,8 +166,10 @@ def quick_read(text: str, image_name: str | None = None) -> Read | None:
     None, for read_voc to parse it again with every line, when the file holds anything parse_voc reports,
     or markup that could hide a tag from that search or count lines otherwise (comments, CDATA, a DTD or
     entities, processing instructions, namespaces, lone carriage returns, nested or repeated elements)."""
+    # comments, CDATA and DTDs could hide or fake a tag from the search; ElementTree renames the tags of a
+    # namespace (parse_xml reads them by name); expat counts a lone CR as a line break, str.count does not
     if "<!" in text or "xmlns" in text or text.count("\r") != text.count("\r\n"):
-        return None  # ElementTree renames the tags of a namespace; parse_xml reads them by their names
+        return None
     if text.count("<?") > (1 if text.lstrip("\ufeff").startswith("<?xml") else 0):
         return None
     try:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qwenvl_roi.errors import ResumeError
-from qwenvl_roi.fileio import atomic_open, compact_row
+from qwenvl_roi.fileio import jsonl_bytes, write_jsonl
 
 HEADER_KEY = "qwenvl_roi_predict_partial"
 #: what a differing fingerprint key means, where its name alone does not say it
@@ -117,7 +117,7 @@ class PartWriter:
         self._write([{HEADER_KEY: fingerprint}])
 
     def _write(self, objects: Iterable[dict[str, Any]]) -> None:
-        data = b"".join(compact_row(o) + b"\n" for o in objects)
+        data = jsonl_bytes(objects)
         self._fh.write(data)
         self._fh.flush()
         os.fsync(self._fh.fileno())
@@ -135,7 +135,5 @@ def finish(out: Path, batches: dict[int, list[dict[str, Any]]], n_batches: int) 
     missing = [b for b in range(n_batches) if b not in batches]
     if missing:
         raise RuntimeError(f"{out}: batches {missing[:5]} are missing from the partial results")
-    with atomic_open(out, "wb") as fh:
-        for b in range(n_batches):
-            fh.write(b"".join(compact_row(row) + b"\n" for row in batches[b]))
+    write_jsonl(out, (row for b in range(n_batches) for row in batches[b]))
     shutil.rmtree(partial_dir(out), ignore_errors=True)

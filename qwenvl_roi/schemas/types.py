@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PlainValidator,
     StrictInt,
+    ValidatorFunctionWrapHandler,
     WithJsonSchema,
     WrapValidator,
 )
@@ -71,17 +72,19 @@ Count = Annotated[StrictInt, Field(ge=0)]
 #: a size in pixels: an integer >= 1
 Pixels = Annotated[StrictInt, Field(ge=1)]
 
-_SAFE_INT = 2**1023  # an int of smaller magnitude always fits a float
+_FLOAT_INT_LIMIT = 2**1023  # an int of smaller magnitude always converts to a float
 
 
-def _four_numbers(value: Any, check: Any) -> Any:
+def _four_numbers(value: Any, check: ValidatorFunctionWrapHandler) -> list[int | float]:
     """A list of four finite ints or floats passes in one call (a converter checks 20,000 samples of about
     seven boxes before writing them); anything else goes through the full check, number by number, in the
     validation's own mode and with its own error locations."""
     if type(value) is list and len(value) == 4:
         for x in value:
             t = type(x)
-            if (t is int and -_SAFE_INT < x < _SAFE_INT) or (t is float and x - x == 0.0):  # NaN, inf: not 0
+            if (t is int and -_FLOAT_INT_LIMIT < x < _FLOAT_INT_LIMIT) or (
+                t is float and x - x == 0.0
+            ):  # NaN, inf: not 0
                 continue
             break
         else:

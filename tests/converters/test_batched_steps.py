@@ -3,17 +3,17 @@ the edges (halves, the frame border, boxes past the image, crowded layouts):
 
 - every region of a split framed at once (frames.boxes_to_frame_many, prompt.framed_boxes) = the per-image
   boxes_to_frame that test_frames.py / test_family_frames.py hold to LLaMA-Factory, the processors and
-  norm1000, for every family;
-- the acceptance table of candidate drawing (candidates.compensation), all cells and trials at once = the
-  rule in its docstring written out as plain loops here;
-- JSONL rows written by orjson (fileio.compact_row) = json's reading of them, with json taking over for
-  what orjson refuses.
+  norm1000, for every family; a box that is not four numbers refused as regions_block refuses it;
+- the random stream of candidate drawing (candidates.ImageRandom, image_rngs) = SHAKE-128 read by hand;
+- the acceptance table (candidates.compensation), all cells and trials at once = the rule in its
+  docstring written out as plain loops here;
+- every image draws the same negatives alone as in a batch beside a crowded one (requests are grouped by
+  their box count).
 """
 
 from __future__ import annotations
 
-import json
-import math
+import hashlib
 import random
 
 import numpy as np
@@ -41,7 +41,6 @@ from qwenvl_roi.converters.meta import build_meta
 from qwenvl_roi.converters.prompt import framed_boxes, regions_block
 
 from qwenvl_roi.families import FAMILIES
-from qwenvl_roi.fileio import compact_row, write_jsonl
 
 
 def _edge_boxes(rng: random.Random, w: int, h: int) -> list[list[float]]:
@@ -86,8 +85,42 @@ def test_framing_many_images_at_once_equals_one_at_a_time(family: str) -> None:
 def test_framing_refuses_a_box_that_is_not_four_numbers() -> None:
     meta = build_meta(DataConfig(model_family="qwen3_vl"), [])
     regions = [{"id": "R1", "box": [10, 20, 30]}, {"id": "R2", "box": [40, 50, 60, 70, 80]}]
-    with pytest.raises(ValueError, match="not"):
+    with pytest.raises(ValueError, match=r"not \[x1, y1, x2, y2\]"):
         framed_boxes([{"width": 100, "height": 100, "regions": regions}], meta)
+
+
+def _shake_floats(key: bytes, n: int) -> list[float]:
+    """The stream's rule by hand: block b (from 1) = SHAKE-128 of key + b as 4 big-endian bytes, 256 bytes
+    read as 32 big-endian 64-bit words, each word's top 53 bits / 2**53."""
+    out: list[float] = []
+    block = 0
+    while len(out) < n:
+        block += 1
+        digest = hashlib.shake_128(key + block.to_bytes(4, "big")).digest(256)
+        out += [(int.from_bytes(digest[i : i + 8], "big") >> 11) / 2**53 for i in range(0, 256, 8)]
+    return out[:n]
+
+
+def test_the_random_stream_is_shake_128_read_by_hand() -> None:
+    key = b"7\x00candidates\x00abnormal/a.jpg\x00"
+    want = _shake_floats(key, 100)
+    assert ImageRandom(key).floats(100) == want  # across block boundaries
+    (preloaded,) = image_rngs(7, ["abnormal/a.jpg"])
+    got = (
+        [preloaded.random() for _ in range(5)]
+        + preloaded.floats(40)
+        + [preloaded.random() for _ in range(30)]
+    )
+    assert got == want[:75]
+    stream = image_rng(7, "abnormal/a.jpg")
+    assert stream.floats(31) + stream.floats(2) + stream.floats(0) + stream.floats(64) == want[:97]
+    shuffled = list(range(10))
+    ImageRandom(key).shuffle(shuffled)
+    expected = list(range(10))
+    for k, i in enumerate(range(9, 0, -1)):  # Fisher-Yates with the stream's first nine floats
+        j = int(want[k] * (i + 1))
+        expected[i], expected[j] = expected[j], expected[i]
+    assert shuffled == expected
 
 
 def _clear(box, keep, defects, policy: CandidatePolicy) -> bool:
@@ -166,24 +199,6 @@ def test_acceptance_table_equals_the_rule_written_as_loops(crowded: bool) -> Non
     }
     assert got == want["weights"]
     assert len(set(got.values())) > 3  # the trials did reject: the table is not flat
-
-
-def test_rows_written_by_orjson_read_back_as_json_reads_them(tmp_path) -> None:
-    rows = [
-        {"id": "R1", "box": [0, 1.5, 1e-05, 1e16], "label": "裂缝\u2028", "positive": True, "n": None},
-        {"text": 'quote " backslash \\ tab \t nul \x00 emoji 😀', "big": 2**63 - 1},
-        {"huge": 10**30, "neg": -(2**70)},  # beyond 64 bits: json writes it
-        {1: "an int key"},  # not a string key: json writes it as "1"
-    ]
-    path = tmp_path / "rows.jsonl"
-    assert write_jsonl(path, rows) == len(rows)
-    lines = path.read_bytes().split(b"\n")
-    assert lines[-1] == b"" and len(lines) == len(rows) + 1
-    for row, line in zip(rows, lines, strict=False):
-        assert json.loads(line) == json.loads(json.dumps(row)), line
-    assert lines[0].startswith(b'{"id":"R1","box":[0,1.5,')  # compact, UTF-8 kept readable
-    assert "裂缝".encode() in lines[0]
-    assert compact_row({"x": math.pi}) == b'{"x":3.141592653589793}'
 
 
 def test_each_image_draws_the_same_alone_or_in_a_batch_with_a_crowded_one() -> None:

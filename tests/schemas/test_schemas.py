@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pytest
 import yaml
 from jsonschema import Draft202012Validator
@@ -22,6 +21,7 @@ from pydantic import ValidationError
 
 from qwenvl_roi.cli import main
 from qwenvl_roi.errors import ContractError
+from qwenvl_roi.fileio import compact_row
 from qwenvl_roi.schemas import DRAFT, SCHEMAS, WRITE_COMMAND, check_record, get, schema_text
 from qwenvl_roi.schemas.__main__ import main as schemas_main
 
@@ -188,7 +188,7 @@ def test_real_outputs_cover_every_branch(real: dict[str, Path]) -> None:
 def _as_written(name: str, obj: Any) -> str:
     """The text the writer of that file writes for ``obj`` (qwenvl_roi/fileio.py)."""
     if name in ("regions", "predictions"):
-        return orjson.dumps(obj).decode("utf-8")  # compact rows
+        return compact_row(obj).decode("utf-8")  # the rows' writer
     if name in ("metrics", "inference_config"):
         return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
     return json.dumps(obj, ensure_ascii=False, indent=2) + "\n"
@@ -220,7 +220,7 @@ def test_readers_and_writers_use_the_models(real: dict[str, Path]) -> None:
     assert DatasetMeta is ContractMeta and InferenceConfig is ContractConfig
     out = real["out"]
     regions = out / "regions_test.jsonl"
-    assert [orjson.dumps(s).decode("utf-8") for s in read_regions(regions)] == _lines(regions)
+    assert [compact_row(s).decode("utf-8") for s in read_regions(regions)] == _lines(regions)
     meta_text = (out / "dataset_meta.json").read_text(encoding="utf-8")
     assert dumps(load_dataset_meta(out).model_dump()) + "\n" == meta_text  # prepare's write_json
     config = load_inference_config(real["eval"])
