@@ -306,19 +306,28 @@ def parse_text(
     return out
 
 
+def read_decoded(path: str | Path) -> tuple[str, str] | None:
+    """A text file's content, every BOM removed, and its encoding as decode_text finds it; None when it is
+    none of those encodings. OSError when the file cannot be read: each reader reports both its own way."""
+    with open(path, "rb") as fh:
+        data = fh.read()
+    text, encoding = decode_text(data)
+    if text is None or encoding is None:
+        return None
+    return (text.replace("\ufeff", "") if "\ufeff" in text else text), encoding
+
+
 def parse_txt(path: str | Path, file_label: str, image_name: str | None, parser: LineParser) -> ParsedTxt:
     """Read and parse one annotation file; undecodable or unreadable files become one problem."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        decoded = read_decoded(path)
     except OSError as exc:
         out = ParsedTxt(encoding=None)
         out.problems.append(
             Problem(file_label, None, "unreadable_txt", f"cannot read txt: {exc.strerror or exc}")
         )
         return out
-    text, encoding = decode_text(data)
-    if text is None or encoding is None:
+    if decoded is None:
         out = ParsedTxt(encoding=None)
         out.problems.append(
             Problem(
@@ -326,6 +335,7 @@ def parse_txt(path: str | Path, file_label: str, image_name: str | None, parser:
             )
         )
         return out
+    text, encoding = decoded
     return parse_text(text, file_label, image_name, parser, encoding)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 from ..names import shown
-from ..parse import Problem, RawBox, decode_text
+from ..parse import Problem, RawBox, read_decoded
 from ..walk import file_label, stem_key, walk_files
 
 
@@ -289,28 +289,24 @@ def read_named_file(path: str | Path, key: str, label: str) -> str:
     visa_split_csv); SourceError naming the key and the file (``label``) when it cannot be read or decoded:
     without it nothing of the dataset can be used, so the command stops."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        decoded = read_decoded(path)
     except OSError as exc:
         raise SourceError(f"{key} {label}: cannot read: {exc.strerror or exc}") from None
-    text, _ = decode_text(data)
-    if text is None:
+    if decoded is None:
         raise SourceError(f"{key} {label}: neither UTF-8, UTF-16 nor GBK")
-    return text.replace("\ufeff", "")
+    return decoded[0]
 
 
 def read_text(path: str, label: str) -> tuple[str, str] | Problem:
     """(text, encoding) of an annotation file (UTF-8 with or without BOM, UTF-16 with BOM, GBK), or the
     problem that stops it being read."""
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        decoded = read_decoded(path)
     except OSError as exc:
         return Problem(label, None, "unreadable_annotation", f"cannot read file: {exc.strerror or exc}")
-    text, encoding = decode_text(data)
-    if text is None or encoding is None:
+    if decoded is None:
         return Problem(label, None, "encoding", "file is neither UTF-8 (with or without BOM), UTF-16 nor GBK")
-    return text.replace("\ufeff", "") if "\ufeff" in text else text, encoding
+    return decoded
 
 
 def failed(problem: Problem, encoding: str | None = None) -> Read:

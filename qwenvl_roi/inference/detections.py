@@ -224,17 +224,16 @@ def _read_folder(
 
 def _load_json(path: Path, flag: str) -> Any:
     """A JSON file (UTF-8 with or without BOM, UTF-16, GBK); InputError naming the flag, file and line."""
-    from qwenvl_roi.converters.parse import decode_text
+    from qwenvl_roi.converters.parse import read_decoded
 
     try:
-        data = path.read_bytes()
+        decoded = read_decoded(path)
     except OSError as exc:
         raise InputError(f"{flag} {path}: cannot read ({exc.strerror or exc})") from None
-    text, _ = decode_text(data)
-    if text is None:
+    if decoded is None:
         raise InputError(f"{flag} {path}: neither UTF-8, UTF-16 nor GBK")
     try:
-        return json.loads(text.replace("\ufeff", ""))
+        return json.loads(decoded[0])
     except json.JSONDecodeError as exc:
         raise InputError(f"{flag} {path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
     except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
