@@ -249,17 +249,17 @@ class _Collector:
         """One record checked against its image (under ``root``, absolute ``abs_root``): the entry, or None
         (every problem and box recorded, those of its annotation naming the image)."""
         start = len(self.problems)
+        label = file_label(root, rec.rel) if rec.rel is not None else None  # how problems name the image
         try:
-            return self._checked(rec, root, abs_root)
+            return self._checked(rec, abs_root, label)
         finally:
-            if rec.rel is not None:
-                label = file_label(root, rec.rel)
+            if label is not None:
                 for i in range(start, len(self.problems)):
                     p = self.problems[i]
                     if p.image is None and p.file != label:
                         self.problems[i] = replace(p, image=label)
 
-    def _checked(self, rec: Record, root: Path, abs_root: str) -> ImageEntry | None:
+    def _checked(self, rec: Record, abs_root: str, label: str | None) -> ImageEntry | None:
         """_entry's work: the record's problems and boxes recorded, its image checked and used."""
         read = rec.read
         self.problems += read.problems
@@ -272,7 +272,7 @@ class _Collector:
         self.lines["read"] += read.entries
         self.lines["skipped"] += read.skipped
         rel = rec.rel
-        label = file_label(root, rel)
+        assert label is not None  # rec.rel is not None
         path = f"{abs_root}/{rel}"
         insp = self.fixer.check(path)
         if isinstance(insp, tuple):  # unreadable, or left out by image_fixes: flag
