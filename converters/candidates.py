@@ -74,7 +74,7 @@ class ImageRandom:
     (block n = the digest of key + n as 4 big-endian bytes, 32 big-endian 64-bit words, top 53 bits each).
 
     Cheaper to create than ``random.Random`` (no Mersenne-Twister seeding per image) and identical on
-    every platform; only ``random``, ``randint`` and ``shuffle`` are provided because nothing else is used.
+    every platform; only ``random``, ``floats`` and ``shuffle`` are provided because nothing else is used.
     ``first``: the stream's first block, when computed for many streams at once (image_rngs).
     """
 
@@ -117,10 +117,6 @@ class ImageRandom:
             self._i = min(n - len(out), _BLOCK)
             out += self._buf[: self._i]
         return out
-
-    def randint(self, a: int, b: int) -> int:
-        """An int in [a, b]."""
-        return a + int(self.random() * (b - a + 1))
 
     def shuffle(self, x: list) -> None:
         """Fisher-Yates in place."""

@@ -186,8 +186,7 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
 def write_json_array(path: str | Path, rows: Iterable[Any]) -> int:
     """Atomically write a JSON array with one compact record per line (LLaMA-Factory reads it as json)."""
     lines = [compact_row(row) for row in rows]
-    with atomic_open(path, "wb") as fh:
-        fh.write(b"[\n" + b",\n".join(lines) + b"\n]\n" if lines else b"[]\n")
+    write_bytes(path, b"[\n" + b",\n".join(lines) + b"\n]\n" if lines else b"[]\n")
     return len(lines)
 
 
