@@ -103,7 +103,8 @@ def image_user_text(meta: DatasetMeta) -> str:
 
 def gold_verdicts(sample: Mapping[str, Any], meta: DatasetMeta) -> list[str]:
     """Per region, in region order: its canonical label when positive, else the normal word."""
-    return [r["label"] if r["positive"] else meta.normal_word for r in sample["regions"]]
+    normal = meta.normal_word
+    return [r["label"] if r["positive"] else normal for r in sample["regions"]]
 
 
 def image_line(meta: DatasetMeta, abnormal: bool) -> str:
@@ -116,7 +117,7 @@ def image_verdict(sample: Mapping[str, Any], meta: DatasetMeta, verdicts: Sequen
     if verdicts is None:
         abnormal = bool(sample.get("positive_region_ids")) or sample.get("source") == "abnormal"
     else:
-        abnormal = any(v != meta.normal_word for v in verdicts)
+        abnormal = verdicts.count(meta.normal_word) != len(verdicts)  # any verdict not the normal word
     return meta.abnormal_word if abnormal else meta.normal_word
 
 
@@ -136,11 +137,10 @@ def answer_text(
     if len(verdicts) != len(regions):
         raise ValueError(f"{len(verdicts)} verdicts for {len(regions)} regions in {sample.get('sample_id')}")
     if image_abnormal is None:
-        lines = [f"{meta.image_key}: {image_verdict(sample, meta, verdicts)}"]
+        head = f"{meta.image_key}: {image_verdict(sample, meta, verdicts)}"
     else:
-        lines = [image_line(meta, image_abnormal)]
-    lines += [f"{r['id']}: {v}" for r, v in zip(regions, verdicts, strict=True)]
-    return "\n".join(lines)
+        head = image_line(meta, image_abnormal)
+    return "\n".join([head, *[f"{r['id']}: {v}" for r, v in zip(regions, verdicts)]])  # lengths checked
 
 
 def build_record(

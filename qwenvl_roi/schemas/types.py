@@ -17,13 +17,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetPydanticSchema,
     PlainValidator,
     StrictInt,
-    ValidatorFunctionWrapHandler,
     WithJsonSchema,
-    WrapValidator,
 )
 from pydantic.json_schema import SkipJsonSchema
+from pydantic_core import core_schema
 
 T = TypeVar("T")
 
@@ -59,8 +59,30 @@ def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)
 
 
+# the smallest integer magnitude float() cannot convert (it rounds to infinity): 2**1024 - 2**970
+_FLOAT_INT_LIMIT = 2**1024 - 2**970
+# a finite number checked inside pydantic-core, with no Python call (a converter checks 20,000 samples of
+# about seven boxes before writing them): an int float() can convert, kept an int (the int branch takes
+# every such int first), or a finite float (an instance of float: a numpy int or float32, which JSON
+# writers refuse, is refused here too); never a bool or a string, in lax mode too
+_FINITE_NUMBER = core_schema.union_schema(
+    [
+        core_schema.int_schema(strict=True, gt=-_FLOAT_INT_LIMIT, lt=_FLOAT_INT_LIMIT),
+        core_schema.json_or_python_schema(
+            json_schema=core_schema.float_schema(strict=True, allow_inf_nan=False),
+            python_schema=core_schema.chain_schema(
+                [core_schema.is_instance_schema(float), core_schema.float_schema(allow_inf_nan=False)]
+            ),
+        ),
+    ],
+    mode="left_to_right",
+    custom_error_type="finite_number",  # pydantic's own: "Input should be a finite number"
+)
+
 #: a finite JSON number (integer or not, kept as written)
-Number = Annotated[int | float, PlainValidator(_finite), WithJsonSchema({"type": "number"})]
+Number = Annotated[
+    int | float, GetPydanticSchema(lambda _t, _h: _FINITE_NUMBER), WithJsonSchema({"type": "number"})
+]
 #: a finite number in [0, 1]: a probability, a ratio (precision, recall, F1), an AUROC, a threshold
 Probability = Annotated[
     int | float,
@@ -72,28 +94,8 @@ Count = Annotated[StrictInt, Field(ge=0)]
 #: a size in pixels: an integer >= 1
 Pixels = Annotated[StrictInt, Field(ge=1)]
 
-_FLOAT_INT_LIMIT = 2**1023  # an int of smaller magnitude always converts to a float
-
-
-def _four_numbers(value: Any, check: ValidatorFunctionWrapHandler) -> list[int | float]:
-    """A list of four finite ints or floats passes in one call (a converter checks 20,000 samples of about
-    seven boxes before writing them); anything else goes through the full check, number by number, in the
-    validation's own mode and with its own error locations."""
-    if type(value) is list and len(value) == 4:
-        for x in value:
-            t = type(x)
-            if (t is int and -_FLOAT_INT_LIMIT < x < _FLOAT_INT_LIMIT) or (
-                t is float and x - x == 0.0
-            ):  # NaN, inf: not 0
-                continue
-            break
-        else:
-            return list(value)  # a copy, as the full check returns
-    return check(value)
-
-
 #: [x1, y1, x2, y2]: exactly four finite numbers
-Box = Annotated[list[Number], Field(min_length=4, max_length=4), WrapValidator(_four_numbers)]
+Box = Annotated[list[Number], Field(min_length=4, max_length=4)]
 
 
 #: a key the writer leaves out when it has nothing to say (never written as null); use with ``omitted()``

@@ -406,9 +406,9 @@ def test_dataset_meta_format_version_is_the_files() -> None:
     assert _published("dataset_meta")["properties"]["version"]["default"] == META_VERSION
 
 
-def test_a_box_checked_in_one_call_keeps_the_full_checks_behaviour() -> None:
-    """Box's one-call check of four finite numbers (types._four_numbers) hands everything else to the full
-    check: the same error locations, strict mode honoured, and the box returned is a copy."""
+def test_a_box_is_four_finite_numbers_kept_as_written() -> None:
+    """Box (four Numbers, checked inside pydantic-core): ints stay ints, floats floats, the box returned is
+    a copy, strict mode is honoured, and each refused number is named by its place."""
     from qwenvl_roi.schemas.regions import Region
 
     good = {"id": "R1", "box": [1, 2.5, 3, 4], "label": None, "positive": False}
@@ -423,3 +423,30 @@ def test_a_box_checked_in_one_call_keeps_the_full_checks_behaviour() -> None:
     for bad in ([1, 2, 3], [1, 2, 3, 4, 5], [1, 2, 3, True], [1, 2, 3, "4"], [1, 2, 3, 10**400]):
         with pytest.raises(ValidationError):
             Region.model_validate({**good, "box": bad})
+    kept = Region.model_validate({**good, "box": [-(2**1023), 0.5, 2**1023, -0.0]}).box
+    assert [type(v) for v in kept] == [int, float, int, float]  # no int turned into a float on the way
+
+
+def test_a_number_is_what_float_can_hold_and_nothing_else() -> None:
+    """Number refuses exactly what a JSON writer would refuse or a reader could not use, each with the
+    same message: every int float() converts (up to 2**1024 - 2**970, where float() overflows) is kept an
+    int; bools, strings, NaN, infinities, numpy ints and float32 are refused, in strict mode and not."""
+    from pydantic import TypeAdapter
+
+    from qwenvl_roi.schemas.types import Number
+
+    number = TypeAdapter(Number)
+    edge = 2**1024 - 2**970
+    float(edge - 1)  # the last int float() holds
+    with pytest.raises(OverflowError):
+        float(edge)
+    accepted = [edge - 1, -(edge - 1), 0, -0.0, 1.5, 1e308, np.float64(1.5)]
+    refused = [edge, -edge, 10**400, True, False, "1", None, [1], math.nan, math.inf, -math.inf]
+    refused += [np.int64(3), np.float32(1.5), np.bool_(True), np.float64("nan")]
+    for strict in (None, True):
+        for value in accepted:
+            got = number.validate_python(value, strict=strict)
+            assert got == value and isinstance(got, type(value) if type(value) in (int, float) else float)
+        for value in refused:
+            with pytest.raises(ValidationError, match="finite number"):
+                number.validate_python(value, strict=strict)
