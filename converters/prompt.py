@@ -140,7 +140,7 @@ def answer_text(
         head = f"{meta.image_key}: {image_verdict(sample, meta, verdicts)}"
     else:
         head = image_line(meta, image_abnormal)
-    return "\n".join([head, *[f"{r['id']}: {v}" for r, v in zip(regions, verdicts)]])  # lengths checked
+    return "\n".join([head, *[f"{r['id']}: {v}" for r, v in zip(regions, verdicts, strict=True)]])
 
 
 def build_record(
