@@ -93,6 +93,11 @@ class Inspection:
         return "; ".join(texts)
 
 
+#: formats whose Pillow reader already gives the size as displayed (orientations 5-8 swapped) and turns the
+#: pixels itself on load (TiffImagePlugin: ``_setup`` and ``load_end``); the others give the stored size
+SIZE_AS_DISPLAYED = frozenset({"TIFF"})
+
+
 def _orientation(im: Image.Image) -> tuple[int, str]:
     """EXIF orientation (1 when absent or not 2-8) read from the header, and a note if EXIF is unreadable."""
     if not hasattr(im, "tag_v2") and not any(k in im.info for k in _EXIF_SOURCES):
@@ -130,6 +135,7 @@ def _inspect(path: str | Path, caught: list[warnings.WarningMessage]) -> Inspect
             w, h = im.size
             mode = im.mode
             orientation, note = _orientation(im)
+            displayed = im.format in SIZE_AS_DISPLAYED
         said = [str(x.message) for x in caught if not issubclass(x.category, Image.DecompressionBombWarning)]
         if said and not note:
             note = f"EXIF or header damaged ({said[0]}); orientation read as {orientation}"
@@ -142,7 +148,7 @@ def _inspect(path: str | Path, caught: list[warnings.WarningMessage]) -> Inspect
     reasons = []
     if orientation != 1:
         reasons.append("exif_orientation")
-        if orientation >= 5:  # 5-8 swap the axes
+        if orientation >= 5 and not displayed:  # 5-8 swap the axes
             w, h = h, w
     why = mode_reason(mode)
     if why:

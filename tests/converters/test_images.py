@@ -86,6 +86,37 @@ def test_exif_rotated_jpeg_defect_inside_its_positive_box(tmp_path: Path, files,
     assert all("cam.jpg" not in x["sample_id"] for x in files.regions(out))
 
 
+@pytest.mark.parametrize("orientation", [6, 8, 3])
+def test_a_tiff_turned_by_its_orientation_tag_keeps_its_box_on_the_defect(
+    tmp_path: Path, files, make_config, orientation: int
+) -> None:
+    """Pillow's TIFF reader gives the displayed size and turns the pixels on load itself (unlike JPEG's):
+    the box drawn on the displayed picture must be kept and land on the defect the trainer sees."""
+    shown = Image.new("RGB", (300, 400), GREY)  # displayed 300x400
+    box = (40, 300, 120, 380)
+    shown.paste(RED, box)
+    undo = {6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270, 3: Image.Transpose.ROTATE_180}
+    path = tmp_path / "abn" / "b1" / "scan.tif"
+    path.parent.mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    shown.transpose(undo[orientation]).save(path, exif=exif)
+    with Image.open(path) as check:  # the fixture is what it claims: a viewer shows `shown`
+        check.load()
+        assert check.size == shown.size and np.array_equal(np.asarray(check), np.asarray(shown))
+    files.txt(tmp_path / "abn" / "b1" / "scan.txt", f"scan.tif;{';'.join(map(str, box))};crack\n")
+    files.simple(tmp_path, n_abnormal=4, n_normal=4, folders=1)
+    report = convert(make_config(train_ratio=1.0, val_ratio=0.0, test_ratio=0.0), progress=False)["prepare"]
+    assert not report["problems"]
+    (s,) = [s for s in files.regions(tmp_path / "out") if s["sample_id"] == "abnormal/b1/scan.tif#0"]
+    assert (s["width"], s["height"]) == (300, 400)
+    pixels = files.trainer_pixels(tmp_path / "out" / s["image"])  # what LLaMA-Factory feeds the model
+    assert pixels.shape == (400, 300, 3)
+    mask = red_mask(pixels)
+    (pos,) = [r for r in s["regions"] if r["positive"]]
+    assert pos["box"] == list(box) and cover(pos["box"], mask) > 0.99
+
+
 def test_12_bit_png_is_scaled_not_saturated(tmp_path: Path, files, make_config) -> None:
     grey = np.full((240, 320), 1000, np.uint16)  # a Mono12 camera: background 1000, defect 3000 of 4095
     grey[100:140, 150:210] = 3000
