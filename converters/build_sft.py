@@ -140,6 +140,9 @@ def read_dataset_info(path: Path) -> dict[str, Any]:
         ) from None
     except json.JSONDecodeError as exc:
         raise ConvertError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); not overwriting it") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+        why = f"{type(exc).__name__}: {str(exc)[:200]}"
+        raise ConvertError(f"{path}: invalid JSON ({why}); not overwriting it") from None
     except OSError as exc:
         raise ConvertError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not isinstance(info, dict):

@@ -200,6 +200,10 @@ def load_coco(path: Any) -> CocoFile:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SourceError(f"coco_json {label}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+        raise SourceError(
+            f"coco_json {label}: invalid JSON ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
     return parse_coco(obj, label)
 
 

@@ -118,6 +118,9 @@ def read_labelme(path: str, label: str, image_name: str | None = None) -> Read:
         return failed(
             Problem(label, exc.lineno, "unreadable_annotation", f"invalid JSON: {exc.msg}"), encoding
         )
+    except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
+        why = f"invalid JSON ({type(exc).__name__}: {str(exc)[:200]})"
+        return failed(Problem(label, None, "unreadable_annotation", why), encoding)
     out = parse_labelme(obj, label, image_name)
     out.encoding = encoding
     return out

@@ -610,6 +610,32 @@ def test_coco_unreadable_file_stops(tmp_path: Path) -> None:
         run(tmp_path, keys)
 
 
+@pytest.mark.parametrize("body", ['{"imageHeight": 1' + "0" * 5000 + "}", "[" * 100_000 + "]" * 100_000])
+def test_json_python_refuses_is_reported_not_a_traceback(tmp_path: Path, body: str) -> None:
+    """JSON that json.loads refuses with ValueError or RecursionError (an integer of more than 4,300
+    digits, nesting 100,000 deep) is a problem of that file, as invalid JSON is: a labelme file is reported
+    and its image left out, a coco_json stops the command with one line."""
+    keys = write_labelme(tmp_path / "data")
+    (Path(keys["abnormal_dir"]) / "b1" / "p02.json").write_text(body, "utf-8")
+    result = run(tmp_path, keys)
+    assert [p for p in problems_at(result) if p[0].startswith("p02")] == [
+        ("p02.json", None, "unreadable_annotation"),
+        ("p02.png", None, "no_usable_box"),
+    ]
+    coco = write_coco(tmp_path / "coco")
+    Path(coco["coco_json"]).write_text(body, "utf-8")
+    with pytest.raises(
+        ConvertError, match=r"instances_default.json: invalid JSON \((ValueError|RecursionError)"
+    ):
+        run(tmp_path / "coco", coco)
+    from qwenvl_roi.converters.build_sft import read_dataset_info
+
+    info = tmp_path / "dataset_info.json"  # a dataset_info.json is never overwritten then
+    info.write_text(body, "utf-8")
+    with pytest.raises(ConvertError, match="invalid JSON .*not overwriting it"):
+        read_dataset_info(info)
+
+
 # --- frames ---------------------------------------------------------------------------------------------
 
 
