@@ -245,9 +245,21 @@ class CocoSource(Source):
         for name, ims in by_name.items():
             folded.setdefault(name.casefold(), []).extend(ims)
         listed: dict[str, list[CocoImage]] = {}
+        by_case: dict[str, list[str]] = {}  # files no file_name names exactly, by their case-folded name
         for rel in images:
             name = shown(rel)
-            listed[rel] = by_name.get(name) or folded.get(name.casefold(), [])
+            if name in by_name:
+                listed[rel] = by_name[name]
+            else:
+                by_case.setdefault(name.casefold(), []).append(rel)
+        exact = {id(im) for ims in listed.values() for im in ims}
+        clash: dict[str, list[str]] = {}  # an entry that names several files, each only by letter case
+        for fold, rels in by_case.items():
+            loose = [im for im in folded.get(fold, []) if id(im) not in exact]
+            for rel in rels:
+                listed[rel] = loose
+                if loose and len(rels) > 1:
+                    clash[rel] = rels
         found = {id(im) for ims in listed.values() for im in ims}
         if coco.problems or coco.dangling.entries:
             d = coco.dangling
@@ -260,7 +272,17 @@ class CocoSource(Source):
         for rel in images:
             label = file_label(root, rel)
             ims = listed[rel]
-            if not ims:
+            if rel in clash:
+                where = ", ".join(f"images[{im.index}] {im.file_name!r}" for im in ims)
+                others = ", ".join(shown(r) for r in clash[rel] if r != rel)
+                why = f"{where} names this file only by letter case, and also {others}; skipped"
+                first = rel == clash[rel][0]  # the entries' boxes are dropped once
+                dropped = (
+                    [d for im in ims for d in im.read.all_dropped("ambiguous_annotation")] if first else []
+                )
+                problem = Problem(label, None, "ambiguous_annotation", why)
+                yield Record(rel, Read(dropped=dropped, problems=[problem]), skip=True)
+            elif not ims:
                 why = f"image is not listed in the coco_json's images ({self.label}); skipped"
                 yield Record(
                     rel, Read(problems=[Problem(label, None, "image_without_annotation", why)]), skip=True

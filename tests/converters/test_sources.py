@@ -10,6 +10,7 @@ were "Extra inputs are not permitted", and converters.sources did not exist.
 from __future__ import annotations
 
 import json
+import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -601,6 +602,32 @@ def test_coco_broken_entries_against_pycocotools(tmp_path: Path) -> None:
         boxes["read"] == n - len(TRUTH[11].boxes) + 3 == boxes["kept"] + boxes["clipped"] + boxes["dropped"]
     )
     assert boxes["dropped_by_reason"] == {"dangling_image_id": 1, "image_missing": 1, "unknown_category": 1}
+
+
+def test_coco_names_by_letter_case_only_one_file(tmp_path: Path) -> None:
+    """A file_name matches a file by letter case only when it names no file exactly and only that file so:
+    an entry that two files match only by case is reported for both, its boxes dropped once (counted once);
+    a file beside an exactly named one is not annotated by that entry."""
+    keys = write_coco(tmp_path / "data")
+    images = Path(keys["abnormal_dir"])
+    doc = json.loads(Path(keys["coco_json"]).read_text("utf-8"))
+    (p03,) = [im for im in doc["images"] if im["file_name"] == "b1/p03.jpg"]
+    p03["file_name"] = "b1/P03.JPG"  # names b1/p03.jpg and b1/P03.jpg, each only by letter case
+    Path(keys["coco_json"]).write_text(json.dumps(doc), "utf-8")
+    shutil.copy(images / "b1" / "p03.jpg", images / "b1" / "P03.jpg")
+    shutil.copy(images / "b1" / "p01.jpg", images / "b1" / "P01.jpg")  # p01.jpg is named exactly
+    result = run(tmp_path, keys)
+    assert [p for p in problems_at(result) if p[0].lower() in ("p01.jpg", "p03.jpg")] == [
+        ("P01.jpg", None, "image_without_annotation"),
+        ("P03.jpg", None, "ambiguous_annotation"),
+        ("p03.jpg", None, "ambiguous_annotation"),
+    ]
+    pos, _ = kept(result)
+    assert "b1/p03.jpg" not in pos and "b1/P03.jpg" not in pos and "b1/P01.jpg" not in pos
+    assert_boxes_equal(pos["b1/p01.jpg"], TRUTH[0].boxes, 0)
+    boxes = result.report["boxes"]
+    assert boxes["read"] == sum(len(t.boxes) for t in TRUTH)  # p03's boxes counted once
+    assert boxes["dropped_by_reason"] == {"ambiguous_annotation": len(TRUTH[2].boxes)}
 
 
 def test_coco_unreadable_file_stops(tmp_path: Path) -> None:
