@@ -3,8 +3,10 @@
 
 Shapes become their extents: ``rectangle`` (two opposite corners in either order; X-AnyLabeling writes all
 four), ``polygon`` (also the default when ``shape_type`` is missing, as in old labelme files), ``rotation``
-(X-AnyLabeling's turned rectangle), ``mask`` (its points are the corners of the mask's crop) and
-``circle`` (centre and a point on the rim). ``point``, ``line``, ``linestrip`` and anything else mark no
+(X-AnyLabeling's turned rectangle), ``oriented_rectangle`` (labelme 6's turned rectangle, four corners),
+``mask`` (its points are the first and last pixel of the mask's crop, both included, as labelme's
+``shapes_to_label`` pastes it: the box ends one pixel past the second) and ``circle`` (centre and a point on
+the rim). ``point``, ``line``, ``linestrip`` and anything else mark no
 region: reported and skipped. ``imagePath`` is relative to the json; its file name must name the paired
 image. ``imageWidth``/``imageHeight`` are checked against the image as displayed (prepare does it).
 """
@@ -20,7 +22,9 @@ from ..parse import Problem, RawBox, image_name_keys, name_key
 from .base import Dropped, PerImageFiles, Read, extent, failed, finite, read_text
 
 #: shapes whose points bound a region (their extent is the box)
-EXTENT_SHAPES = frozenset({"rectangle", "polygon", "rotation", "mask"})
+EXTENT_SHAPES = frozenset({"rectangle", "polygon", "rotation", "oriented_rectangle", "mask"})
+#: the fewest points of a shape (the others: 3)
+LEAST_POINTS = {"rectangle": 2, "mask": 2, "oriented_rectangle": 4}
 
 
 def _points(value: Any) -> list[tuple[float, float]] | None:
@@ -52,10 +56,13 @@ def shape_box(shape: dict[str, Any]) -> tuple[tuple[float, float, float, float] 
         (cx, cy), (px, py) = points
         r = math.hypot(px - cx, py - cy)
         return (cx - r, cy - r, cx + r, cy + r), "", ""
-    least = 2 if shape_type in ("rectangle", "mask") else 3
+    least = LEAST_POINTS.get(shape_type, 3)
     if len(points) < least:
         return None, "coord_count", f"{shape_type} needs at least {least} points, got {len(points)}; skipped"
-    return extent(points), "", ""
+    x1, y1, x2, y2 = extent(points)
+    if shape_type == "mask":  # pixels x1..x2, y1..y2 included
+        return (x1, y1, x2 + 1, y2 + 1), "", ""
+    return (x1, y1, x2, y2), "", ""
 
 
 def parse_labelme(obj: Any, label: str, image_name: str | None = None) -> Read:
