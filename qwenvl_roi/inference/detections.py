@@ -16,7 +16,7 @@ Four forms (``--boxes-format``; without it a file is JSONL and a folder txt), al
   ``bbox`` [x, y, w, h] pixels), or a results list ``[{"image_id", "category_id", "bbox", "score"}]`` with
   the dataset file its ids refer to given as ``--coco-images``; read by the converters' COCO reader
   (converters/sources/coco.py), category names not needed. Images in ``images`` order, boxes in
-  annotation order.
+  annotation order; the size ``images`` states is checked as the converters check it (frame.fit_frame).
 
 The txt, YOLO and COCO rows are named by the image's path relative to --images, as a JSONL line without an
 "id" whose "image" is that path: the same boxes give the same rows in every form.
@@ -61,6 +61,9 @@ class ImageJob:
     problems: list[str] = field(default_factory=list)  # "file:line: reason"; nothing dropped silently
     error: str | None = None  # set when the image cannot be scored at all
     normalized: bool = False  # boxes are fractions of the displayed size (YOLO), made pixels by check()
+    # the image size the boxes' file states (COCO images[]), checked by check() as the converters check it
+    stated: tuple[float, float] | None = None
+    stated_at: int | str | None = None  # where it is stated (COCO: images[i])
 
 
 def _box(value: Any) -> list[float] | None:
@@ -286,6 +289,7 @@ def read_coco(path: Path, root: Path, images_file: Path | None = None) -> list[I
             job.problems += [str(p) for p in im.read.problems]
             job.boxes = [list(raw.coords) for raw in im.read.boxes]
             job.box_sources = [f"{label}:{raw.line}" for raw in im.read.boxes]
+            job.stated, job.stated_at = im.read.size, im.read.size_at
         jobs.append(job)
     for p in coco.problems + coco.dangling.problems:
         jobs.append(ImageJob(f"<{p.file}:{p.line}>", "", f"{p.file}:{p.line}", error=str(p)))
@@ -389,6 +393,8 @@ def check(job: ImageJob) -> PreparedImage:
         job.problems.append(f"{job.source}: {insp.note}")
     prepared.inspection = insp
     prepared.width, prepared.height = insp.width, insp.height
+    if job.stated is not None and not _fit_stated(job, insp):
+        return prepared
     if job.normalized:  # YOLO fractions of the size as shown
         w, h = insp.width, insp.height
         job.boxes = [
@@ -407,6 +413,31 @@ def check(job: ImageJob) -> PreparedImage:
         if checked.box is not None:
             prepared.usable.append((i, list(checked.box)))
     return prepared
+
+
+def _fit_stated(job: ImageJob, insp: Any) -> bool:
+    """The size the boxes' file states, checked against the image as the converters check it
+    (converters/sources/frame.py fit_frame): boxes drawn on the unturned pixels of an EXIF-turned image are
+    turned upright (reported); another size means the boxes belong to another picture: the job's error
+    (False)."""
+    from qwenvl_roi.converters.parse import RawBox
+    from qwenvl_roi.converters.sources.base import Read
+    from qwenvl_roi.converters.sources.frame import fit_frame
+
+    label = job.source.rsplit(":", 1)[0] if ":" in job.source else job.source
+    read = Read(
+        boxes=[RawBox(i, (b[0], b[1], b[2], b[3]), "") for i, b in enumerate(job.boxes)],
+        size=job.stated,
+        size_at=job.stated_at,
+    )
+    fitted = fit_frame(read, label, insp.width, insp.height, insp.orientation)
+    reasons = [f"{label}:{p.line}: {p.reason}" for p in fitted.problems]
+    if fitted.mismatch:
+        job.error = "; ".join(reasons)
+        return False
+    job.problems += reasons
+    job.boxes = [list(b.coords) for b in fitted.boxes]
+    return True
 
 
 def load(prepared: PreparedImage, meta: DatasetMeta) -> PreparedImage:

@@ -131,3 +131,40 @@ def test_box_format_problems_name_file_and_line(tmp_path: Path) -> None:
     assert dangling.error is not None and "annotations[2]" in dangling.error
     with pytest.raises(Exception, match="reads a folder"):
         read_jobs(coco, root, "yolo")
+
+
+def test_coco_stated_size_is_checked_as_the_converters_check_it(tmp_path: Path) -> None:
+    """A COCO file states each image's size. Boxes drawn on the stored pixels of an EXIF-turned image (the
+    file states the stored size) are turned upright to where PIL's exif_transpose shows those pixels, as
+    convert does; a size that is neither means the boxes belong to another picture: an error row, no
+    scores. (Before, predict ignored the stated size and scored such boxes where they were written.)"""
+    from PIL import Image, ImageOps
+
+    from qwenvl_roi.inference.detections import check, read_jobs
+
+    images = tmp_path / "images"
+    images.mkdir()
+    stored = Image.new("L", (400, 240), 0)
+    stored.paste(255, (30, 50, 130, 90))  # the defect, drawn on the stored pixels: bbox [30, 50, 100, 40]
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    stored.save(images / "turned.jpg", exif=exif, quality=100)
+    Image.new("L", (400, 300), 0).save(images / "small.jpg")
+    with Image.open(images / "turned.jpg") as im:
+        bbox = ImageOps.exif_transpose(im).point(lambda v: 255 if v > 128 else 0).getbbox()
+    doc = {
+        "images": [
+            {"id": 1, "file_name": "turned.jpg", "width": 400, "height": 240},  # the stored size
+            {"id": 2, "file_name": "small.jpg", "width": 800, "height": 600},  # another picture's
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [30, 50, 100, 40]},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [50, 50, 100, 100]},
+        ],
+    }
+    (tmp_path / "coco.json").write_text(json.dumps(doc))
+    turned, small = (check(job) for job in read_jobs(tmp_path / "coco.json", images, "coco"))
+    assert (turned.width, turned.height) == (240, 400) and turned.job.error is None
+    assert [box for _, box in turned.usable] == [list(bbox)]
+    assert any("stored size" in p and "images[0]" in p for p in turned.job.problems)
+    assert small.usable == [] and "800x600" in (small.job.error or "")
