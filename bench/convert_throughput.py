@@ -25,8 +25,10 @@ Then times, in one process pinned to one core:
 CPU time counts this process and its children (hashing workers, with --all-cores).
 Checked on every run: the convert reads every box generated (the report's boxes "read"), uses every image
 and reports no problem; otherwise a loud error, no result row written, exit status 1.
+--breakdown: one more convert with a CPU timer around each step of prepare and build-sft (where the time goes;
+the timers add a few milliseconds), printed as a table.
 Usage: python bench/convert_throughput.py [--n 20000] [--size 64] [--format txt|labelme|voc|yolo|coco]
-       [--near-duplicates off|report|group] [--write-results FILE.md]
+       [--near-duplicates off|report|group] [--breakdown] [--write-results FILE.md]
 """
 
 from __future__ import annotations
@@ -263,6 +265,60 @@ def check(report: dict[str, Any], n: int, boxes: int | None) -> list[str]:
     return errors
 
 
+# the steps --breakdown times: (module, attribute path, what it is); the survey runs inside the walk, so it
+# is taken out of it
+STEPS = (
+    ("prepare", "_Collector.walk", "listing the folders and the header survey"),
+    ("images", "ImageFixer.survey", "  of which the header survey (every image header, PIL)"),
+    ("prepare", "_Collector.abnormal", "annotations read, paired and checked against their images"),
+    ("prepare", "_Collector.normal", "normal images checked"),
+    ("prepare", "_resolve_labels", "labels resolved"),
+    ("prepare", "_assign_splits", "groups and splits"),
+    ("prepare", "_samples", "candidate drawing (samples and their regions)"),
+    ("prepare", "position_audit", "position audit (at most 1,000 images: a fixed cost)"),
+    ("prepare", "split_stats", "split statistics"),
+    ("prepare", "check_records", "contract check of every regions sample"),
+    ("prepare", "write_jsonl", "regions_*.jsonl written"),
+    ("build_sft", "build_into", "build-sft (prompt texts, sharegpt records written)"),
+)
+
+
+def breakdown(cfg: dict[str, Any]) -> list[tuple[str, float]]:
+    """CPU seconds of each step of one convert (STEPS), and the rest, with timers wrapped around them."""
+    import importlib
+
+    from qwenvl_roi.converters.convert import convert
+
+    spent: dict[str, float] = dict.fromkeys((s[1] for s in STEPS), 0.0)
+    undo = []
+    for module, path, _ in STEPS:
+        owner: Any = importlib.import_module(f"qwenvl_roi.converters.{module}")
+        *parents, name = path.split(".")
+        for part in parents:
+            owner = getattr(owner, part)
+        original = getattr(owner, name)
+
+        def timer(*args: Any, _f: Any = original, _key: str = path, **kwargs: Any) -> Any:
+            t = time.process_time()
+            try:
+                return _f(*args, **kwargs)
+            finally:
+                spent[_key] += time.process_time() - t
+
+        setattr(owner, name, timer)
+        undo.append((owner, name, original))
+    try:
+        t0 = time.process_time()
+        convert(cfg, progress=False)
+        total = time.process_time() - t0
+    finally:
+        for owner, name, original in undo:
+            setattr(owner, name, original)
+    rows = [(what, spent[path]) for _, path, what in STEPS]
+    counted = sum(v for (_, path, _), (_, v) in zip(STEPS, rows, strict=True) if path != "ImageFixer.survey")
+    return [*rows, ("the rest (report, labels, staging, dataset_info)", total - counted), ("total", total)]
+
+
 HEADER = (
     "| format | images | size | near_duplicates | floor CPU (annotations + headers) "
     "| prepare + build-sft CPU | ratio (CPU) | wall floor / convert (ratio) "
@@ -305,6 +361,9 @@ def main() -> None:
         choices=("off", "report", "group"),
         default="report",
         help="the near_duplicates setting (default: report, the converters' default)",
+    )
+    ap.add_argument(
+        "--breakdown", action="store_true", help="one more convert, timed step by step (printed as a table)"
     )
     ap.add_argument("--write-results", default=None, help="append a result row to this markdown file")
     args = ap.parse_args()
@@ -366,6 +425,10 @@ def main() -> None:
                 file=sys.stderr,
             )
             sys.exit(1)
+        if args.breakdown:
+            print("\n| step | CPU s |\n|---|---|")
+            for what, secs in breakdown(cfg):
+                print(f"| {what} | {secs:.2f} |")
         if args.write_results:
             path = Path(args.write_results)
             if not path.exists():
