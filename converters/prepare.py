@@ -49,7 +49,7 @@ from .sources import Dropped, Record, SourceError, make_source
 from .sources.frame import fit_frame
 from .split import FORCED_SPLITS, IMAGE_SPLITS, SPLITS, assign_split, forced_split, group_key, holdout_matches
 from .walk import IMAGE_EXTS as IMAGE_EXTS  # re-exported: predict and the preview find files as prepare does
-from .walk import Skip, file_label, folder_key, walk_files
+from .walk import Skip, data_skips, file_label, walk_files
 from .walk import stem_key as stem_key
 
 REPORT_FILE = "prepare_report.json"
@@ -195,16 +195,9 @@ class _Collector:
         self.fixer.survey(paths)
 
     def _skip(self, root: Path, normal: Path | None) -> Skip:
-        """Folders no walk reads as data: out_dir (our outputs, marker or not yet), and for the abnormal
-        walk normal_dir when it lies inside abnormal_dir (its images are read as normal, once)."""
-        skip: Skip = {}
-        out = folder_key(self.cfg.out_dir)
-        if out is not None:
-            skip[out] = ("output_folder_skipped", "is out_dir (qwenvl-roi outputs); not read as data")
-        inner = folder_key(normal) if normal is not None else None
-        if inner is not None and inner != folder_key(root):
-            skip.setdefault(inner, (None, "is normal_dir; its images are read as normal"))
-        return skip
+        """Folders no walk reads as data (walk.data_skips): out_dir, and for the abnormal walk normal_dir
+        when it lies inside abnormal_dir."""
+        return data_skips(root, self.cfg.out_dir, normal)
 
     def _use(self, path: str, root: str, rel: str, label: str) -> Outcome | None:
         """What the trainer will load for this image (its cached copy is written if needed; problems

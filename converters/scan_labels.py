@@ -26,6 +26,7 @@ from .label_chart import write_label_chart
 from .labels import count_labels, scan_summary
 from .parse import Problem
 from .sources import FORMATS, SourceError, make_source
+from .walk import data_skips
 
 #: data.yaml keys that scan-labels also takes as flags
 FLAG_KEYS = (
@@ -104,7 +105,9 @@ def scan_labels(
         problems: list[Problem] = []  # the walk's first (symlink loops, folders linked twice)
         pairs: list[tuple[str, str]] = []
         disable = None if progress is None else not progress
-        for key, read in tqdm(source.scan(problems), desc="scan-labels", unit="file", disable=disable):
+        skip = data_skips(folder, cfg.out_dir, cfg.normal_dir)  # what convert's walk does not read either
+        scanned = source.scan(problems, skip)
+        for key, read in tqdm(scanned, desc="scan-labels", unit="file", disable=disable):
             problems += read.problems
             pairs += [(b.label, key) for b in read.boxes]
     except SourceError as exc:

@@ -31,6 +31,20 @@ def folder_key(path: str | Path) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino)
 
 
+def data_skips(root: Path, out_dir: Path | None, normal: Path | None) -> Skip:
+    """The folders no walk of ``root`` (abnormal_dir, or where its annotations lie) reads as data: out_dir
+    (our outputs, marker or not yet), and normal_dir when it lies inside (its images are read as normal,
+    once, and files beside them are not annotations). prepare and scan-labels walk with the same."""
+    skip: Skip = {}
+    out = folder_key(out_dir) if out_dir is not None else None
+    if out is not None:
+        skip[out] = ("output_folder_skipped", "is out_dir (qwenvl-roi outputs); not read as data")
+    inner = folder_key(normal) if normal is not None else None
+    if inner is not None and inner != folder_key(root):
+        skip.setdefault(inner, (None, "is normal_dir; its images are read as normal"))
+    return skip
+
+
 def walk_files(
     root: Path,
     problems: list[Problem] | None = None,

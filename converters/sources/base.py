@@ -25,7 +25,7 @@ from typing import ClassVar, Protocol
 
 from ..names import shown
 from ..parse import Problem, RawBox, read_decoded
-from ..walk import file_label, stem_key, walk_files
+from ..walk import Skip, file_label, stem_key, walk_files
 
 
 class SourceError(Exception):
@@ -150,8 +150,9 @@ class Source(ABC):
         ``extension`` found in the same walk. Problems of the layout itself come as records without rel."""
 
     @abstractmethod
-    def scan(self, problems: list[Problem]) -> Iterator[tuple[str, Read]]:
-        """Every annotation the source can find, images or not (scan-labels): (what it annotates, Read)."""
+    def scan(self, problems: list[Problem], skip: Skip | None = None) -> Iterator[tuple[str, Read]]:
+        """Every annotation the source can find, images or not (scan-labels): (what it annotates, Read);
+        ``skip``: the folders prepare's walk does not read (walk.data_skips), not read here either."""
 
     def inputs(self) -> dict[str, int | str]:
         """The report's ``inputs`` entries of this source."""
@@ -275,9 +276,9 @@ class PerImageFiles(Source):
                 dropped = read_all(file_rels, self.ambiguous_kind)
                 yield Record(rel, Read(dropped=dropped, problems=[problem]), skip=True)
 
-    def scan(self, problems: list[Problem]) -> Iterator[tuple[str, Read]]:
+    def scan(self, problems: list[Problem], skip: Skip | None = None) -> Iterator[tuple[str, Read]]:
         ann_root = self.annotations_root or self.images_root
-        found = walk_files(ann_root, problems, (self.extension or "",))[1]
+        found = walk_files(ann_root, problems, (self.extension or "",), skip=skip)[1]
         files = [f for f in found if self.wanted(ann_root, f)]
         self.files_found = len(files)
         for rel in files:

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..names import shown
 from ..parse import Problem, RawBox
-from ..walk import file_label
+from ..walk import Skip, file_label
 from .base import Dropped, Read, Record, Source, SourceError, SourceSettings, finite, read_named_file
 
 
@@ -298,7 +298,7 @@ class CocoSource(Source):
                 read = ims[0].read
                 yield Record(rel, read, self.label, normal=read.lists_nothing)
 
-    def scan(self, problems: list[Problem]) -> Iterator[tuple[str, Read]]:
+    def scan(self, problems: list[Problem], skip: Skip | None = None) -> Iterator[tuple[str, Read]]:
         coco = self._load()
         problems += coco.problems + coco.dangling.problems
         for im in coco.images.values():

@@ -23,7 +23,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..parse import Problem, RawBox
-from ..walk import file_label, walk_files
+from ..walk import Skip, file_label, walk_files
 from .base import Read, Record, Source, SourceError, SourceSettings, failed
 
 #: 8-connectivity: pixels touching at a corner belong to one component
@@ -160,9 +160,9 @@ class LayoutSource(Source):
     def inputs(self) -> dict[str, int | str]:
         return self.layout_inputs()
 
-    def scan(self, problems: list[Problem]) -> Iterator[tuple[str, Read]]:
+    def scan(self, problems: list[Problem], skip: Skip | None = None) -> Iterator[tuple[str, Read]]:
         """scan-labels: the layout's records (a left-out image's problems go to ``problems``)."""
-        images = walk_files(self.images_root, problems, ())[0]
+        images = walk_files(self.images_root, problems, (), skip=skip)[0]
         for rec in self.records(images, []):
             if rec.rel is None or rec.skip:
                 problems += rec.read.problems

@@ -112,3 +112,27 @@ def test_scan_labels_missing_dir_exit_code(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
+
+
+def test_scan_labels_counts_what_convert_reads_with_normal_dir_inside(tmp_path: Path, files) -> None:
+    """normal_dir inside abnormal_dir: convert reads its images as normal and reports a stray txt there
+    (txt_in_normal_dir), so scan-labels must not count that txt's labels either; both agree box for box."""
+    from qwenvl_roi.converters.convert import convert
+    from qwenvl_roi.converters.scan_labels import scan_labels
+
+    root = tmp_path / "root"
+    for i in range(6):
+        files.image(root / "b1" / f"a{i}.jpg", (64, 64))
+        files.txt(root / "b1" / f"a{i}.txt", f"a{i}.jpg;4,4,40,40;裂缝\n")
+    for i in range(4):
+        files.image(root / "ok" / f"n{i}.jpg", (64, 64))
+    files.txt(root / "ok" / "n0.txt", "n0.jpg;4,4,40,40;划痕\n")  # stray: convert reads n0 as normal
+    cfg = tmp_path / "data.yaml"
+    keys = {"abnormal_dir": str(root), "normal_dir": str(root / "ok"), "out_dir": str(tmp_path / "out")}
+    cfg.write_text(yaml.safe_dump({**keys, "dataset_info_dir": str(tmp_path / "di")}, allow_unicode=True))
+    from qwenvl_roi.converters.config import load_data_config
+
+    report = convert(load_data_config(cfg), progress=False)["prepare"]
+    assert report["boxes"]["read"] == 6 and report["problem_counts"] == {"txt_in_normal_dir": 1}
+    scanned = scan_labels(config=load_data_config(cfg), progress=False)
+    assert scanned["boxes"] == 6 and [x["label"] for x in scanned["labels"]] == ["裂缝"]
