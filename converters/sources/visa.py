@@ -7,7 +7,8 @@ anomaly, ``mask`` empty for a normal image.
 The csv is the truth: a ``normal`` row is a normal image, an ``anomaly`` row's boxes are its mask's
 components (layout.py) labelled with the csv's label (``anomaly``). ``test`` rows go to test; ``train`` rows
 to train or val by the usual seeded hash (the csv has no val). Reported, by the csv's line: a row that cannot
-be used (``bad_row``: a split or label not known, no image), an image listed twice (``duplicate_row``), an
+be used (``bad_row``: a split or label not known, no image), an image listed twice (``duplicate_row``: the
+first row is used, but an image any of its rows calls test goes to test, never into training), an
 image not on disk (``image_missing``, its mask's boxes dropped); by the file: an anomaly without its mask
 (``mask_missing``) or with an empty or unreadable one, a normal image with a mask
 (``mask_for_normal_image``), an image under the root the csv does not list (``image_not_in_split_csv``).
@@ -42,6 +43,7 @@ class _Row:
     label: str  # as written (stripped)
     image: str  # relative to the root, normalised
     mask: str  # "" when the row names none
+    split_as_written: str = ""  # the row's own split (``split`` may be test from a later duplicate row)
 
     @property
     def normal(self) -> bool:
@@ -114,12 +116,21 @@ class VisaSource(LayoutSource):
                 problems.append(Problem(self.csv_label, line, "bad_row", f"{why}; row skipped"))
                 continue
             if image.casefold() in first:
-                why = f"image {image!r} already listed at line {first[image.casefold()]}; row skipped"
+                earlier = out[first[image.casefold()]]
+                why = f"image {image!r} already listed at line {earlier.line}; row skipped"
+                if split == "test" and earlier.split != "test":  # a test image is never trained on
+                    earlier.split = "test"
+                    why = (
+                        f"image {image!r} already listed at line {earlier.line} as {earlier.split_as_written}"
+                    )
+                    why += (
+                        "; this row calls it a test image, so it goes to test (never trained on); row skipped"
+                    )
                 problems.append(Problem(self.csv_label, line, "duplicate_row", why))
                 continue
-            first[image.casefold()] = line
+            first[image.casefold()] = len(out)
             mask = norm_file_name(cell("mask")) if cell("mask") else ""
-            out.append(_Row(line, split, label, image, mask))
+            out.append(_Row(line, split, label, image, mask, split))
         return out
 
     def records(self, images: list[str], beside: list[str]) -> Iterator[Record]:

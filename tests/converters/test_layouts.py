@@ -351,6 +351,10 @@ def test_visa_problems(tmp_path: Path) -> None:
         and "pcb1/Data/Images/Anomaly/002.JPG" not in images
     )
     assert images["candle/Data/Images/Normal/0001.JPG"]["source"] == "normal"  # the first row counts
+    # ... but its first row says train and line 26 test: a test image is never trained on
+    assert images["candle/Data/Images/Normal/0001.JPG"]["split"] == "test"
+    (dup,) = [p for p in result.report["problems"] if p["kind"] == "duplicate_row"]
+    assert "as train" in dup["reason"] and "goes to test" in dup["reason"]
     assert result.report["boxes"]["dropped_by_reason"]["image_missing"] == 2  # the missing image's mask
 
 
