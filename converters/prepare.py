@@ -45,7 +45,7 @@ from .names import shown
 from .parse import CheckedBox, Problem, RawBox, check_box
 from .report import BoxLedger, split_stats, split_warnings
 from .runtime import paused_gc
-from .sources import Dropped, Record, SourceError, make_source
+from .sources import Dropped, Record, Source, SourceError, make_source
 from .sources.frame import fit_frame
 from .split import FORCED_SPLITS, IMAGE_SPLITS, SPLITS, assign_split, forced_split, group_key, holdout_matches
 from .walk import IMAGE_EXTS as IMAGE_EXTS  # re-exported: predict and the preview find files as prepare does
@@ -103,6 +103,7 @@ class ImageEntry:
     forced_split: str | None = None
     path: str = ""  # the original file, absolute: what the near-duplicate check decodes and caches by
     file: str = ""  # how problems name the image file (walk.file_label)
+    stratum: tuple[str, str] | None = None  # (its source's stratum, its rel as the source gave it)
 
     def __post_init__(self) -> None:
         if not self.root:
@@ -313,6 +314,8 @@ class _Collector:
         entry = ImageEntry(
             "abnormal", shown(rel), used.image, w, h, forced_split=rec.split, path=path, file=label
         )
+        if rec.stratum is not None:
+            entry.stratum = (rec.stratum, rel)
         entry.raw_boxes = [(c.box, c.raw, rec.annotation) for c in checked if c.box is not None]
         for raw in boxes + [d.raw for d in dropped if d.marks]:  # every box marks a defect, even one dropped
             d = defect_box(raw.coords, w, h)
@@ -353,6 +356,20 @@ class _Collector:
 
     def _disable(self) -> bool | None:
         return None if self.progress is None else not self.progress
+
+
+def _stratified(entries: list[ImageEntry], source: Source) -> None:
+    """The forced split of the entries their source stratifies (Record.stratum), by its quotas over the
+    images kept: an image left out here (unreadable, its annotation of another size) takes no place."""
+    strata: dict[str, list[str]] = defaultdict(list)
+    for e in entries:
+        if e.stratum is not None:
+            strata[e.stratum[0]].append(e.stratum[1])
+    if strata:
+        chosen = source.strata_splits(dict(strata))
+        for e in entries:
+            if e.stratum is not None:
+                e.forced_split = chosen[e.stratum[1]]
 
 
 def _resolve_labels(
@@ -599,6 +616,7 @@ def prepare_into(
         except SourceError as exc:  # a names file or COCO file that cannot be read stops the command
             raise ConvertError(str(exc)) from None
     images = col.fixer.finish()
+    _stratified(entries, col.source)
     variants = _resolve_labels(entries, cfg, col.problems)
     labels = sorted(variants)
     uses_depth = cfg.image_bit_depth is not None or col.fixer.counts_max is not None

@@ -113,6 +113,8 @@ class Record:
     ``normal``: a normal image (its annotation lists no object, or a layout says so), never given boxes.
     ``split``: a split the layout forces (a benchmark's official split): train, val, test, or ``trainval``
     (split.TRAIN_OR_VAL: train or val by the group's seeded hash); None: the group's seeded hash.
+    ``stratum``: the images sharing it are split by the source's quotas (Source.strata_splits) once prepare
+    knows which of them are usable (MVTec's category and defect type); None: not stratified.
     """
 
     rel: str | None
@@ -121,6 +123,7 @@ class Record:
     skip: bool = False
     normal: bool = False
     split: str | None = None
+    stratum: str | None = None
 
 
 class Source(ABC):
@@ -153,6 +156,11 @@ class Source(ABC):
     def scan(self, problems: list[Problem], skip: Skip | None = None) -> Iterator[tuple[str, Read]]:
         """Every annotation the source can find, images or not (scan-labels): (what it annotates, Read);
         ``skip``: the folders prepare's walk does not read (walk.data_skips), not read here either."""
+
+    def strata_splits(self, strata: dict[str, list[str]]) -> dict[str, str]:
+        """The split of every image of ``strata`` (stratum -> the rels of its usable images, those prepare
+        kept), for the sources that give records a ``stratum``; rel -> split."""
+        raise NotImplementedError(f"{type(self).__name__} gives no record a stratum")
 
     def inputs(self) -> dict[str, int | str]:
         """The report's ``inputs`` entries of this source."""

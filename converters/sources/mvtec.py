@@ -11,7 +11,8 @@ and any other image under the root.
 Splits. MVTec AD's own train split holds only good images, so a region classifier could learn no defect
 from it. By default (``split_from: defect_types``) the defect images of each (category, defect type) are
 split on their own: ordered by a seeded hash and cut by train/val/test_ratio (largest remainders), so that
-every defect type with at least ``MIN_PER_TYPE`` usable images has some in train and some in test; good
+every defect type with at least ``MIN_PER_TYPE`` usable images (those prepare keeps: the quotas are taken
+once the images are checked, Source.strata_splits) has some in train and some in test; good
 images (train/good and test/good alike) go by the usual seeded hash. This is **not** the published
 one-class protocol. ``split_from: layout`` keeps the official split: train/good in train (val carved from
 it by the seed), every test image in test.
@@ -150,7 +151,7 @@ class MvtecSource(LayoutSource):
             )
             problem = Problem(self.label(mask), None, "mask_without_image", why)
             yield Record(None, Read(dropped=read.all_dropped("mask_without_image"), problems=[problem]))
-        splits = self._splits(list(items.values()))
+        layout = self.split_from == "layout"
         for rel in images:
             if rel in others:
                 yield others[rel]
@@ -158,34 +159,27 @@ class MvtecSource(LayoutSource):
             item = items.get(rel)
             if item is None:  # a mask: read with its image
                 continue
+            # the official split; else good images by the usual seeded hash, defect images by the quotas of
+            # their (category, defect type) among the images prepare keeps (strata_splits)
+            official = (TRAIN_OR_VAL if item.part == "train" else "test") if layout else None
             if item.kind == "good":
-                yield Record(rel, Read(), normal=True, split=splits.get(rel))
+                yield Record(rel, Read(), normal=True, split=official)
                 continue
             assert item.read is not None and item.mask is not None
-            usable = item.read.ok
-            yield Record(rel, item.read, self.label(item.mask), skip=not usable, split=splits.get(rel))
+            stratum = None if layout else f"{item.category}/{item.kind}"
+            yield Record(
+                rel, item.read, self.label(item.mask), skip=not item.read.ok, split=official, stratum=stratum
+            )
 
-    def _usable(self, read: Read | None) -> bool:
-        """Whether a defect image will likely give samples: its mask read, one component not too small."""
-        if read is None or not read.ok:
-            return False
-        least = self.settings.min_box_size
-        return any(min(b.coords[2] - b.coords[0], b.coords[3] - b.coords[1]) >= least for b in read.boxes)
-
-    def _splits(self, items: list[_Image]) -> dict[str, str]:
-        """The split each image is forced into (absent: the usual seeded hash of its group)."""
-        if self.split_from == "layout":
-            return {it.rel: (TRAIN_OR_VAL if it.part == "train" else "test") for it in items}
+    def strata_splits(self, strata: dict[str, list[str]]) -> dict[str, str]:
+        """Each (category, defect type)'s usable images ordered by a seeded hash and cut by the ratios
+        (quotas): a type with MIN_PER_TYPE usable images or more has some in train and some in test."""
         s = self.settings
         ratios = (s.train_ratio, s.val_ratio, s.test_ratio)
-        strata: dict[tuple[str, str], list[_Image]] = {}
-        for it in items:
-            if it.kind != "good" and self._usable(it.read):
-                strata.setdefault((it.category, it.kind), []).append(it)
         out: dict[str, str] = {}
         for _, members in sorted(strata.items()):
-            ordered = sorted(members, key=lambda it: (hash_unit(s.seed, it.rel), it.rel))
+            ordered = sorted(members, key=lambda rel: (hash_unit(s.seed, rel), rel))
             n_train, n_val, _ = quotas(len(ordered), ratios, len(ordered) >= MIN_PER_TYPE)
-            for k, it in enumerate(ordered):
-                out[it.rel] = "train" if k < n_train else "val" if k < n_train + n_val else "test"
+            for k, rel in enumerate(ordered):
+                out[rel] = "train" if k < n_train else "val" if k < n_train + n_val else "test"
         return out

@@ -230,6 +230,28 @@ def test_mvtec_every_type_of_ten_lands_in_train_and_test(tmp_path: Path) -> None
         assert sum(got.values()) == {"crack": 10, "cut": 11, "bent": 17}[t]
 
 
+@pytest.mark.parametrize("broken", ["unreadable", "other_size"])
+def test_mvtec_quotas_count_only_the_images_kept(tmp_path: Path, broken: str) -> None:
+    """11 hole images, one left out by prepare (its image unreadable, or its mask of another size): the 10
+    kept still have some in train and some in test. The one broken is the image the seeded order puts
+    in test on its own (ordered by hash_unit(seed, rel), the README's protocol), so quotas counted
+    before prepare's checks would leave the type without a test image."""
+    root = tmp_path / "mvtec"
+    build_mvtec(root, types={"hole": 11})
+    rels = [f"widget/test/hole/{i:03d}.png" for i in range(11)]
+    last = max(rels, key=lambda rel: (hash_unit(SEED, rel), rel))  # train 9, val 1, test 1: the last one
+    if broken == "unreadable":
+        (root / last).write_bytes(b"not a png")
+    else:
+        stem = Path(last).stem
+        save_mask(root / f"widget/ground_truth/hole/{stem}_mask.png", np.zeros((80, 80), np.uint8) + 255)
+    result = run(tmp_path, dataset_layout="mvtec", dataset_root=str(root), min_box_size=MIN_BOX)
+    images = by_image(result)
+    assert last not in images
+    got = Counter(v["split"] for k, v in images.items() if "/test/hole/" in k)
+    assert sum(got.values()) == 10 and got["train"] >= 1 and got["test"] >= 1, got
+
+
 def test_mvtec_split_from_layout_is_the_official_split(tmp_path: Path) -> None:
     root = tmp_path / "mvtec"
     build_mvtec(root, goods=30)
