@@ -246,37 +246,54 @@ class CocoSource(Source):
             folded.setdefault(name.casefold(), []).extend(ims)
         listed: dict[str, list[CocoImage]] = {}
         by_case: dict[str, list[str]] = {}  # files no file_name names exactly, by their case-folded name
+        on_disk: dict[str, list[str]] = {}  # every file, by its case-folded name
         for rel in images:
             name = shown(rel)
+            on_disk.setdefault(name.casefold(), []).append(rel)
             if name in by_name:
                 listed[rel] = by_name[name]
             else:
                 by_case.setdefault(name.casefold(), []).append(rel)
         exact = {id(im) for ims in listed.values() for im in ims}
-        clash: dict[str, list[str]] = {}  # an entry that names several files, each only by letter case
+        listed_names = {shown(rel) for rel in listed}  # the files some file_name names exactly
+        # an entry naming no file exactly names a file by letter case only when no other file has its
+        # name but for case; else it names several: (the unnamed ones, every one), each reported
+        clash: dict[str, tuple[list[str], list[str]]] = {}
         for fold, rels in by_case.items():
             loose = [im for im in folded.get(fold, []) if id(im) not in exact]
             for rel in rels:
                 listed[rel] = loose
-                if loose and len(rels) > 1:
-                    clash[rel] = rels
+                if loose and len(on_disk[fold]) > 1:
+                    clash[rel] = (rels, on_disk[fold])
         found = {id(im) for ims in listed.values() for im in ims}
         if coco.problems or coco.dangling.entries:
             d = coco.dangling
             yield Record(None, Read(dropped=d.dropped, problems=coco.problems + d.problems))
+        named = {name.casefold(): ims[0] for name, ims in by_name.items() if name in listed_names}
         for im in coco.images.values():
-            if id(im) not in found:
+            if id(im) in found:
+                continue
+            other = named.get(im.file_name.casefold())
+            if other is not None:  # its file is there, named exactly by another entry, which annotates it
+                why = (
+                    f"image {im.file_name!r} names {other.file_name!r} only by letter case, and "
+                    f"images[{other.index}] names that file exactly; its annotations dropped"
+                )
+                kind = "ambiguous_annotation"
+            else:
                 why = f"image {im.file_name!r} is not under {root.as_posix()}; its annotations dropped"
-                problem = Problem(self.label, f"images[{im.index}]", "image_missing", why)
-                yield Record(None, Read(dropped=im.read.all_dropped("image_missing"), problems=[problem]))
+                kind = "image_missing"
+            problem = Problem(self.label, f"images[{im.index}]", kind, why)
+            yield Record(None, Read(dropped=im.read.all_dropped(kind), problems=[problem]))
         for rel in images:
             label = file_label(root, rel)
             ims = listed[rel]
             if rel in clash:
+                unnamed, every = clash[rel]
                 where = ", ".join(f"images[{im.index}] {im.file_name!r}" for im in ims)
-                others = ", ".join(shown(r) for r in clash[rel] if r != rel)
+                others = ", ".join(shown(r) for r in every if r != rel)
                 why = f"{where} names this file only by letter case, and also {others}; skipped"
-                first = rel == clash[rel][0]  # the entries' boxes are dropped once
+                first = rel == unnamed[0]  # the entries' boxes are dropped once
                 dropped = (
                     [d for im in ims for d in im.read.all_dropped("ambiguous_annotation")] if first else []
                 )

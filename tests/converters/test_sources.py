@@ -658,6 +658,30 @@ def test_coco_names_by_letter_case_only_one_file(tmp_path: Path) -> None:
     boxes = result.report["boxes"]
     assert boxes["read"] == sum(len(t.boxes) for t in TRUTH)  # p03's boxes counted once
     assert boxes["dropped_by_reason"] == {"ambiguous_annotation": len(TRUTH[2].boxes)}
+    # an entry naming by case only a file another entry names exactly: the file is there, the entry is a
+    # second annotation of it (not a missing image); one naming by case a file beside an exactly named
+    # one names two files: that file is reported. Both entries' boxes dropped, the named files kept.
+    size = {"width": 320, "height": 240}
+    doc["images"] += [
+        {"id": 998, "file_name": "B1/P04.JPG", **size},
+        {"id": 999, "file_name": "B1/P01.JPG", **size},
+    ]
+    doc["annotations"] += [
+        {"id": 998, "image_id": 998, "category_id": 1, "bbox": [1, 1, 20, 20]},
+        {"id": 999, "image_id": 999, "category_id": 1, "bbox": [1, 1, 20, 20]},
+    ]
+    Path(keys["coco_json"]).write_text(json.dumps(doc), "utf-8")
+    again = run(tmp_path, keys)
+    n = len(doc["images"])
+    (p04,) = [p for p in again.report["problems"] if p["line"] == f"images[{n - 2}]"]
+    assert p04["kind"] == "ambiguous_annotation"
+    assert "names 'b1/p04.jpg' only by letter case" in p04["reason"]
+    (p01,) = [p for p in again.report["problems"] if p["file"].endswith("b1/P01.jpg")]
+    assert p01["kind"] == "ambiguous_annotation" and "and also b1/p01.jpg" in p01["reason"]
+    pos, normal = kept(again)
+    assert_boxes_equal(pos["b1/p01.jpg"], TRUTH[0].boxes, 0)
+    assert "b1/p04.jpg" in normal and "b1/P01.jpg" not in pos
+    assert again.report["boxes"]["dropped_by_reason"]["ambiguous_annotation"] == len(TRUTH[2].boxes) + 2
 
 
 def test_coco_unreadable_file_stops(tmp_path: Path) -> None:
