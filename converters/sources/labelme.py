@@ -4,19 +4,25 @@
 Shapes become their extents: ``rectangle`` (two opposite corners in either order; X-AnyLabeling writes all
 four), ``polygon`` (also the default when ``shape_type`` is missing, as in old labelme files), ``rotation``
 (X-AnyLabeling's turned rectangle), ``oriented_rectangle`` (labelme 6's turned rectangle, four corners),
-``mask`` (its points are the first and last pixel of the mask's crop, both included, as labelme's
-``shapes_to_label`` pastes it: the box ends one pixel past the second) and ``circle`` (centre and a point on
-the rim). ``point``, ``line``, ``linestrip`` and anything else mark no
-region: reported and skipped. ``imagePath`` is relative to the json; its file name must name the paired
-image. ``imageWidth``/``imageHeight`` are checked against the image as displayed (prepare does it).
+``mask`` (the box around the pixels its ``mask``, a base64 PNG crop, marks, placed at its first point as
+labelme's ``shapes_to_label`` pastes it; without mask data, its points are the crop's first and last pixel,
+both included) and ``circle`` (centre and a point on the rim). ``point``, ``line``, ``linestrip`` and
+anything else mark no region: reported and skipped. ``imagePath`` is relative to the json; its file name
+must name the paired image. ``imageWidth``/``imageHeight`` are checked against the image as displayed
+(prepare does it).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import posixpath
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from ..parse import Problem, RawBox, image_name_keys, name_key
 from .base import Dropped, PerImageFiles, Read, extent, failed, finite, read_text
@@ -60,9 +66,30 @@ def shape_box(shape: dict[str, Any]) -> tuple[tuple[float, float, float, float] 
     if len(points) < least:
         return None, "coord_count", f"{shape_type} needs at least {least} points, got {len(points)}; skipped"
     x1, y1, x2, y2 = extent(points)
-    if shape_type == "mask":  # pixels x1..x2, y1..y2 included
-        return (x1, y1, x2 + 1, y2 + 1), "", ""
+    if shape_type == "mask":
+        return _mask_box(shape.get("mask"), x1, y1, x2, y2)
     return (x1, y1, x2, y2), "", ""
+
+
+def _mask_box(
+    data: Any, x1: float, y1: float, x2: float, y2: float
+) -> tuple[tuple[float, float, float, float] | None, str, str]:
+    """A mask shape's box: the pixels its crop marks, the crop pasted at (int(x1), int(y1)) as labelme's
+    shapes_to_label does (whatever convention a labelme version used for the second point); without
+    mask data, pixels x1..x2 and y1..y2 both included."""
+    if data is None:
+        return (x1, y1, x2 + 1, y2 + 1), "", ""
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data, validate=True))) as im:
+            crop = np.asarray(im.convert("L")) > 0  # labelme reads it as a bool array
+    except (TypeError, ValueError, OSError):  # not base64 (binascii.Error is a ValueError), not an image
+        return None, "non_numeric", "mask data is not a base64 image; skipped"
+    where = np.argwhere(crop)
+    if not len(where):
+        return None, "unsupported_shape", "mask marks no pixel; skipped"
+    (top, left), (bottom, right) = where.min(0), where.max(0) + 1
+    ox, oy = int(x1), int(y1)
+    return (ox + int(left), oy + int(top), ox + int(right), oy + int(bottom)), "", ""
 
 
 def parse_labelme(obj: Any, label: str, image_name: str | None = None) -> Read:

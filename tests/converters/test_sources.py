@@ -350,30 +350,43 @@ def problems_at(result: PrepareResult) -> list[tuple[str, Any, str]]:
 
 
 def test_labelme_mask_and_oriented_rectangle_as_labelme_draws_them(tmp_path: Path) -> None:
-    """A ``mask`` shape's points are its crop's first and last pixel, both included (labelme's
-    shapes_to_label pastes the mask at [y1 : y2 + 1, x1 : x2 + 1]); its box is the extent of the pixels it
-    marks, as labelme's masks_to_bboxes gives it. labelme 6's ``oriented_rectangle`` (four corners) is the
-    extent of its corners."""
+    """A ``mask`` shape is a base64 PNG crop pasted at its first point (labelme's shapes_to_label:
+    ``mask[y1 : y2 + 1, x1 : x2 + 1] = shape["mask"]``): its box is the extent of the pixels the crop marks
+    (an empty border of the crop is not part of the defect), held here to that paste and np.argwhere.
+    Mask data that is not a base64 image is reported at its shape. labelme 6's ``oriented_rectangle``
+    (four corners) is the extent of its corners."""
+    import base64
+    import io
+
     keys = write_labelme(tmp_path / "data")
     p01 = Path(keys["abnormal_dir"]) / "b1" / "p01.json"
     doc = json.loads(p01.read_text("utf-8"))
     (crack, scratch) = TRUTH[0].boxes
     x1, y1, x2, y2 = crack[0]
-    corners = [[x1, y1], [x2 - 1, y2 - 1]]  # the crop's first and last pixel
+    ox, oy = x1 - 2, y1 - 3  # the crop starts 2 and 3 pixels before the defect and ends a row after it
+    crop = np.zeros((y2 - oy + 1, x2 - ox), bool)
+    crop[y1 - oy : y2 - oy, x1 - ox : x2 - ox] = True
+    png = io.BytesIO()
+    Image.fromarray(crop).save(png, format="PNG")
+    corners = [[ox, oy], [ox + crop.shape[1] - 1, oy + crop.shape[0] - 1]]  # as labelme writes them
     painted = np.zeros((TRUTH[0].size[1], TRUTH[0].size[0]), bool)
     (a, b), (c, d) = corners
-    painted[b : d + 1, a : c + 1] = True  # labelme's shapes_to_label
-    (ty1, tx1), (ty2, tx2) = np.argwhere(painted).min(0), np.argwhere(painted).max(0) + 1  # masks_to_bboxes
+    painted[b : d + 1, a : c + 1] = crop  # labelme's shapes_to_label
+    (ty1, tx1), (ty2, tx2) = np.argwhere(painted).min(0), np.argwhere(painted).max(0) + 1
     assert (tx1, ty1, tx2, ty2) == crack[0]
     sx1, sy1, sx2, sy2 = scratch[0]
     turned = [[sx1, (sy1 + sy2) / 2], [(sx1 + sx2) / 2, sy1], [sx2, (sy1 + sy2) / 2], [(sx1 + sx2) / 2, sy2]]
+    data = base64.b64encode(png.getvalue()).decode()
     doc["shapes"] = [
-        {"label": crack[1], "points": corners, "shape_type": "mask", "mask": "iVBORw0KGgo=", "flags": {}},
+        {"label": crack[1], "points": corners, "shape_type": "mask", "mask": data, "flags": {}},
         {"label": scratch[1], "points": turned, "shape_type": "oriented_rectangle", "flags": {}},
+        {"label": "crack", "points": corners, "shape_type": "mask", "mask": "not an image", "flags": {}},
     ]
     p01.write_text(json.dumps(doc, ensure_ascii=False), "utf-8")
     result = run(tmp_path, keys)
-    assert not [p for p in problems_at(result) if p[0].startswith("p01")]
+    assert [p for p in problems_at(result) if p[0].startswith("p01")] == [
+        ("p01.json", "shapes[2]", "non_numeric")
+    ]
     pos, _ = kept(result)
     assert_boxes_equal(pos["b1/p01.jpg"], TRUTH[0].boxes, 0)
 
