@@ -37,7 +37,8 @@ def group_key(source: str, rel_path: str, split_by_parent: bool, depth: int | No
 
 def hash_unit(seed: int, key: str) -> float:
     """A uniform number in [0, 1) determined only by (seed, key)."""
-    digest = hashlib.sha256(f"{seed}\x00{key}".encode()).digest()
+    # a file name that is not UTF-8 (surrogate-escaped by the file system) hashes as its bytes
+    digest = hashlib.sha256(f"{seed}\x00{key}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64
 
 

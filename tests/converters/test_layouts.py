@@ -252,6 +252,32 @@ def test_mvtec_quotas_count_only_the_images_kept(tmp_path: Path, broken: str) ->
     assert sum(got.values()) == 10 and got["train"] >= 1 and got["test"] >= 1, got
 
 
+def test_mvtec_defect_image_named_in_gbk_is_split_not_a_crash(tmp_path: Path) -> None:
+    """A defect image whose name is GBK bytes (a Windows zip), not UTF-8: its type's seeded order hashes
+    the name's bytes (sha256 of seed, NUL, bytes, by hand here) and the image is used, reported as not
+    UTF-8. Before, ordering the type raised UnicodeEncodeError."""
+    import hashlib
+    import os
+
+    root = tmp_path / "mvtec"
+    build_mvtec(root, types={"hole": 11})
+    raw = "划痕".encode("gbk")
+    name = os.fsdecode(raw)  # what the file system gives Python: surrogate escapes
+    hole = root / "widget" / "test" / "hole"
+    (hole / "000.png").rename(hole / f"{name}.png")
+    gt = root / "widget" / "ground_truth" / "hole"
+    (gt / "000_mask.png").rename(gt / f"{name}_mask.png")
+    rel = f"widget/test/hole/{name}.png"
+    by_hand = int.from_bytes(
+        hashlib.sha256(f"{SEED}".encode() + b"\x00" + os.fsencode(rel)).digest()[:8], "big"
+    )
+    assert hash_unit(SEED, rel) == by_hand / 2**64
+    result = run(tmp_path, dataset_layout="mvtec", dataset_root=str(root))
+    assert result.report["problem_counts"].get("file_name_not_utf8") == 1
+    got = Counter(v["split"] for k, v in by_image(result).items() if "/test/hole/" in k)
+    assert sum(got.values()) == 11 and got["train"] >= 1 and got["test"] >= 1
+
+
 def test_mvtec_split_from_layout_is_the_official_split(tmp_path: Path) -> None:
     root = tmp_path / "mvtec"
     build_mvtec(root, goods=30)
