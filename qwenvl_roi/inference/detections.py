@@ -63,7 +63,7 @@ class ImageJob:
     normalized: bool = False  # boxes are fractions of the displayed size (YOLO), made pixels by check()
     # the image size the boxes' file states (COCO images[]), checked by check() as the converters check it
     stated: tuple[float, float] | None = None
-    stated_at: int | str | None = None  # where it is stated (COCO: images[i])
+    stated_at: str = ""  # where it is stated: file:images[i]
 
 
 def _box(value: Any) -> list[float] | None:
@@ -252,6 +252,7 @@ def read_coco(path: Path, root: Path, images_file: Path | None = None) -> list[I
 
     obj = _load_json(path, "--boxes")
     label = shown(str(path))
+    images_label = shown(str(images_file)) if images_file is not None else label
     if images_file is not None:
         doc = _load_json(images_file, "--coco-images")
         if not isinstance(doc, dict) or not isinstance(doc.get("images"), list):
@@ -289,7 +290,8 @@ def read_coco(path: Path, root: Path, images_file: Path | None = None) -> list[I
             job.problems += [str(p) for p in im.read.problems]
             job.boxes = [list(raw.coords) for raw in im.read.boxes]
             job.box_sources = [f"{label}:{raw.line}" for raw in im.read.boxes]
-            job.stated, job.stated_at = im.read.size, im.read.size_at
+            if im.read.size is not None:  # stated in the file that lists the images
+                job.stated, job.stated_at = im.read.size, f"{images_label}:{im.read.size_at}"
         jobs.append(job)
     for p in coco.problems + coco.dangling.problems:
         jobs.append(ImageJob(f"<{p.file}:{p.line}>", "", f"{p.file}:{p.line}", error=str(p)))
@@ -424,14 +426,13 @@ def _fit_stated(job: ImageJob, insp: Any) -> bool:
     from qwenvl_roi.converters.sources.base import Read
     from qwenvl_roi.converters.sources.frame import fit_frame
 
-    label = job.source.rsplit(":", 1)[0] if ":" in job.source else job.source
     read = Read(
         boxes=[RawBox(i, (b[0], b[1], b[2], b[3]), "") for i, b in enumerate(job.boxes)],
         size=job.stated,
         size_at=job.stated_at,
     )
-    fitted = fit_frame(read, label, insp.width, insp.height, insp.orientation)
-    reasons = [f"{label}:{p.line}: {p.reason}" for p in fitted.problems]
+    fitted = fit_frame(read, "", insp.width, insp.height, insp.orientation)
+    reasons = [f"{p.line}: {p.reason}" for p in fitted.problems]
     if fitted.mismatch:
         job.error = "; ".join(reasons)
         return False

@@ -168,3 +168,14 @@ def test_coco_stated_size_is_checked_as_the_converters_check_it(tmp_path: Path) 
     assert [box for _, box in turned.usable] == [list(bbox)]
     assert any("stored size" in p and "images[0]" in p for p in turned.job.problems)
     assert small.usable == [] and "800x600" in (small.job.error or "")
+    # a results list: the sizes are stated in the --coco-images file, which the problems name
+    listed = tmp_path / "listed.json"
+    listed.write_text(json.dumps({"images": doc["images"]}))
+    results = tmp_path / "results.json"
+    results.write_text(
+        json.dumps([{"image_id": 1, "category_id": 1, "bbox": [30, 50, 100, 40], "score": 0.9}])
+    )
+    turned2, small2 = (check(job) for job in read_jobs(results, images, "coco", listed))
+    assert [box for _, box in turned2.usable] == [list(bbox)]
+    assert any(p.startswith(f"{listed}:images[0]") for p in turned2.job.problems)
+    assert (small2.job.error or "").startswith(f"{listed}:images[1]")
