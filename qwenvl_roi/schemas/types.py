@@ -9,16 +9,15 @@ dumped again is the same file.
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     GetPydanticSchema,
-    PlainValidator,
     StrictInt,
     WithJsonSchema,
 )
@@ -28,22 +27,8 @@ from pydantic_core import core_schema
 T = TypeVar("T")
 
 
-def _finite(value: Any) -> int | float:
-    """A JSON number that fits a float: not a bool, not a string, not NaN or infinite, not a 400-digit int."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError("Input should be a finite number")
-    if isinstance(value, int):
-        try:
-            float(value)
-        except OverflowError:
-            raise ValueError("Input should be a finite number (too large for a float)") from None
-    elif not math.isfinite(value):
-        raise ValueError("Input should be a finite number")
-    return value
-
-
-def _probability(value: Any) -> int | float:
-    number = _finite(value)
+def _probability(number: int | float) -> int | float:
+    """A finite number (checked first, _FINITE_NUMBER) in [0, 1]."""
     if not 0 <= number <= 1:
         raise ValueError("Input should be a probability in [0, 1]")
     return number
@@ -86,18 +71,16 @@ Number = Annotated[
 #: a finite number in [0, 1]: a probability, a ratio (precision, recall, F1), an AUROC, a threshold
 Probability = Annotated[
     int | float,
-    PlainValidator(_probability),
+    GetPydanticSchema(lambda _t, _h: _FINITE_NUMBER),
+    AfterValidator(_probability),
     WithJsonSchema({"type": "number", "minimum": 0, "maximum": 1}),
 ]
 #: how many of something: an integer >= 0 (never a bool, never 3.0)
 Count = Annotated[StrictInt, Field(ge=0)]
 #: a size in pixels: an integer >= 1
 Pixels = Annotated[StrictInt, Field(ge=1)]
-
 #: [x1, y1, x2, y2]: exactly four finite numbers
 Box = Annotated[list[Number], Field(min_length=4, max_length=4)]
-
-
 #: a key the writer leaves out when it has nothing to say (never written as null); use with ``omitted()``
 Omittable = Annotated[T | SkipJsonSchema[None], BeforeValidator(_not_null)]
 
