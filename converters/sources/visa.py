@@ -43,7 +43,6 @@ class _Row:
     label: str  # as written (stripped)
     image: str  # relative to the root, normalised
     mask: str  # "" when the row names none
-    split_as_written: str = ""  # the row's own split (``split`` may be test from a later duplicate row)
 
     @property
     def normal(self) -> bool:
@@ -117,20 +116,16 @@ class VisaSource(LayoutSource):
                 continue
             if image.casefold() in first:
                 earlier = out[first[image.casefold()]]
-                why = f"image {image!r} already listed at line {earlier.line}; row skipped"
+                why = f"image {image!r} already listed at line {earlier.line}"
                 if split == "test" and earlier.split != "test":  # a test image is never trained on
+                    why += f" as {earlier.split}; this row calls it a test image, so it goes to test (never "
+                    why += "trained on)"
                     earlier.split = "test"
-                    why = (
-                        f"image {image!r} already listed at line {earlier.line} as {earlier.split_as_written}"
-                    )
-                    why += (
-                        "; this row calls it a test image, so it goes to test (never trained on); row skipped"
-                    )
-                problems.append(Problem(self.csv_label, line, "duplicate_row", why))
+                problems.append(Problem(self.csv_label, line, "duplicate_row", f"{why}; row skipped"))
                 continue
             first[image.casefold()] = len(out)
             mask = norm_file_name(cell("mask")) if cell("mask") else ""
-            out.append(_Row(line, split, label, image, mask, split))
+            out.append(_Row(line, split, label, image, mask))
         return out
 
     def records(self, images: list[str], beside: list[str]) -> Iterator[Record]:
