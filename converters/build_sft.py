@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from qwenvl_roi.errors import ConvertError, OutputError
-from qwenvl_roi.fileio import iter_jsonl, write_json, write_json_array
+from qwenvl_roi.fileio import iter_jsonl, json_refusal, write_json, write_json_array
 from qwenvl_roi.locks import locked
 from qwenvl_roi.schemas import errors_text
 from qwenvl_roi.schemas.regions import RegionSample
@@ -141,8 +141,7 @@ def read_dataset_info(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ConvertError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); not overwriting it") from None
     except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
-        why = f"{type(exc).__name__}: {str(exc)[:200]}"
-        raise ConvertError(f"{path}: invalid JSON ({why}); not overwriting it") from None
+        raise ConvertError(f"{path}: invalid JSON ({json_refusal(exc)}); not overwriting it") from None
     except OSError as exc:
         raise ConvertError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if not isinstance(info, dict):

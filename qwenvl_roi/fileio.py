@@ -159,6 +159,13 @@ def write_json(path: str | Path, obj: Any) -> None:
         fh.write("\n")
 
 
+def json_refusal(exc: BaseException) -> str:
+    """Why json.loads refused a text beyond the JSON grammar, for a one-line message: ValueError for an
+    integer of more than 4,300 digits, RecursionError for nesting too deep (catch JSONDecodeError, a
+    ValueError with a line, first)."""
+    return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
 def compact_row(obj: Any) -> bytes:
     """One compact JSON row, UTF-8 (orjson: about 4x json's speed on the converters' 20,000-sample sets).
 

@@ -21,6 +21,8 @@ from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from qwenvl_roi.fileio import json_refusal
+
 from ..names import shown
 from ..parse import Problem, RawBox
 from ..walk import Skip, file_label
@@ -201,9 +203,7 @@ def load_coco(path: Any) -> CocoFile:
     except json.JSONDecodeError as exc:
         raise SourceError(f"coco_json {label}:{exc.lineno}: invalid JSON: {exc.msg}") from None
     except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
-        raise SourceError(
-            f"coco_json {label}: invalid JSON ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from None
+        raise SourceError(f"coco_json {label}: invalid JSON ({json_refusal(exc)})") from None
     return parse_coco(obj, label)
 
 

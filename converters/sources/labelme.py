@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from qwenvl_roi.fileio import json_refusal
+
 from ..parse import Problem, RawBox, image_name_keys, name_key
 from .base import Dropped, PerImageFiles, Read, extent, failed, finite, read_text
 
@@ -153,7 +155,7 @@ def read_labelme(path: str, label: str, image_name: str | None = None) -> Read:
             Problem(label, exc.lineno, "unreadable_annotation", f"invalid JSON: {exc.msg}"), encoding
         )
     except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
-        why = f"invalid JSON ({type(exc).__name__}: {str(exc)[:200]})"
+        why = f"invalid JSON ({json_refusal(exc)})"
         return failed(Problem(label, None, "unreadable_annotation", why), encoding)
     out = parse_labelme(obj, label, image_name)
     out.encoding = encoding

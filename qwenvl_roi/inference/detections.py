@@ -43,6 +43,7 @@ from qwenvl_roi.converters.meta import DatasetMeta
 from qwenvl_roi.converters.names import is_utf8, not_utf8_reason, shown
 from qwenvl_roi.converters.sources.frame import to_pixels
 from qwenvl_roi.errors import InputError
+from qwenvl_roi.fileio import json_refusal
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 BOX_FORMATS = ("jsonl", "txt", "yolo", "coco")
@@ -108,7 +109,7 @@ def read_jsonl(path: Path, root: Path) -> list[ImageJob]:
             jobs.append(ImageJob(f"<line {lineno}>", "", where, error=f"{where}: not valid JSON ({exc.msg})"))
             continue
         except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
-            error = f"{where}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})"
+            error = f"{where}: not valid JSON ({json_refusal(exc)})"
             jobs.append(ImageJob(f"<line {lineno}>", "", where, error=error))
             continue
         if not isinstance(obj, dict) or not isinstance(obj.get("image"), str) or not obj["image"]:
@@ -240,7 +241,7 @@ def _load_json(path: Path, flag: str) -> Any:
     except json.JSONDecodeError as exc:
         raise InputError(f"{flag} {path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
     except (ValueError, RecursionError) as exc:  # an integer of > 4300 digits; nesting too deep
-        raise InputError(f"{flag} {path}: invalid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise InputError(f"{flag} {path}: invalid JSON ({json_refusal(exc)})") from None
 
 
 def read_coco(path: Path, root: Path, images_file: Path | None = None) -> list[ImageJob]:
