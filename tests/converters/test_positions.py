@@ -179,3 +179,55 @@ def test_audit_layout_features_match_a_brute_force_computation() -> None:
             20: min((math.dist((cx[i], cy[i]), (cx[j], cy[j])) for i, j in pairs), default=0.0),
         }  # fmt: skip
         assert all(np.isclose(f[k], v) for k, v in expect.items()), (f, expect)
+
+
+def test_audit_sees_a_leak_that_an_independent_adversary_sees() -> None:
+    """The audit is not blind: regions whose position gives the answer away (positives in the centre,
+    negatives anywhere; abnormal samples with fewer, larger boxes than normal ones) are reported above its
+    limit, within 0.1 of this test's own scikit-learn adversaries on this test's own features; a set
+    without such a pattern stays near 0.5."""
+    from qwenvl_roi.converters.audit import LIMIT, position_audit
+
+    rng = random.Random(5)
+
+    def box(w: int, h: int, centre: bool, big: bool) -> list[int]:
+        side = rng.randint(16, 40) if big else rng.randint(10, 34)
+        lo_x, hi_x = (w // 5, 4 * w // 5 - side) if centre else (0, w - side)
+        lo_y, hi_y = (h // 5, 4 * h // 5 - side) if centre else (0, h - side)
+        x, y = rng.randint(lo_x, hi_x), rng.randint(lo_y, hi_y)
+        return [x, y, x + side, y + side]
+
+    def samples(leaky: bool) -> list[dict]:
+        out = []
+        for i in range(240):
+            abnormal = i % 2 == 0
+            n = rng.randint(3, 6) if (abnormal and leaky) else rng.randint(4, 7)
+            regions = []
+            for k in range(n):
+                positive = abnormal and k == 0
+                b = box(300, 200, centre=positive and leaky, big=abnormal and leaky)
+                regions.append({"id": f"R{k + 1}", "box": b, "label": "dent" if positive else None,
+                                "positive": positive})  # fmt: skip
+            source = "abnormal" if abnormal else "normal"
+            out.append({"sample_id": f"{source}/{i}.png#0", "width": 300, "height": 200, "source": source,
+                        "regions": regions})  # fmt: skip
+        return out
+
+    for leaky in (True, False):
+        data = samples(leaky)
+        audit = position_audit(data, seed=0)
+        abn = [s for s in data if s["source"] == "abnormal"]
+        x = np.array([_box(r["box"], s["width"], s["height"]) for s in abn for r in s["regions"]])
+        y = np.array([r["positive"] for s in abn for r in s["regions"]])
+        groups = [s["sample_id"] for s in abn for _ in s["regions"]]
+        reference = adversary_auroc(x, y, groups)
+        layout_x = np.array([_layout(s) for s in data])
+        layout_reference = adversary_auroc(layout_x, np.array([s["source"] == "abnormal" for s in data]),
+                                           [s["sample_id"] for s in data])  # fmt: skip
+        got = (audit["positive_vs_negative"]["auroc"], audit["abnormal_vs_normal"]["auroc"])
+        seen = (got, reference, layout_reference)
+        for ours, theirs in zip(got, (reference, layout_reference), strict=True):
+            if leaky:
+                assert ours > LIMIT and theirs > LIMIT and abs(ours - theirs) < 0.1, seen
+            else:
+                assert abs(ours - 0.5) < 0.1 and abs(theirs - 0.5) < 0.1, seen
