@@ -125,27 +125,27 @@ def join(pred_path: str | Path, gold_path: str | Path) -> list[JoinedRegion]:
     joined: list[JoinedRegion] = []
     for glineno, g, plineno, p in pairs:
         pred_regions = {r.id: r for r in p.regions}
-        gold_region_ids = {r.id for r in g.regions}
+        gold_region_ids = {r["id"] for r in g.regions}
         extra = sorted(set(pred_regions) - gold_region_ids)
         if extra:
             raise InputError(f"{pred_path}:{plineno}: regions {extra} are not in {gold_path}:{glineno}")
         for r in g.regions:
-            if r.id not in pred_regions:
+            if r["id"] not in pred_regions:
                 raise InputError(
-                    f"{pred_path}:{plineno}: region {r.id!r} of sample {g.sample_id!r} has no prediction"
+                    f"{pred_path}:{plineno}: region {r['id']!r} of sample {g.sample_id!r} has no prediction"
                 )
-            pr = pred_regions[r.id]
+            pr = pred_regions[r["id"]]
             joined.append(
                 JoinedRegion(
                     sample_id=g.sample_id,
                     image=g.image,
-                    region_id=r.id,
-                    positive=r.positive,
-                    gold_label=r.label,
+                    region_id=r["id"],
+                    positive=r["positive"],
+                    gold_label=r["label"],
                     score=pr.score,
                     pred_label=pr.label,
                     image_line_score=getattr(p, "image_line_score", None),  # scoring mode only
-                    box=tuple(r.box),
+                    box=tuple(r["box"]),
                     image_size=None if g.width is None or g.height is None else (g.width, g.height),
                 )
             )

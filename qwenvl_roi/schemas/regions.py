@@ -7,24 +7,31 @@ writes them, so a sample dumped from the model is the line it was read from.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, StrictBool, StrictStr, model_validator
+from pydantic import ConfigDict, Field, StrictBool, StrictStr, model_validator, with_config
+from typing_extensions import TypedDict  # pydantic needs typing_extensions' TypedDict before Python 3.12
 
 from .types import Box, Contract, Pixels
 
 
-class Region(Contract):
+# A TypedDict, not a model: a region is read and written as the dict it is, and readers index it
+# (``region["box"]``). prepare checks every sample before writing (140,000 regions for 20,000 images), and
+# dicts validated inside pydantic-core take half the time of model instances. Same JSON Schema either way.
+@with_config(ConfigDict(extra="forbid"))  # as Contract: an unknown key is an error
+class Region(TypedDict):
     """One candidate region of a sample, with its gold verdict."""
 
-    id: StrictStr = Field(description="R1, R2, ... in the order the prompt lists the regions")
-    box: Box = Field(
-        description="[x1, y1, x2, y2] in pixels of the picture `image` (xyxy, after clipping to it)"
-    )
-    label: StrictStr | None = Field(
-        description="the canonical defect label of a positive region; null for a negative one"
-    )
-    positive: StrictBool = Field(description="true when the region covers an annotated defect")
+    id: Annotated[StrictStr, Field(description="R1, R2, ... in the order the prompt lists the regions")]
+    box: Annotated[
+        Box,
+        Field(description="[x1, y1, x2, y2] in pixels of the picture `image` (xyxy, after clipping to it)"),
+    ]
+    label: Annotated[
+        StrictStr | None,
+        Field(description="the canonical defect label of a positive region; null for a negative one"),
+    ]
+    positive: Annotated[StrictBool, Field(description="true when the region covers an annotated defect")]
 
 
 class RegionSample(Contract):
@@ -55,10 +62,10 @@ class RegionSample(Contract):
     def _consistent(self) -> RegionSample:
         """Region ids are unique and the positive ids list the positive regions, so no reader has to choose
         which of two disagreeing fields to believe."""
-        ids = [r.id for r in self.regions]
+        ids = [r["id"] for r in self.regions]
         if len(set(ids)) != len(ids):
             raise ValueError(f"region ids repeat: {ids}")
-        positive = [r.id for r in self.regions if r.positive]
+        positive = [r["id"] for r in self.regions if r["positive"]]
         if self.positive_region_ids != positive:
             raise ValueError(
                 f"positive_region_ids {self.positive_region_ids} but the positive regions are {positive}"
