@@ -72,18 +72,22 @@ class MediaPaths:
         # one relpath for the folder; each image is then joined to it (out_dir is a real folder we wrote)
         self.prefix = relative_to_folder(regions_file.parent, dataset_dir)
         self.dataset_dir = dataset_dir
-        self._done: dict[str, str] = {}  # most images give two records (regions and image-level)
+        self._folders: dict[str, str] = {}  # an image folder -> that folder seen from dataset_dir
 
     def __call__(self, image: str) -> str:
-        done = self._done.get(image)
-        if done is None:
-            done = self._done[image] = self._media(image)
-        return done
-
-    def _media(self, image: str) -> str:
         if posixpath.isabs(image) or "\\" in image:  # absolute, or a Windows path: resolve it in full
             return relative_to_folder(resolve_image(image, self.regions_file), self.dataset_dir)
-        return posixpath.normpath(posixpath.join(self.prefix, image))
+        folder, _, name = image.rpartition("/")
+        if name in ("", ".", ".."):  # not a file name: normalise the whole path
+            return posixpath.normpath(posixpath.join(self.prefix, image))
+        # normpath(join(prefix, folder/name)) == normpath(join(prefix, folder))/name for a plain file name;
+        # the folders are few, so each is normalised once
+        done = self._folders.get(folder)
+        if done is None:
+            done = self._folders[folder] = posixpath.normpath(posixpath.join(self.prefix, folder))
+        if done == ".":
+            return name
+        return done + name if done.endswith("/") else f"{done}/{name}"  # the root ("/", "//") ends in "/"
 
 
 def _with_media(record: dict[str, Any], media: MediaPaths) -> dict[str, Any]:

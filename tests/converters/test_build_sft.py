@@ -229,3 +229,22 @@ def test_bad_regions_lines_name_the_file_and_line(tmp_path: Path) -> None:
     regions.write_text('{"image": \n', encoding="utf-8")
     with pytest.raises(ConvertError, match=r"regions_train\.jsonl:1: invalid JSON \(.* at column \d+\)"):
         list(read_regions(regions))
+
+
+def test_media_paths_are_the_normalised_joins(tmp_path: Path) -> None:
+    """Each image path of a regions file, seen from the dataset_info folder, is exactly posixpath's
+    normpath(join(folder, image)) (the stdlib as the reference), for paths with '.', '..', doubled slashes,
+    spaces and CJK names, under relative and root prefixes; the per-folder shortcut changes nothing."""
+    import itertools
+    import posixpath
+
+    from qwenvl_roi.converters.build_sft import MediaPaths
+
+    parts = ["a", "..", ".", "", "b c", "数据", "x.jpg", "..."]
+    images = ["/".join(p) for n in (1, 2, 3, 4) for p in itertools.product(parts, repeat=n)]
+    images = [p for p in images if not p.startswith("/")]
+    for prefix in (".", "..", "../out", "a/../b", "a/./b/", "/abs/x", "/", "//x"):
+        media = MediaPaths(tmp_path / "regions_train.jsonl", tmp_path)
+        media.prefix = prefix
+        for image in images:
+            assert media(image) == posixpath.normpath(posixpath.join(prefix, image)), (prefix, image)
