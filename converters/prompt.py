@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -57,10 +58,10 @@ def framed_boxes(samples: Sequence[Mapping[str, Any]], meta: DatasetMeta) -> lis
     counts = [len(s["regions"]) for s in samples]
     if not sum(counts):
         return [[] for _ in samples]
-    if any(len(r["box"]) != 4 for s in samples for r in s["regions"]):  # as regions_block would refuse
+    every = [r["box"] for s in samples for r in s["regions"]]
+    if any(n != 4 for n in map(len, every)):  # as regions_block would refuse
         raise ValueError("a region box is not [x1, y1, x2, y2]")
-    every = (v for s in samples for r in s["regions"] for v in r["box"])
-    boxes = np.fromiter(every, dtype=np.float64, count=4 * sum(counts)).reshape(-1, 4)
+    boxes = np.fromiter(chain.from_iterable(every), dtype=np.float64, count=4 * len(every)).reshape(-1, 4)
     shapes = [(int(s["width"]), int(s["height"])) for s in samples]
     sizes = np.repeat(np.array(shapes), counts, axis=0)
     frame_of = {wh: meta.frame_size_for_coords(*wh) for wh in set(shapes)}  # one per image shape
