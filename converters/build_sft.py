@@ -73,10 +73,16 @@ class MediaPaths:
         self.prefix = relative_to_folder(regions_file.parent, dataset_dir)
         self.dataset_dir = dataset_dir
         self._folders: dict[str, str] = {}  # an image folder -> that folder seen from dataset_dir
+        self._resolved: dict[str, str] = {}  # absolute and Windows paths (each image gives two records)
 
     def __call__(self, image: str) -> str:
         if posixpath.isabs(image) or "\\" in image:  # absolute, or a Windows path: resolve it in full
-            return relative_to_folder(resolve_image(image, self.regions_file), self.dataset_dir)
+            done = self._resolved.get(image)
+            if done is None:
+                done = self._resolved[image] = relative_to_folder(
+                    resolve_image(image, self.regions_file), self.dataset_dir
+                )
+            return done
         folder, _, name = image.rpartition("/")
         if name in ("", ".", ".."):  # not a file name: normalise the whole path
             return posixpath.normpath(posixpath.join(self.prefix, image))

