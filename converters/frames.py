@@ -132,6 +132,12 @@ def boxes_to_frame(
     coordinates do not change under the resize, so they need no frame size.
     """
     frame = _family(family).frame
+    # each coordinate clamped to the image first: the same integers (every encoder clamps its result to the
+    # frame), and no overflow on a coordinate near float's limit, which the regions contract accepts
+    boxes = [
+        (min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height))
+        for x1, y1, x2, y2 in boxes
+    ]
     if frame.encoder == "round":
         scale, hi = frame.scale, frame.high
         assert scale is not None and hi is not None  # a normalised frame has both (families.FRAMES)
@@ -187,6 +193,7 @@ def boxes_to_frame_many(
     frame = _family(family).frame
     w, h = width[:, None].astype(np.float64), height[:, None].astype(np.float64)
     side = np.concatenate([w, h, w, h], axis=1)
+    boxes = np.clip(boxes, 0.0, side)  # as boxes_to_frame: clamped to the image first
     if frame.encoder in ("round", "floor"):
         scale, hi = frame.scale, frame.high
         assert scale is not None and hi is not None  # a normalised frame has both (families.FRAMES)

@@ -47,6 +47,8 @@ def _edge_boxes(rng: random.Random, w: int, h: int) -> list[list[float]]:
     """Integer and half-pixel boxes, boxes on the border and past it (as a clipped positive never is, but
     the encoders clamp), degenerate ones."""
     boxes: list[list[float]] = [[0, 0, w, h], [w - 1, h - 1, w, h], [0.5, 0.5, 1.5, 2.5], [w, h, w, h]]
+    # coordinates near float's limit, which the regions contract accepts (any finite number)
+    boxes += [[0, 0, 2**1023, h], [-(2**1023), 0, 1e308, h], [0.5, -1e308, float(2**1023), 2**1000]]
     for _ in range(40):
         x1, y1 = rng.uniform(-5, w), rng.uniform(-5, h)
         x2, y2 = x1 + rng.uniform(0, w / 2), y1 + rng.uniform(0, h / 2)
