@@ -132,8 +132,8 @@ def boxes_to_frame(
     coordinates do not change under the resize, so they need no frame size.
     """
     frame = _family(family).frame
-    # each coordinate clamped to the image first: the same integers (every encoder clamps its result to the
-    # frame), and no overflow on a coordinate near float's limit, which the regions contract accepts
+    # each coordinate clamped to the image first, so no encoder sees a negative value or overflows on one near
+    # float's limit (the regions contract accepts any finite number); each then clamps to its frame's high end
     boxes = [
         (min(max(x1, 0), width), min(max(y1, 0), height), min(max(x2, 0), width), min(max(y2, 0), height))
         for x1, y1, x2, y2 in boxes
@@ -143,10 +143,10 @@ def boxes_to_frame(
         assert scale is not None and hi is not None  # a normalised frame has both (families.FRAMES)
         return [
             [
-                min(hi, max(0, round(x1 / width * scale))),
-                min(hi, max(0, round(y1 / height * scale))),
-                min(hi, max(0, round(x2 / width * scale))),
-                min(hi, max(0, round(y2 / height * scale))),
+                min(hi, round(x1 / width * scale)),
+                min(hi, round(y1 / height * scale)),
+                min(hi, round(x2 / width * scale)),
+                min(hi, round(y2 / height * scale)),
             ]
             for x1, y1, x2, y2 in boxes
         ]
@@ -155,10 +155,10 @@ def boxes_to_frame(
         assert scale is not None and hi is not None  # a normalised frame has both (families.FRAMES)
         return [
             [
-                min(hi, max(0, int(x1 * scale / width))),
-                min(hi, max(0, int(y1 * scale / height))),
-                min(hi, max(0, int(x2 * scale / width))),
-                min(hi, max(0, int(y2 * scale / height))),
+                min(hi, int(x1 * scale / width)),
+                min(hi, int(y1 * scale / height)),
+                min(hi, int(x2 * scale / width)),
+                min(hi, int(y2 * scale / height)),
             ]
             for x1, y1, x2, y2 in boxes
         ]
@@ -167,13 +167,9 @@ def boxes_to_frame(
     fw, fh = frame_size
     sx, sy = fw / width, fh / height
     out = []
-    # clamp at 0 first so int(v + 0.5) equals floor(v + 0.5) (round half up), then clamp to the frame
+    # the coordinates are >= 0, so int(v + 0.5) is floor(v + 0.5) (round half up); then clamped to the frame
     for x1, y1, x2, y2 in boxes:
-        a, b, c, d = x1 * sx, y1 * sy, x2 * sx, y2 * sy
-        a = int(a + 0.5) if a > 0 else 0
-        b = int(b + 0.5) if b > 0 else 0
-        c = int(c + 0.5) if c > 0 else 0
-        d = int(d + 0.5) if d > 0 else 0
+        a, b, c, d = int(x1 * sx + 0.5), int(y1 * sy + 0.5), int(x2 * sx + 0.5), int(y2 * sy + 0.5)
         out.append([a if a < fw else fw, b if b < fh else fh, c if c < fw else fw, d if d < fh else fh])
     return out
 
@@ -198,13 +194,13 @@ def boxes_to_frame_many(
         scale, hi = frame.scale, frame.high
         assert scale is not None and hi is not None  # a normalised frame has both (families.FRAMES)
         v = np.rint(boxes / side * scale) if frame.encoder == "round" else np.trunc(boxes * scale / side)
-        return np.clip(v, 0, hi).astype(np.int64)
+        return np.minimum(v, hi).astype(np.int64)
     if frame_w is None or frame_h is None:
         raise ValueError(f"{family} boxes need the frame size of every image")
     fw, fh = frame_w[:, None].astype(np.float64), frame_h[:, None].astype(np.float64)
     fs = np.concatenate([fw, fh, fw, fh], axis=1)
     v = boxes * (fs / side)  # as boxes_to_frame: sx = fw / width, then x1 * sx
-    v = np.where(v > 0, np.floor(v + 0.5), 0.0)
+    v = np.floor(v + 0.5)  # v >= 0: round half up, as int(v + 0.5)
     return np.minimum(v, fs).astype(np.int64)
 
 
