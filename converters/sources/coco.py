@@ -7,7 +7,10 @@ nor be contiguous).
 ``images[i]``, ``annotations[k]`` or ``categories[j]``. An annotation whose ``image_id`` is not in
 ``images`` (dangling) is reported and its box dropped; one whose ``category_id`` is unknown likewise (it
 still marks its defect); an image listed but not on disk is reported with its boxes; an image on disk not
-listed is reported and skipped. A listed image without annotations is a normal image. ``segmentation`` is
+listed is reported and skipped. An id given to several ``images`` entries (two CVAT tasks, both numbered
+from 1, joined into one file) cannot say which picture its annotations belong to: they are reported and
+their boxes dropped, and every image of that id is skipped (``ambiguous_image_id``; pycocotools would give
+them all to the last entry). A listed image without annotations is a normal image. ``segmentation`` is
 not read (``bbox`` is its extent); ``iscrowd`` boxes are kept. A detector's results file (a bare list of
 ``{image_id, category_id, bbox, score}``) is read by ``parse_annotations`` with the images of the ground
 truth; ``score`` is kept.
@@ -36,18 +39,21 @@ class CocoImage:
     index: int
     id: Hashable
     file_name: str
-    read: Read = field(default_factory=Read)  # its annotations
+    read: Read = field(default_factory=Read)  # its annotations (for a shared id: the first entry holds all)
+    shared: bool = False  # other entries have its id: its annotations cannot be attributed
 
 
 @dataclass
 class CocoFile:
     """A COCO file, checked: its images by id, each with the Read of its annotations."""
 
-    images: dict[Hashable, CocoImage]
-    problems: list[Problem]  # entries of images / categories that cannot be used
+    images: dict[Hashable, CocoImage]  # by id: the first entry of each id
+    problems: list[Problem]  # entries of images / categories that cannot be used; ids given several times
     dangling: Read  # annotations whose image_id names no image (their boxes dropped)
     categories: dict[Hashable, str]
     annotations: int = 0
+    entries: list[CocoImage] = field(default_factory=list)  # every usable images entry, in file order
+    ambiguous: Read = field(default_factory=Read)  # annotations of a shared id (their boxes dropped)
 
 
 def _key(value: Any) -> Hashable | None:
@@ -140,6 +146,8 @@ def parse_coco(obj: Any, label: str) -> CocoFile:
     problems: list[Problem] = []
     categories = parse_categories(obj.get("categories"), label, problems)
     images: dict[Hashable, CocoImage] = {}
+    entries: list[CocoImage] = []
+    shared: dict[Hashable, list[CocoImage]] = {}
     for i, im in enumerate(obj["images"]):
         where = f"images[{i}]"
         key = _key(im.get("id")) if isinstance(im, dict) else None
@@ -149,18 +157,15 @@ def parse_coco(obj: Any, label: str) -> CocoFile:
                 Problem(label, where, "bad_entry", "image without a usable id and file_name; ignored")
             )
             continue
-        if key in images:
-            first = images[key].index
-            problems.append(
-                Problem(
-                    label, where, "bad_entry", f"image id {key!r} already used by images[{first}]; ignored"
-                )
-            )
-            continue
-        entry = images[key] = CocoImage(i, key, norm_file_name(name))
+        entry = CocoImage(i, key, norm_file_name(name))
+        entries.append(entry)
         wh = finite([im.get("width", 0) or 0, im.get("height", 0) or 0])
         if wh is not None and min(wh) > 0:
             entry.read.size, entry.read.size_at = (wh[0], wh[1]), where
+        if key in images:
+            shared.setdefault(key, [images[key]]).append(entry)
+        else:
+            images[key] = entry
     dangling = Read(ok=False)
     for k, ann in enumerate(anns):
         image_id, got = parse_annotation(ann, k, label, categories)
@@ -191,7 +196,21 @@ def parse_coco(obj: Any, label: str) -> CocoFile:
             read.skipped += 1
         else:
             read.boxes.append(got)
-    return CocoFile(images, problems, dangling, categories, len(anns))
+    ambiguous = Read(ok=False)
+    for key, group in shared.items():
+        read = group[0].read  # every annotation of the id went to its first entry
+        listed = ", ".join(f"images[{e.index}] {e.file_name!r}" for e in group)
+        why = (
+            f"image id {key!r} is given to {listed}: its {read.entries} annotation(s) cannot be told apart "
+            "(joined files need their ids renumbered); their boxes dropped and these images skipped"
+        )
+        problems.append(Problem(label, f"images[{group[1].index}]", "ambiguous_image_id", why))
+        ambiguous.problems += read.problems
+        ambiguous.dropped += read.all_dropped("ambiguous_image_id")
+        ambiguous.entries += read.entries
+        for e in group:
+            e.shared = True
+    return CocoFile(images, problems, dangling, categories, len(anns), entries, ambiguous)
 
 
 def load_coco(path: Any) -> CocoFile:
@@ -239,7 +258,7 @@ class CocoSource(Source):
         coco = self._load()
         root = self.images_root
         by_name: dict[str, list[CocoImage]] = {}
-        for im in coco.images.values():
+        for im in coco.entries:
             by_name.setdefault(im.file_name, []).append(im)
         folded: dict[str, list[CocoImage]] = {}
         for name, ims in by_name.items():
@@ -266,11 +285,13 @@ class CocoSource(Source):
                 if loose and len(on_disk[fold]) > 1:
                     clash[rel] = (rels, on_disk[fold])
         found = {id(im) for ims in listed.values() for im in ims}
-        if coco.problems or coco.dangling.entries:
-            d = coco.dangling
-            yield Record(None, Read(dropped=d.dropped, problems=coco.problems + d.problems))
+        if coco.problems or coco.dangling.entries or coco.ambiguous.entries:
+            d, a = coco.dangling, coco.ambiguous
+            yield Record(
+                None, Read(dropped=d.dropped + a.dropped, problems=coco.problems + d.problems + a.problems)
+            )
         named = {name.casefold(): ims[0] for name, ims in by_name.items() if name in listed_names}
-        for im in coco.images.values():
+        for im in coco.entries:
             if id(im) in found:
                 continue
             other = named.get(im.file_name.casefold())
@@ -284,7 +305,8 @@ class CocoSource(Source):
                 why = f"image {im.file_name!r} is not under {root.as_posix()}; its annotations dropped"
                 kind = "image_missing"
             problem = Problem(self.label, f"images[{im.index}]", kind, why)
-            yield Record(None, Read(dropped=im.read.all_dropped(kind), problems=[problem]))
+            dropped = [] if im.shared else im.read.all_dropped(kind)  # a shared id's: dropped above
+            yield Record(None, Read(dropped=dropped, problems=[problem]))
         for rel in images:
             label = file_label(root, rel)
             ims = listed[rel]
@@ -295,7 +317,9 @@ class CocoSource(Source):
                 why = f"{where} names this file only by letter case, and also {others}; skipped"
                 first = rel == unnamed[0]  # the entries' boxes are dropped once
                 dropped = (
-                    [d for im in ims for d in im.read.all_dropped("ambiguous_annotation")] if first else []
+                    [d for im in ims if not im.shared for d in im.read.all_dropped("ambiguous_annotation")]
+                    if first
+                    else []
                 )
                 problem = Problem(label, None, "ambiguous_annotation", why)
                 yield Record(rel, Read(dropped=dropped, problems=[problem]), skip=True)
@@ -309,8 +333,17 @@ class CocoSource(Source):
                 problem = Problem(
                     label, None, "ambiguous_annotation", f"listed several times ({where}); skipped"
                 )
-                dropped = [d for im in ims for d in im.read.all_dropped("ambiguous_annotation")]
+                dropped = [
+                    d for im in ims if not im.shared for d in im.read.all_dropped("ambiguous_annotation")
+                ]
                 yield Record(rel, Read(dropped=dropped, problems=[problem]), skip=True)
+            elif ims[0].shared:
+                why = (
+                    f"listed as images[{ims[0].index}], whose id {ims[0].id!r} other images entries have too "
+                    "(see that problem); skipped"
+                )
+                problem = Problem(label, None, "ambiguous_image_id", why)
+                yield Record(rel, Read(problems=[problem]), skip=True)
             else:
                 read = ims[0].read
                 yield Record(rel, read, self.label, normal=read.lists_nothing)

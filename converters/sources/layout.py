@@ -35,14 +35,21 @@ PROBE = 16
 SECONDS_PER_WORKER = 2.0
 
 
+#: mask modes whose stored values are not the colour shown: a palette index (a palette's entry 0 may be
+#: white), CMYK ink, YCbCr/LAB/HSV (black is not all 0): read as the RGB(A) colour PIL shows
+_NOT_COLOUR = {"P": "RGBA", "PA": "RGBA", "CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB"}
+
+
 def foreground(path: str) -> np.ndarray:
-    """The mask's defect pixels: any colour channel not 0 (alpha ignored); OSError etc. when unreadable."""
+    """The mask's defect pixels: any colour channel of the colour shown not 0 (alpha ignored); OSError etc.
+    when unreadable."""
     from PIL import Image
 
     with Image.open(path) as im:
         im.load()
-        bands = im.getbands()
-        arr = np.asarray(im)
+        shown = im.convert(_NOT_COLOUR[im.mode]) if im.mode in _NOT_COLOUR else im
+        bands = shown.getbands()
+        arr = np.asarray(shown)
     if arr.ndim == 2:
         return arr != 0
     colour = [i for i, b in enumerate(bands) if b != "A"] or [0]

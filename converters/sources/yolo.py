@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import yaml
@@ -22,10 +22,12 @@ import yaml
 from qwenvl_roi.fileio import split_lines
 
 from ..parse import Problem, RawBox
+from ..walk import Skip, file_label, stem_key
 from .base import (
     Dropped,
     PerImageFiles,
     Read,
+    Record,
     SourceError,
     SourceSettings,
     extent,
@@ -33,6 +35,9 @@ from .base import (
     read_named_file,
     read_text,
 )
+
+#: the file labelImg keeps its class list in, beside the YOLO labels
+CLASS_LIST = "classes.txt"
 
 
 def load_names(path: Path) -> dict[int, str]:
@@ -177,15 +182,58 @@ class YoloSource(PerImageFiles):
         assert settings.yolo_names is not None  # config.py requires it
         self.names_file = settings.yolo_names
         self.names = load_names(settings.yolo_names)
+        self._image_stems: set[str] | None = None  # while records runs: the images' stem_keys
+        self._class_lists: list[tuple[Path, str]] = []  # labelImg class lists found beside the labels
 
     def wanted(self, root: Path, rel: str) -> bool:
-        """Not the names file itself (labelImg keeps classes.txt in the label folder)."""
-        if os.path.basename(rel).casefold() != self.names_file.name.casefold():
-            return True
+        """Not the names file itself, nor a ``classes.txt`` that no image pairs with: labelImg keeps its class
+        list in the label folder (checked against yolo_names in ``records``)."""
+        name = os.path.basename(rel).casefold()
+        if name == self.names_file.name.casefold():
+            try:
+                if os.path.samefile(root / rel, self.names_file):
+                    return False
+            except OSError:
+                pass
+        if name == CLASS_LIST and (self._image_stems is None or stem_key(rel) not in self._image_stems):
+            self._class_lists.append((root, rel))
+            return False
+        return True
+
+    def records(self, images: list[str], beside: list[str]) -> Iterator[Record]:
+        self._image_stems, self._class_lists = {stem_key(rel) for rel in images}, []
         try:
-            return not os.path.samefile(root / rel, self.names_file)
-        except OSError:
-            return True
+            yield from super().records(images, beside)
+        finally:
+            self._image_stems = None
+        problems = self._class_list_problems()
+        if problems:
+            yield Record(None, Read(problems=problems))
+
+    def scan(self, problems: list[Problem], skip: Skip | None = None) -> Iterator[tuple[str, Read]]:
+        self._class_lists = []
+        yield from super().scan(problems, skip)
+        problems += self._class_list_problems()
+
+    def _class_list_problems(self) -> list[Problem]:
+        """A class list beside the labels that names other classes than yolo_names: the ids are read by
+        yolo_names, but one of the two is wrong (a label swap nobody would see)."""
+        out = []
+        for root, rel in self._class_lists:
+            try:
+                listed = load_names(root / rel)
+            except SourceError as exc:
+                listed, why = None, str(exc)
+            if listed == self.names:
+                continue
+            if listed is not None:
+                why = (
+                    f"labelImg's class list names {list(listed.values())}, but yolo_names "
+                    f"({self.names_file}) names {list(self.names.values())}: class ids are read by "
+                    "yolo_names; check which is right"
+                )
+            out.append(Problem(file_label(root, rel), None, "class_list_differs", why))
+        return out
 
     def read_file(self, path: str, label: str, image_name: str | None) -> Read:
         return read_yolo(path, label, self.names)

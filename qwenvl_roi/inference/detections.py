@@ -278,13 +278,15 @@ def read_coco(path: Path, root: Path, images_file: Path | None = None) -> list[I
         raise InputError(str(exc)) from None
     jobs: list[ImageJob] = []
     first: dict[str, str] = {}
-    for im in coco.images.values():
+    for im in coco.entries:
         where = f"{label}:images[{im.index}]"
         image = _path(im.file_name)
         job = ImageJob(
             shown(im.file_name), shown(im.file_name), where, image if image.is_absolute() else root / image
         )
-        if im.file_name in first:
+        if im.shared:  # its boxes cannot be attributed: no scores, the row says why
+            job.error = f"{where}: its id {im.id!r} is given to other images entries too; boxes not scored"
+        elif im.file_name in first:
             job.error = f"{where}: {im.file_name!r} was already listed at {first[im.file_name]}"
         else:
             first[im.file_name] = where
@@ -294,7 +296,8 @@ def read_coco(path: Path, root: Path, images_file: Path | None = None) -> list[I
             if im.read.size is not None:  # stated in the file that lists the images
                 job.stated, job.stated_at = im.read.size, f"{images_label}:{im.read.size_at}"
         jobs.append(job)
-    for p in coco.problems + coco.dangling.problems:
+    # an id given to several entries is said by each entry's row
+    for p in [p for p in coco.problems if p.kind != "ambiguous_image_id"] + coco.dangling.problems:
         jobs.append(ImageJob(f"<{p.file}:{p.line}>", "", f"{p.file}:{p.line}", error=str(p)))
     return jobs
 

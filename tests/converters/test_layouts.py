@@ -336,6 +336,56 @@ def test_mvtec_broken_masks_are_reported_and_their_images_left_out(tmp_path: Pat
         )
 
 
+def _palette(index: np.ndarray, colours: list[int]) -> Image.Image:
+    """A palette image of these indexes (uint8) and palette entries (flat RGB)."""
+    im = Image.frombuffer(
+        "P", (index.shape[1], index.shape[0]), index.astype(np.uint8).tobytes(), "raw", "P", 0, 1
+    )
+    im.putpalette(colours)
+    return im
+
+
+#: the same black-and-white mask (the defect white) as tools save it, in every PIL mode a PNG holds
+MASK_MODES = {
+    "L": lambda m: Image.fromarray(m),
+    "1": lambda m: Image.fromarray(m).convert("1"),
+    "P, entry 0 white": lambda m: _palette(m == 0, [255, 255, 255, 0, 0, 0]),
+    "P, entry 0 black": lambda m: _palette(m != 0, [0, 0, 0, 255, 255, 255]),
+    "P, quantized": lambda m: Image.fromarray(m).convert("RGB").quantize(2),
+    "LA": lambda m: Image.fromarray(np.stack([m, np.full_like(m, 255)], axis=-1)),
+    "RGB": lambda m: Image.fromarray(m).convert("RGB"),
+    "RGBA, clear background": lambda m: Image.fromarray(np.stack([m, m, m, m], axis=-1)),
+    "I;16": lambda m: Image.fromarray(m.astype(np.uint16) * 257),
+}
+
+
+def test_masks_are_read_as_the_colour_shown_in_every_mode(tmp_path: Path) -> None:
+    """A mask means the colour a viewer shows, whatever mode it was saved in. A palette PNG stores indexes,
+    and its entry 0 may be white (a black-and-white mask quantized): read by index, every black pixel was a
+    defect, the box the whole image, nothing reported (before). CMYK stores ink: black is K 255."""
+    from qwenvl_roi.converters.sources.layout import foreground
+
+    root = tmp_path / "mvtec"
+    build_mvtec(root, types={"scratch": len(MASK_MODES)})
+    gt = root / "widget" / "ground_truth" / "scratch"
+    want = {}
+    for i, (mode, save_as) in enumerate(MASK_MODES.items()):
+        m = defect_mask(i)
+        path = gt / f"{i:03d}_mask.png"
+        save_as(m).save(path)
+        with Image.open(path) as im:  # the file shows the mask (what a viewer, PIL's RGB, shows)
+            assert (np.asarray(im.convert("RGB")).any(axis=-1) == (m != 0)).all(), mode
+        comps = flood_components(m)
+        want[f"widget/test/scratch/{i:03d}.png"] = sorted(
+            (c, "scratch") for c in comps if min(c[2] - c[0], c[3] - c[1]) >= MIN_BOX
+        )
+    images = by_image(run(tmp_path, dataset_layout="mvtec", dataset_root=str(root), split_from="layout"))
+    assert {k: images[k]["boxes"] for k in want} == want
+    m = defect_mask(3)
+    Image.fromarray(m).convert("CMYK").save(tmp_path / "cmyk_mask.tif")
+    assert (foreground(str(tmp_path / "cmyk_mask.tif")) == (m != 0)).all()
+
+
 def _cfg(tmp_path: Path) -> dict[str, Any]:
     return {
         "out_dir": str(tmp_path / "out"),

@@ -582,6 +582,44 @@ def test_yolo_names_problems(tmp_path: Path) -> None:
     assert load_names(bad) == {0: "no", 1: "3号划痕", 2: "1"}
 
 
+def test_yolo_class_list_beside_the_labels_with_a_dataset_yaml(tmp_path: Path) -> None:
+    """labelImg keeps classes.txt in the label folder, also when yolo_names names the dataset YAML: it is
+    not an annotation (before: `annotation_without_image`, and --strict failed on a clean set). A class list
+    that names other classes than yolo_names is reported: one of them is wrong, and the ids are read by
+    yolo_names. A classes.txt that an image `classes.<ext>` pairs with is that image's annotation."""
+    keys = write_yolo(tmp_path / "data", names="data.yaml")
+    labels, images = Path(keys["annotations_dir"]), Path(keys["abnormal_dir"])
+    order = ["渗漏", "crack", "3号划痕"]  # write_yolo's ids
+    (labels / "classes.txt").write_text("\n".join(order) + "\n", encoding="utf-8")
+    (labels / "b2" / "classes.txt").write_text("\r\n".join(order) + "\r\n", encoding="utf-8")
+    clean = run(tmp_path / "clean", keys)
+    assert clean.report["problems"] == []
+    pos, _ = kept(clean)
+    for t in TRUTH:
+        if t.boxes:
+            assert_boxes_equal(pos[t.rel], t.boxes, 0.01)
+    run(tmp_path / "strict", keys, strict=True)  # a clean set passes --strict
+    swapped = labels / "b3" / "classes.txt"
+    swapped.write_text("crack\n渗漏\n3号划痕\n", encoding="utf-8")
+    result = run(tmp_path / "swapped", keys)
+    (problem,) = result.report["problems"]
+    assert (problem["file"], problem["kind"]) == (swapped.as_posix(), "class_list_differs")
+    assert "['crack', '渗漏', '3号划痕']" in problem["reason"] and "data.yaml" in problem["reason"]
+    assert kept(result)[0] == pos  # the ids are still read by yolo_names
+    scan = scan_labels(
+        config=settings_from_flags(
+            keys["abnormal_dir"], **{k: v for k, v in keys.items() if k != "abnormal_dir"}
+        )
+    )
+    assert [p["kind"] for p in scan["problems"]] == ["class_list_differs"]
+    swapped.unlink()
+    shutil.copy(images / "b1" / "p01.jpg", images / "b3" / "classes.jpg")  # an image of that name
+    (labels / "b3" / "classes.txt").write_text(yolo_line((10, 20, 110, 90), (320, 240), 1, False) + "\n")
+    paired = run(tmp_path / "paired", keys)
+    assert paired.report["problems"] == []
+    assert_boxes_equal(kept(paired)[0]["b3/classes.jpg"], [((10, 20, 110, 90), "crack")], 0.01)
+
+
 def test_coco_broken_entries_against_pycocotools(tmp_path: Path) -> None:
     from pycocotools.coco import COCO
     from qwenvl_roi.converters.sources.coco import load_coco
@@ -695,6 +733,54 @@ def test_coco_names_by_letter_case_only_one_file(tmp_path: Path) -> None:
     assert_boxes_equal(pos["b1/p01.jpg"], TRUTH[0].boxes, 0)
     assert "b1/p04.jpg" in normal and "b1/P01.jpg" not in pos
     assert again.report["boxes"]["dropped_by_reason"]["ambiguous_annotation"] == len(TRUTH[2].boxes) + 2
+
+
+def test_coco_id_given_to_two_images_attributes_nothing(tmp_path: Path) -> None:
+    """Two CVAT tasks, both numbered from 1, joined into one file: images[i] of the second task reuses the
+    id of one of the first. Its annotations cannot say which picture they mark (pycocotools gives them all
+    to the last entry), so none of them is used: each box counted as dropped, both images skipped and
+    reported, never a normal image; the other images keep their own boxes. (Before, the first entry got the
+    second picture's boxes as kept positives, and the second image was reported as not listed.)"""
+    from pycocotools.coco import COCO
+
+    keys = write_coco(tmp_path / "data")
+    path = Path(keys["coco_json"])
+    doc = json.loads(path.read_text("utf-8"))
+    by_rel = {im["file_name"]: im["id"] for im in doc["images"]}
+    p01, p06 = by_rel["b1/p01.jpg"], by_rel["b2/p06.png"]
+    for im in doc["images"]:
+        if im["id"] == p06:
+            im["id"] = p01  # the second task's numbering: p06 now shares p01's id
+    for a in doc["annotations"]:
+        if a["image_id"] == p06:
+            a["image_id"] = p01
+    path.write_text(json.dumps(doc, ensure_ascii=False), "utf-8")
+    ref = COCO(str(path))  # the reference: what that id's annotations are, whoever they belong to
+    shared = [
+        ((a["bbox"][0], a["bbox"][1]), a["category_id"]) for a in ref.loadAnns(ref.getAnnIds(imgIds=[p01]))
+    ]
+    assert len(shared) == len(TRUTH[0].boxes) + len(TRUTH[5].boxes)
+
+    result = run(tmp_path, keys)
+    index = {im["file_name"]: i for i, im in enumerate(doc["images"])}
+    assert problems_at(result) == sorted(
+        [
+            ("instances_default.json", f"images[{index['b2/p06.png']}]", "ambiguous_image_id"),
+            ("p01.jpg", None, "ambiguous_image_id"),
+            ("p06.png", None, "ambiguous_image_id"),
+        ],
+        key=str,
+    )
+    pos, normal = kept(result)
+    assert "b1/p01.jpg" not in pos and "b2/p06.png" not in pos
+    assert normal == NORMAL
+    for t in TRUTH:
+        if t.rel not in ("b1/p01.jpg", "b2/p06.png") and t.boxes:
+            assert_boxes_equal(pos[t.rel], t.boxes, 0)
+    boxes = result.report["boxes"]
+    assert boxes["read"] == sum(len(t.boxes) for t in TRUTH)  # every box counted once
+    assert boxes["dropped_by_reason"] == {"ambiguous_image_id": len(shared)}
+    assert boxes["read"] == boxes["kept"] + boxes["clipped"] + boxes["dropped"]
 
 
 def test_coco_unreadable_file_stops(tmp_path: Path) -> None:

@@ -129,6 +129,18 @@ def test_box_format_problems_name_file_and_line(tmp_path: Path) -> None:
     assert any("annotations[1]" in p and "not 4 numbers" in p for p in first.problems)
     assert again.error is not None and "already listed at" in again.error
     assert dangling.error is not None and "annotations[2]" in dangling.error
+    # an id given to two entries (two tasks numbered from 1, joined): its boxes belong to no known picture,
+    # so neither entry is scored (before, the first entry was scored on both pictures' boxes)
+    Image.new("RGB", (200, 100)).save(root / "b.png")
+    doc = json.loads(coco.read_text())
+    doc["images"] = [{"id": 1, "file_name": "a.png"}, {"id": 1, "file_name": "b.png"}]
+    doc["annotations"] = [doc["annotations"][0], {"image_id": 1, "category_id": 5, "bbox": [50, 5, 20, 30]}]
+    coco.write_text(json.dumps(doc))
+    jobs = read_jobs(coco, root, "coco")
+    assert [(j.image, j.boxes) for j in jobs] == [("a.png", []), ("b.png", [])]
+    assert all(
+        j.error is not None and "its id 1 is given to other images entries too" in j.error for j in jobs
+    )
     with pytest.raises(Exception, match="reads a folder"):
         read_jobs(coco, root, "yolo")
 
