@@ -30,6 +30,13 @@ class Counts:
     tn: int | None = None
 
 
+def f1_of(tp: int, fp: int, fn: int) -> float:
+    """F1 as one division of counts, 2tp / (2tp + fp + fn) (scikit-learn's form; 0.0 without a true
+    positive): equal F1s are then the same float, which 2PR / (P + R) does not give (1/3 from tp 1, fp 3 and
+    from tp 2, fp 8 came out one ulp apart, and a tie was broken by the rounding)."""
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
 def prf(counts: Counts, what: str, warnings: list[str]) -> dict[str, float | int | None]:
     """Precision, recall, F1 from counts; undefined ratios become 0.0 and add a warning."""
     tp, fp, fn = counts.tp, counts.fp, counts.fn
@@ -43,7 +50,7 @@ def prf(counts: Counts, what: str, warnings: list[str]) -> dict[str, float | int
         recall = 0.0
     else:
         recall = tp / (tp + fn)
-    f1 = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    f1 = f1_of(tp, fp, fn)
     out: dict[str, float | int | None] = {"precision": precision, "recall": recall, "f1": f1}
     out.update({"tp": tp, "fp": fp, "fn": fn})
     if counts.tn is not None:
@@ -213,8 +220,9 @@ def sweep_threshold(regions: Sequence[JoinedRegion]) -> tuple[float, dict[str, f
     tp, fp = tp_cum[last], fp_cum[last]
     precision = tp / (tp + fp)
     recall = tp / n_pos
-    denom = precision + recall
-    f1 = np.where(denom > 0, 2 * precision * recall / np.where(denom > 0, denom, 1.0), 0.0)
+    # f1_of for every candidate: one correctly rounded division of integers, so exactly equal F1s (ties)
+    # are equal floats, and F1s of different counts (denominators far below 2**26) differ by more than an ulp
+    f1 = 2 * tp / (2 * tp + fp + (n_pos - tp))
     best = f1.max()
     # candidates are ordered from the highest threshold down; take the first (highest) reaching the max
     idx = int(np.flatnonzero(f1 == best)[0])

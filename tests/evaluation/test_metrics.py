@@ -189,6 +189,38 @@ def test_sweep_is_f1_best(seed: int) -> None:
     assert info["f1"] == pytest.approx(f1.max())
 
 
+def test_sweep_ties_are_exact_and_the_highest_threshold_wins() -> None:
+    """Equal F1s must tie exactly, so that the documented rule (the highest threshold) decides, not the
+    rounding: with 2PR / (P + R), F1 = 1/3 at 0.6 (tp 1, fp 3) came out one ulp below 1/3 at 0.05 (tp 2,
+    fp 8), and 0.05 won with 8 false alarms instead of 3 (before). The reference is exact fractions."""
+    from fractions import Fraction
+
+    def regions(scores: list[float], positive: list[bool]) -> list[JoinedRegion]:
+        return [
+            JoinedRegion(f"s{i}", f"/img/{i}.png", "R1", p, "crack" if p else None, sc, "crack")
+            for i, (sc, p) in enumerate(zip(scores, positive, strict=True))
+        ]
+
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
+    t, info = sweep_threshold(regions(scores, [s in (0.6, 0.05) for s in scores]))
+    assert (t, info["precision"], info["recall"]) == (0.6, 0.25, 0.5)
+    assert info["f1"] == 1 / 3
+    rng = np.random.default_rng(7)
+    for _ in range(300):  # small sets with many ties, brute force in exact fractions
+        n = int(rng.integers(2, 30))
+        y = rng.random(n) < rng.uniform(0.1, 0.6)
+        y[rng.integers(n)] = True
+        s = np.round(rng.random(n), 1)
+        exact = {}
+        for c in np.unique(s):
+            tp, fp = int((y & (s >= c)).sum()), int((~y & (s >= c)).sum())
+            exact[float(c)] = Fraction(2 * tp, 2 * tp + fp + int(y.sum()) - tp)
+        best = max(exact.values())
+        t, info = sweep_threshold(regions(s.tolist(), y.tolist()))
+        assert t == max(c for c, f in exact.items() if f == best)
+        assert info["f1"] == float(best) == f1_score(y, s >= t)
+
+
 def test_single_class_and_no_positive(tmp_path: Path) -> None:
     gold = _write_jsonl(
         tmp_path / "g.jsonl", [_gold("B#0", "/B", [("R1", False, None), ("R2", False, None)])]
