@@ -350,13 +350,13 @@ def build_tiny_model(
     The folder is written to a temporary sibling and moved into place, so a half-built model never exists.
     ``out_dir`` must be new, empty or a tiny model built before (its marker file); otherwise OutputError.
     """
-    import torch
-    import transformers
-
     fam, spec = tiny_arch(arch)
     dims = _resolve_dims(size)
     out = Path(out_dir).resolve()
     claim(out, "tiny-model")  # never a folder it did not make: a user's real model looks just like one
+    import torch  # after the refusal: a folder refused is told at once, not after torch's import
+    import transformers
+
     texts = list(BASE_CORPUS)
     for text in vocab_texts or []:
         words = re.findall(r"\S+", text)
