@@ -105,8 +105,9 @@ def evaluate(
     claim(out_dir, "eval", legacy=EVAL_LEGACY)  # a folder we may not write is refused before the work
 
     val_info = None
+    no_regions: list[str] = []  # gold samples without regions: in no metric, said in the warnings
     if val_predictions:
-        val_regions = join(val_predictions, val_gold)
+        val_regions = join(val_predictions, val_gold, no_regions)
         threshold, val_info = sweep_threshold(val_regions)
         source = "val"
     elif threshold is not None:
@@ -114,10 +115,16 @@ def evaluate(
     else:
         threshold, source = 0.5, "default"
 
-    regions = join(predictions, gold)
+    regions = join(predictions, gold, no_regions)
     labels, label_warning = _canonical_labels(gold)
     metrics = compute_metrics(regions, threshold, labels)
     metrics["threshold_source"] = source
+    if no_regions:
+        metrics["warnings"].insert(
+            0,
+            f"{len(no_regions)} gold sample(s) have no regions, so their images are in no metric (ROI or "
+            f"image): {', '.join(no_regions[:5])}{' ...' if len(no_regions) > 5 else ''}",
+        )
     if source == "default":
         metrics["warnings"].insert(0, "no --threshold and no validation predictions: threshold 0.5 used")
     if label_warning:

@@ -81,11 +81,15 @@ def load_predictions(path: str | Path) -> list[tuple[int, PredSample]]:
     return out
 
 
-def join(pred_path: str | Path, gold_path: str | Path) -> list[JoinedRegion]:
+def join(
+    pred_path: str | Path, gold_path: str | Path, no_regions: list[str] | None = None
+) -> list[JoinedRegion]:
     """Pair every gold region with its predicted score and label.
 
     Predictions are matched to gold by `sample_id` when they carry one, otherwise by line order (then the
     image paths must agree). Every gold sample and region must have a prediction, and vice versa.
+    ``no_regions`` gets ``file:line (sample_id)`` of each gold sample without regions (the contract allows
+    one; convert never writes one): it is in no metric, so the caller says so.
     """
     gold = load_gold(gold_path)
     preds = load_predictions(pred_path)
@@ -124,6 +128,8 @@ def join(pred_path: str | Path, gold_path: str | Path) -> list[JoinedRegion]:
 
     joined: list[JoinedRegion] = []
     for glineno, g, plineno, p in pairs:
+        if not g.regions and no_regions is not None:
+            no_regions.append(f"{gold_path}:{glineno} ({g.sample_id})")
         pred_regions = {r.id: r for r in p.regions}
         gold_region_ids = {r["id"] for r in g.regions}
         extra = sorted(set(pred_regions) - gold_region_ids)

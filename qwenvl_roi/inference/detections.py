@@ -19,7 +19,10 @@ Four forms (``--boxes-format``; without it a file is JSONL and a folder txt), al
   annotation order; the size ``images`` states is checked as the converters check it (frame.fit_frame).
 
 The txt, YOLO and COCO rows are named by the image's path relative to --images, as a JSONL line without an
-"id" whose "image" is that path: the same boxes give the same rows in every form.
+"id" whose "image" is that path: the same boxes give the same rows in every form (byte for byte in the same
+order and batch size; padding moves a prompt's scores by about 1e-8 with the others of its batch). In the
+folder forms every image under --images has a row, one without a file none of boxes (a detector writes no
+file where it found nothing).
 
 Nothing stops at a bad line: every problem is kept with its file and line, and the image's output row says
 what was wrong. Images are prepared as the converters prepared the training images (upright, 8-bit RGB;
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -168,41 +172,44 @@ def read_yolo_folder(folder: Path, root: Path) -> list[ImageJob]:
 def _read_folder(
     folder: Path, root: Path, fill: Callable[[ImageJob, Path, str, str], None], ignore: str | None = None
 ) -> list[ImageJob]:
-    """Jobs from a folder of same-stem txt files, each read by ``fill(job, file, its name, image)``.
+    """Jobs from a folder of same-stem txt files, each read by ``fill(job, file, its name, image)``: one per
+    image under ``root``, in its path order, then the files that found no image.
 
     Files are found and paired as the converters pair annotations with images (converters/prepare.py:
-    extensions in any case, hidden files skipped, the same relative path without its last extension).
+    extensions in any case, hidden files skipped, the same relative path without its last extension). An
+    image without a file has no boxes (a row with nothing to score): a detector writes no file for an image
+    where it found nothing (Ultralytics' save_txt), and the other forms give such an image its row too.
     ``ignore``: a file name (any case) left alone when no image has its stem.
     """
     from qwenvl_roi.converters.parse import Problem
     from qwenvl_roi.converters.prepare import stem_key, walk_files
 
-    by_stem: dict[str, list[str]] = {}
     folder_problems: list[Problem] = []  # symlink loops, folders linked twice, unreadable folders
-    for rel in walk_files(root, folder_problems)[0]:
+    images = walk_files(root, folder_problems)[0]
+    by_stem: dict[str, list[str]] = {}
+    for rel in images:
         by_stem.setdefault(stem_key(rel), []).append(rel)
-    jobs: list[ImageJob] = []
     txts = walk_files(folder, folder_problems)[1]
     txt_by_stem: dict[str, list[str]] = {}
     for rel_txt in txts:
         txt_by_stem.setdefault(stem_key(rel_txt), []).append(rel_txt)
+    of_stem: dict[str, list[ImageJob]] = {}  # the rows of each stem that has files, in file order
+    orphans: list[ImageJob] = []  # files without an image
     for rel_txt in txts:
         txt = folder / rel_txt
         where = shown(str(txt))  # names that are not UTF-8 (GBK from a Windows zip) as \xNN
         stem = rel_txt[: -len(".txt")]
         twins = txt_by_stem[stem_key(rel_txt)]
+        matches = by_stem.get(stem_key(rel_txt), [])
+        rows = of_stem.setdefault(stem_key(rel_txt), []) if matches else orphans
         if (
             len(twins) > 1
         ):  # case.txt and CASE.TXT: which boxes belong to the image? (as prepare's ambiguous_txt)
             if rel_txt == twins[0]:
                 names = ", ".join(map(shown, twins))
-                jobs.append(
-                    ImageJob(
-                        shown(stem), shown(stem), where, error=f"{where}: several txt files match: {names}"
-                    )
-                )
+                error = f"{where}: several txt files match: {names}"
+                rows.append(ImageJob(shown(stem), shown(stem), where, error=error))
             continue
-        matches = by_stem.get(stem_key(rel_txt), [])
         if not matches and ignore is not None and Path(rel_txt).name.casefold() == ignore:
             continue
         image = matches[0] if len(matches) == 1 else stem
@@ -217,7 +224,19 @@ def _read_folder(
             job.error = f"{where}: several images under {shown(str(root))} have its name: {names}"
         else:
             fill(job, txt, where, image)
-        jobs.append(job)
+        rows.append(job)
+    jobs: list[ImageJob] = []
+    for rel in images:
+        rows = of_stem.pop(stem_key(rel), None) if stem_key(rel) in txt_by_stem else None
+        if rows is not None:
+            jobs += rows  # the stem's rows, at its first image
+        elif stem_key(rel) not in txt_by_stem:  # no file: no boxes, nothing to score
+            where = shown(str(folder / posixpath.splitext(rel)[0])) + ".txt"
+            job = ImageJob(shown(rel), shown(rel), where, root / rel)
+            if not is_utf8(rel):
+                job.problems.append(f"{where}: image {not_utf8_reason(rel)}")
+            jobs.append(job)
+    jobs += orphans
     reported: set[tuple[str, str]] = set()  # --images and --boxes may be one folder, walked twice
     for p in folder_problems:
         if (p.file, p.kind) not in reported:

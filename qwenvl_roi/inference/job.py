@@ -377,9 +377,10 @@ def _run_boxes(job: PredictJob, backend: str | type[ScoringBackend]) -> int:
             flagged = sum(1 for r in rows if r.get("image_abnormal"))
             failed = sum(1 for r in rows if "error" in r)
             noted = sum(len(r.get("problems", [])) for r in rows)
+            empty = sum(1 for r in rows if "error" not in r and not r.get("boxes"))
             print(
                 f"{len(rows)} images, {flagged} judged abnormal at threshold "
-                f"{predictor.config.threshold:.4f}, "
+                f"{predictor.config.threshold:.4f}, {empty} without a box (nothing to score), "
                 f"{failed} could not be scored, {noted} input problems (see each row) -> {out}"
             )
     ranks.barrier()

@@ -221,6 +221,34 @@ def test_sweep_ties_are_exact_and_the_highest_threshold_wins() -> None:
         assert info["f1"] == float(best) == f1_score(y, s >= t)
 
 
+def test_a_gold_sample_without_regions_is_said_not_dropped_silently(tmp_path: Path) -> None:
+    """The regions contract allows a sample without regions (convert never writes one): its image has no
+    region to score, so it is in no metric; eval says so, naming the file, line and sample (before: the
+    image count was one short and nothing said why)."""
+    gold = _write_jsonl(
+        tmp_path / "g.jsonl",
+        [
+            _gold("A#0", "/A", [("R1", True, "crack"), ("R2", False, None)]),
+            _gold("B#0", "/B", []),
+            _gold("C#0", "/C", [("R1", False, None)]),
+        ],
+    )
+    pred = _write_jsonl(
+        tmp_path / "p.jsonl",
+        [
+            _pred("A#0", "/A", [("R1", 0.9, "crack"), ("R2", 0.2, "crack")]),
+            {**_pred("B#0", "/B", [("R1", 0.99, "crack")]), "regions": []},
+            _pred("C#0", "/C", [("R1", 0.4, "crack")]),
+        ],
+    )
+    m = evaluate(str(pred), str(gold), str(tmp_path / "out"), threshold=0.5)
+    assert m["counts"]["images"] == 2
+    (said,) = [w for w in m["warnings"] if "no regions" in w]
+    assert f"{gold}:2 (B#0)" in said and said.startswith("1 gold sample(s)")
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert said in saved["warnings"]
+
+
 def test_single_class_and_no_positive(tmp_path: Path) -> None:
     gold = _write_jsonl(
         tmp_path / "g.jsonl", [_gold("B#0", "/B", [("R1", False, None), ("R2", False, None)])]

@@ -20,13 +20,21 @@ def _predict(*args: str) -> int:
 
 
 def _images(scored_dataset: Path) -> list[tuple[str, int, int, list[list[int]]]]:
-    """(path relative to the dataset, width, height, boxes) of the test images, in path order."""
-    out = []
+    """(path relative to the dataset, width, height, boxes) of every image under it, in path order: the
+    test images with their regions as boxes, the others without a box (a detector found nothing there)."""
+    from PIL import Image
+
+    boxes = {}
     for line in (scored_dataset / "regions_test.jsonl").read_text(encoding="utf-8").splitlines():
         s = json.loads(line)
-        rel = Path(s["image"]).relative_to(scored_dataset).as_posix()
-        out.append((rel, s["width"], s["height"], [r["box"] for r in s["regions"]]))
-    return sorted(out)
+        boxes[Path(s["image"]).relative_to(scored_dataset).as_posix()] = [r["box"] for r in s["regions"]]
+    out = []
+    for path in sorted((scored_dataset / "images").iterdir()):
+        rel = path.relative_to(scored_dataset).as_posix()
+        with Image.open(path) as im:
+            out.append((rel, im.width, im.height, boxes.pop(rel, [])))
+    assert not boxes
+    return out
 
 
 def _write_forms(tmp_path: Path, images: list[tuple[str, int, int, list[list[int]]]]) -> dict[str, list[str]]:
@@ -51,9 +59,10 @@ def _write_forms(tmp_path: Path, images: list[tuple[str, int, int, list[list[int
                 {"id": len(annotations) + 1, "image_id": 100 + k, "category_id": 7, "bbox": bbox}
             )
             results.append({"image_id": 100 + k, "category_id": 3 + j, "bbox": bbox, "score": 0.9})
-        txt = yolo / Path(rel).with_suffix(".txt")
-        txt.parent.mkdir(parents=True, exist_ok=True)
-        txt.write_text("\n".join(lines) + "\n")
+        if lines:  # as Ultralytics' save_txt: no file for an image without a detection
+            txt = yolo / Path(rel).with_suffix(".txt")
+            txt.parent.mkdir(parents=True, exist_ok=True)
+            txt.write_text("\n".join(lines) + "\n")
         coco_images.append({"id": 100 + k, "file_name": rel, "width": w, "height": h})
     dataset = tmp_path / "dataset.json"  # no categories: the class names are not needed to score
     dataset.write_text(json.dumps({"images": coco_images, "annotations": annotations}))
@@ -84,8 +93,13 @@ def test_yolo_and_coco_give_the_jsonl_rows(
     assert [r["image"] for r in rows] == [rel for rel, *_ in images]
     assert all(r["problems"] == [] and all(b["score"] is not None for b in r["boxes"]) for r in rows)
     assert [[b["box"] for b in r["boxes"]] for r in rows] == [b for *_, b in images]
+    without = [r for r in rows if not r["boxes"]]
+    assert 0 < len(without) < len(rows) and all(r["image_score"] is None for r in without)
+    # byte for byte: same boxes, same prompts, same scores; an image without a YOLO file (Ultralytics
+    # writes none where it found nothing) is the row of a JSONL line without boxes (before: no row)
     for name, path in outs.items():
-        assert path.read_bytes() == reference, name  # byte for byte: same boxes, same prompts, same scores
+        assert path.read_bytes() == reference, name
+    assert f"{len(without)} without a box (nothing to score)" in capsys.readouterr().out
     # a results list alone names no image
     res = forms["coco-results"][:4]
     assert _predict(*common, *res, "--out", str(tmp_path / "x.jsonl")) == 2

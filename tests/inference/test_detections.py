@@ -70,6 +70,11 @@ def test_boxes_jsonl_and_txt_equal_the_regions_path(
     reference = _rows(ref)
     for form, path in outs.items():
         rows = _rows(path)
+        if form == "txt":  # every image under --images has a row; the train/val ones, without a txt, no box
+            others = [r for r in rows if not r["boxes"]]
+            assert len(others) == len(list((scored_dataset / "images").iterdir())) - len(samples)
+            assert all(r["prompts"] == 0 and r["image_score"] is None for r in others)
+            rows = [r for r in rows if r["boxes"]]
         assert len(rows) == len(samples)
         for s, a, b in zip(samples, reference, rows, strict=True):
             want_id = (
@@ -148,7 +153,9 @@ def test_txt_folder_pairs_as_the_converters_do(tmp_path: Path) -> None:
     (txt / ".hidden.txt").write_text("junk\n", encoding="utf-8")
     (txt / "twin.txt").write_text("twin.png;1,1,5,5\n", encoding="utf-8")
     jobs = {job.image: job for job in read_jobs(tmp_path / "txt", tmp_path / "images")}
-    assert sorted(jobs) == ["line1/2024.01.05_001.png", "line1/UP.PNG", "line1/twin"]
+    assert sorted(jobs) == ["line1/2024.01.05_001.png", "line1/2024.01.png", "line1/UP.PNG", "line1/twin"]
+    no_txt = jobs["line1/2024.01.png"]  # an image without a txt: its row, no boxes (a detector found nothing)
+    assert no_txt.error is None and no_txt.boxes == [] and no_txt.path == images / "2024.01.png"
     dated = jobs["line1/2024.01.05_001.png"]
     assert dated.error is None and dated.path == images / "2024.01.05_001.png"
     assert dated.boxes == [[1, 2, 30, 20]]  # the line of another file name is reported, not scored here
