@@ -125,6 +125,24 @@ def test_detector_boxes_that_are_not_finite_are_their_lines_problem(
     assert "3 input problem(s)" in err and not out.exists()
 
 
+def test_a_windows_path_in_jsonl_finds_its_image_as_in_coco(tmp_path: Path) -> None:
+    """A Windows tool writes "line3\\0001.png": the COCO reader takes it as line3/0001.png, and so does a
+    JSONL line now (before: "image not found"). A name that really holds a backslash is taken as written."""
+    from qwenvl_roi.inference.detections import check, read_jobs
+
+    (tmp_path / "line3").mkdir()
+    Image.new("RGB", (64, 48)).save(tmp_path / "line3" / "0001.png")
+    Image.new("RGB", (32, 24)).save(tmp_path / "odd\\name.png")  # a legal POSIX name
+    boxes = tmp_path / "boxes.jsonl"
+    lines = [{"image": "line3\\0001.png", "boxes": [[1, 1, 9, 9]]}, {"image": "odd\\name.png", "boxes": []}]
+    boxes.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    win, odd = (check(job).job for job in read_jobs(boxes, tmp_path))
+    assert (
+        win.error is None and win.path == tmp_path / "line3" / "0001.png" and win.image == "line3\\0001.png"
+    )
+    assert odd.error is None and odd.path == tmp_path / "odd\\name.png"
+
+
 def test_out_is_never_one_of_the_inputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`--out` naming the regions file, the boxes file or a file inside a txt folder of boxes would replace
     what the predictions are made from: refused before the model loads, nothing touched."""
