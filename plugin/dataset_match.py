@@ -177,3 +177,19 @@ def check_from_args(model_args: Any, data_args: Any, recipe: str = "the training
         model_type = _model_type(model_args)
         if model_type is not None:
             check_model_family(dataset_dir, names, str(model_args.model_name_or_path), model_type)
+            check_family_template(model_type, data_args, recipe)
+
+
+def check_family_template(model_type: str, data_args: Any, recipe: str) -> None:
+    """The template must be the family's (the family table's), the one predict and eval prompt with: a
+    family's recipes in another family's folder train on prompts the model never sees at inference (Qwen3.5
+    under qwen2_vl: no empty think block before the answer)."""
+    fam = find_family(model_type)
+    template = getattr(data_args, "template", None)
+    if fam is None or template == fam.template:
+        return
+    raise DatasetMismatchError(
+        f"{recipe}: template {template!r} is not {fam.name}'s template {fam.template!r}, which `qwenvl-roi "
+        f"predict` and the verdict metrics prompt with, so the model would train on prompts it never sees; "
+        f"use the family's recipes ({fam.recipes_dir}/) or set template: {fam.template}"
+    )

@@ -52,8 +52,11 @@ def refusals_in_one_line() -> Iterator[None]:
 _OWN_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "use_muon")
 
 
-def check_compatible(roi: settings.RoiSettings, model_args: Any, finetuning_args: Any) -> None:
-    """Cross-checks of roi_ keys against the parsed recipe; RoiSettingsError names the keys."""
+def check_compatible(
+    roi: settings.RoiSettings, model_args: Any, finetuning_args: Any, training_args: Any = None
+) -> None:
+    """Cross-checks of roi_ keys against the parsed recipe and the model's config, before anything loads;
+    RoiSettingsError names the keys."""
     err = settings.RoiSettingsError
     source = settings._recipe_name()
     ftype = finetuning_args.finetuning_type
@@ -62,6 +65,20 @@ def check_compatible(roi: settings.RoiSettings, model_args: Any, finetuning_args
             f"{source}: roi_train_projector / roi_vision_lora_top_blocks / roi_vision_unfreeze_top_blocks "
             f"need finetuning_type: lora (got {ftype!r}); with full or freeze tuning use only roi_lr_* keys"
         )
+    if ftype != "lora" and roi.roi_lr_vision_lora is not None:
+        raise err(f"{source}: roi_lr_vision_lora is set but nothing uses it: it needs finetuning_type: lora")
+    lora, unfrozen = roi.roi_vision_lora_top_blocks, roi.roi_vision_unfreeze_top_blocks
+    if 0 < lora <= unfrozen:
+        raise err(
+            f"{source}: roi_vision_lora_top_blocks {lora} puts LoRA on the top {lora} vision blocks, but "
+            f"roi_vision_unfreeze_top_blocks {unfrozen} trains them whole: no block gets LoRA; set "
+            f"roi_vision_lora_top_blocks above {unfrozen} (phase 3: LoRA on the blocks below the unfrozen)"
+        )
+    _check_adapter_resume(roi, model_args, finetuning_args, source)
+    if roi.selects_parameters:
+        _check_model(roi, model_args, source)
+    if training_args is not None:
+        _check_resumed_run(roi, training_args, source)
     if finetuning_args.loraplus_lr_ratio is not None:
         raise err(f"{source}: roi_ keys set their own learning-rate groups; remove loraplus_lr_ratio")
     for flag in _OWN_OPTIMIZERS:
@@ -87,6 +104,98 @@ def check_compatible(roi: settings.RoiSettings, model_args: Any, finetuning_args
                 raise err(f"{source}: {key} is set but nothing uses it: it needs {needs}")
 
 
+def _check_adapter_resume(
+    roi: settings.RoiSettings, model_args: Any, finetuning_args: Any, source: str
+) -> None:
+    """The plugin chooses the modules of a NEW adapter; one LLaMA-Factory resumes keeps the modules it was
+    trained with (its adapter_config.json), so vision LoRA and unfrozen blocks would silently not train."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    adapters = model_args.adapter_name_or_path
+    if not adapters or not roi.selects_parameters:
+        return
+    # LLaMA-Factory resumes the last adapter unless create_new_adapter, and always on a quantized or ZeRO-3
+    # model (it cannot merge there): llamafactory/model/adapter.py _setup_lora_tuning
+    merges = finetuning_args.create_new_adapter and model_args.quantization_bit is None
+    if merges and not is_deepspeed_zero3_enabled():
+        return
+    keys = [
+        k
+        for k in ("roi_train_projector", "roi_vision_lora_top_blocks", "roi_vision_unfreeze_top_blocks")
+        if getattr(roi, k)
+    ]
+    why = "" if not finetuning_args.create_new_adapter else " (a quantized or ZeRO-3 model cannot merge it)"
+    raise settings.RoiSettingsError(
+        f"{source}: {', '.join(keys)} choose the modules of a new adapter, but adapter_name_or_path "
+        f"{adapters[-1]} is resumed with the modules it was trained with{why}, so they would not apply; "
+        "train on the previous phase's merged export (llamafactory-cli export recipes/export_*.yaml, then "
+        "model_name_or_path: that folder, as the recipes chain), or set create_new_adapter: true on a "
+        "bf16/fp32 base without ZeRO-3"
+    )
+
+
+def _check_model(roi: settings.RoiSettings, model_args: Any, source: str) -> None:
+    """From the model's config, before its weights load: a vision-language model, with as many vision blocks
+    as the recipe asks for (the same checks run again on the loaded model)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            trust_remote_code=bool(getattr(model_args, "trust_remote_code", False)),
+            cache_dir=getattr(model_args, "cache_dir", None),
+        )
+    except (OSError, ValueError):  # LLaMA-Factory says what is wrong with the model path
+        return
+    model_type = getattr(config, "model_type", "")
+    try:
+        selection.projector_keys(model_type)  # a family, or a model LLaMA-Factory knows as composite
+    except ValueError as exc:
+        raise settings.RoiSettingsError(f"{source}: {model_args.model_name_or_path}: {exc}") from None
+    depth = selection._config_depth(config, 0)
+    for key in ("roi_vision_lora_top_blocks", "roi_vision_unfreeze_top_blocks"):
+        count = getattr(roi, key)
+        if depth and count > depth:
+            raise settings.RoiSettingsError(
+                f"{source}: {key} {count}: asked for the top {count} vision blocks but {model_type}'s "
+                f"vision tower has {depth} blocks (config vision depth); use a value between 0 and {depth}"
+            )
+
+
+def _check_resumed_run(roi: settings.RoiSettings, training_args: Any, source: str) -> None:
+    """A run that resumes a checkpoint keeps its optimizer's groups and learning rates: roi_ keys other than
+    the ones it was started with would be shown but not used (or make the optimizer state not fit)."""
+    import json
+    from pathlib import Path
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoint = getattr(training_args, "resume_from_checkpoint", None)
+    output_dir = str(training_args.output_dir)
+    if checkpoint is None and training_args.do_train and not training_args.overwrite_output_dir:
+        # what get_train_args decides after this parse (llamafactory/hparams/parser.py): the last checkpoint
+        checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if not checkpoint or not isinstance(checkpoint, str):
+        return
+    table = Path(checkpoint).parent / optim.TABLE_FILE
+    try:
+        before = json.loads(table.read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(before, dict):
+        return
+    now = roi.model_dump()
+    shaping = ("roi_train_", "roi_vision_", "roi_lr_")  # the keys that make the optimizer's groups
+    changed = [k for k in now if k.startswith(shaping) and k in before and before[k] != now[k]]
+    if changed:
+        what = ", ".join(f"{k} {before[k]!r} -> {now[k]!r}" for k in changed)
+        raise settings.RoiSettingsError(
+            f"{source}: resuming {checkpoint}, whose run was started with other roi_ settings ({what}; "
+            f"{table}); a resumed run keeps the optimizer's groups and learning rates, so they would not "
+            "apply: set a new output_dir, or overwrite_output_dir: true to start over, or the earlier values"
+        )
+
+
 def patch_parser(module: ModuleType) -> None:
     """Take roi_ keys out before HfArgumentParser sees them; check them and the pixel limits after."""
     original_parse = compat.get(module, "_parse_args")
@@ -109,7 +218,7 @@ def patch_parser(module: ModuleType) -> None:
         verdicts.set_plan(None)  # a failing check below leaves no earlier parse's plan behind
         with refusals_in_one_line():
             if roi is not None:
-                check_compatible(roi, model_args, finetuning_args)
+                check_compatible(roi, model_args, finetuning_args, training_args)
             dataset_match.check_from_args(model_args, data_args, settings._recipe_name())
             verdicts.set_plan(verdicts.build_plan(roi, model_args, data_args, training_args, finetuning_args))
         return parsed

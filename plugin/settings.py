@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import difflib
 import sys
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
 PREFIX = "roi_"
 
 
 class RoiSettingsError(ValueError):
     """A bad ``roi_`` key or value; the message names the key, the recipe and the allowed keys."""
+
+
+def _not_a_bool(value: Any) -> Any:
+    """YAML's true/false are not learning rates (pydantic's float would take true as 1.0)."""
+    if isinstance(value, bool):
+        raise ValueError("a learning rate is a number, not true/false")
+    return value
+
+
+#: a learning rate: a finite number above 0, as a number or the text YAML leaves "1e-4" as
+LearningRate = Annotated[float, BeforeValidator(_not_a_bool), Field(gt=0, allow_inf_nan=False)]
 
 
 class RoiSettings(BaseModel):
@@ -28,10 +39,10 @@ class RoiSettings(BaseModel):
     roi_train_projector: StrictBool = False
     roi_vision_lora_top_blocks: StrictInt = Field(default=0, ge=0)
     roi_vision_unfreeze_top_blocks: StrictInt = Field(default=0, ge=0)
-    roi_lr_language: float | None = Field(default=None, gt=0)
-    roi_lr_projector: float | None = Field(default=None, gt=0)
-    roi_lr_vision_lora: float | None = Field(default=None, gt=0)
-    roi_lr_vision_unfrozen: float | None = Field(default=None, gt=0)
+    roi_lr_language: LearningRate | None = None
+    roi_lr_projector: LearningRate | None = None
+    roi_lr_vision_lora: LearningRate | None = None
+    roi_lr_vision_unfrozen: LearningRate | None = None
     roi_label_logits_only: StrictBool = True
     roi_eval_verdicts: StrictBool = False
     roi_eval_max_samples: StrictInt = Field(default=512, ge=1)

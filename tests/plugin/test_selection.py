@@ -176,8 +176,19 @@ def test_no_roi_keys_is_stock(tiny_qwen2_5_vl: Path, lf, roi_dataset: Path, tmp_
 
 
 def test_clear_errors_before_training(tiny_qwen2_5_vl: Path, lf, roi_dataset: Path, tmp_path: Path) -> None:
-    """Misspelt roi_ key, unknown stock key, more blocks than the model has, data built for other limits."""
+    """Misspelt roi_ key, unknown stock key, more blocks than the model has, data built for other limits,
+    and what a break-it review found trained something else than the recipe says or failed only after the
+    model loaded (each refused now while the arguments are parsed, before the tokenizer or model loads):
+    a resumed adapter (its own modules, so no vision LoRA), another family's template, a learning rate of
+    `true`, LoRA blocks all unfrozen, a text-only model, a resumed run started with other roi_ settings."""
     phase2 = {"roi_vision_lora_top_blocks": 2}
+    text_model = tmp_path / "qwen2-text"  # a config is all the checks read
+    text_model.mkdir()
+    (text_model / "config.json").write_text('{"model_type": "qwen2"}', encoding="utf-8")
+    resumed = tmp_path / "resumed"  # a run started with roi_lr_vision_lora 5e-5, stopped at step 2
+    (resumed / "checkpoint-2").mkdir(parents=True)
+    table = {"settings": {"roi_vision_lora_top_blocks": 2, "roi_lr_vision_lora": 5e-5}}
+    (resumed / "trainable_params.json").write_text(json.dumps(table), encoding="utf-8")
     cases = [
         ({"roi_vison_lora_top_blocks": 2}, "did you mean 'roi_vision_lora_top_blocks'"),
         ({"lora_rnak": 2}, "lora_rnak"),  # LLaMA-Factory's own unknown-key check is still on
@@ -189,10 +200,21 @@ def test_clear_errors_before_training(tiny_qwen2_5_vl: Path, lf, roi_dataset: Pa
         ({**phase2, "finetuning_type": "full"}, "need finetuning_type: lora (got 'full')"),
         ({**phase2, "roi_lr_vision_unfrozen": 1e-5}, "roi_lr_vision_unfrozen is set but nothing uses it"),
         ({**phase2, "loraplus_lr_ratio": 16.0}, "remove loraplus_lr_ratio"),
+        ({**phase2, "adapter_name_or_path": str(tmp_path)}, "choose the modules of a new adapter"),
+        ({**phase2, "template": "qwen3_vl_nothink"}, "is not qwen2_5_vl's template 'qwen2_vl'"),
+        ({**phase2, "roi_lr_projector": True}, "a learning rate is a number, not true/false"),
+        ({**phase2, "roi_vision_unfreeze_top_blocks": 2}, "no block gets LoRA"),
+        ({**phase2, "model_name_or_path": str(text_model)}, "'qwen2' is not a vision-language model"),
+        (
+            {**phase2, "output_dir": str(resumed), "roi_lr_vision_lora": 1e-4},
+            "roi_lr_vision_lora 5e-05 -> 0.0001",
+        ),
     ]
-    recipes = [
-        _recipe(lf, "phase2.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path / str(i), **o)
-        for i, (o, _) in enumerate(cases)
-    ]
+    recipes = []
+    for i, (overrides, _) in enumerate(cases):
+        case = _recipe(lf, "phase2.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path / str(i), **overrides)
+        case.pop("overwrite_output_dir", None)  # the resumed run's: as the recipes (false)
+        recipes.append(case)
     for (overrides, message), result in zip(cases, _probe(lf, recipes, tmp_path), strict=True):
         assert message in result.get("error", ""), (overrides, result.get("error"))
+        assert result["stage"] == "parse", (overrides, result)
