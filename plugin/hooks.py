@@ -92,16 +92,27 @@ def check_compatible(
             f"(quantization_bit: {model_args.quantization_bit}); unfreeze blocks on a bf16/fp32 base"
         )
     if ftype == "lora":
+        # LLaMA-Factory's own LoRA on the whole tower (freeze_vision_tower: false) is a vision_lora group too
+        vision_lora = roi.roi_vision_lora_top_blocks > 0 or not finetuning_args.freeze_vision_tower
         unused = [
             (roi.roi_lr_projector, "roi_lr_projector", roi.roi_train_projector, "roi_train_projector: true"),
-            (roi.roi_lr_vision_lora, "roi_lr_vision_lora", roi.roi_vision_lora_top_blocks > 0,
-             "roi_vision_lora_top_blocks > 0"),
+            (roi.roi_lr_vision_lora, "roi_lr_vision_lora", vision_lora,
+             "roi_vision_lora_top_blocks > 0 (or freeze_vision_tower: false)"),
             (roi.roi_lr_vision_unfrozen, "roi_lr_vision_unfrozen", roi.roi_vision_unfreeze_top_blocks > 0,
              "roi_vision_unfreeze_top_blocks > 0"),
         ]  # fmt: skip
-        for value, key, used, needs in unused:
-            if value is not None and not used:
-                raise err(f"{source}: {key} is set but nothing uses it: it needs {needs}")
+    elif ftype == "full":  # the projector and the tower train whole when LLaMA-Factory does not freeze them
+        unused = [
+            (roi.roi_lr_projector, "roi_lr_projector", not finetuning_args.freeze_multi_modal_projector,
+             "freeze_multi_modal_projector: false"),
+            (roi.roi_lr_vision_unfrozen, "roi_lr_vision_unfrozen", not finetuning_args.freeze_vision_tower,
+             "freeze_vision_tower: false"),
+        ]  # fmt: skip
+    else:
+        unused = []
+    for value, key, used, needs in unused:
+        if value is not None and not used:
+            raise err(f"{source}: {key} is set but nothing uses it: it needs {needs}")
 
 
 def _check_adapter_resume(

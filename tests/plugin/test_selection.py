@@ -210,11 +210,27 @@ def test_clear_errors_before_training(tiny_qwen2_5_vl: Path, lf, roi_dataset: Pa
             "roi_lr_vision_lora 5e-05 -> 0.0001",
         ),
     ]
+    full = {"finetuning_type": "full", "roi_train_projector": False}  # phase 1 in full tuning
+    phase1_cases = [
+        (full, "roi_lr_projector is set but nothing uses it: it needs freeze_multi_modal_projector: false"),
+    ]
     recipes = []
     for i, (overrides, _) in enumerate(cases):
         case = _recipe(lf, "phase2.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path / str(i), **overrides)
         case.pop("overwrite_output_dir", None)  # the resumed run's: as the recipes (false)
         recipes.append(case)
-    for (overrides, message), result in zip(cases, _probe(lf, recipes, tmp_path), strict=True):
+    for i, (overrides, _) in enumerate(phase1_cases):
+        recipes.append(
+            _recipe(lf, "phase1.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path / f"p1-{i}", **overrides)
+        )
+    # LLaMA-Factory's own LoRA on the whole tower (freeze_vision_tower: false) is the vision_lora group: its
+    # rate can be set (before: refused as needing roi_vision_lora_top_blocks)
+    stock = {"freeze_vision_tower": False, "roi_lr_vision_lora": 5e-5}
+    recipes.append(_recipe(lf, "phase1.yaml", tiny_qwen2_5_vl, roi_dataset, tmp_path / "stock", **stock))
+    *refused, tower = _probe(lf, recipes, tmp_path)
+    for (overrides, message), result in zip(cases + phase1_cases, refused, strict=True):
         assert message in result.get("error", ""), (overrides, result.get("error"))
         assert result["stage"] == "parse", (overrides, result)
+    assert "error" not in tower, tower.get("error")
+    (vision,) = [g for g in tower["groups"] if any(".visual.blocks." in n for n in g["names"])]
+    assert vision["lr"] == 5e-5 and all(".visual.blocks." in n and "lora_" in n for n in vision["names"])
