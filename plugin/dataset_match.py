@@ -181,9 +181,9 @@ def check_from_args(model_args: Any, data_args: Any, recipe: str = "the training
 
 
 def check_family_template(model_type: str, data_args: Any, recipe: str) -> None:
-    """The template must be the family's (the family table's), the one predict and eval prompt with: a
-    family's recipes in another family's folder train on prompts the model never sees at inference (Qwen3.5
-    under qwen2_vl: no empty think block before the answer)."""
+    """The template must be the family's (the family table's), the one predict and eval prompt with: one
+    family's model under another family's recipes trains on prompts it never sees at inference (e.g. no
+    empty think block before the answer)."""
     fam = find_family(model_type)
     template = getattr(data_args, "template", None)
     if fam is None or template == fam.template:

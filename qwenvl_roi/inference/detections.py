@@ -121,12 +121,12 @@ def read_jsonl(path: Path, root: Path) -> list[ImageJob]:
             continue
         key = shown(str(obj["id"]) if obj.get("id") is not None else obj["image"])
         image = _path(obj["image"])
-        path = image if image.is_absolute() else root / image
-        if "\\" in obj["image"] and not path.exists():  # a Windows tool's path: as the COCO reader takes it
+        image_path = image if image.is_absolute() else root / image
+        if "\\" in obj["image"] and not image_path.exists():  # a Windows tool's path: as the COCO reader does
             posix = root / _path(obj["image"].replace("\\", "/"))  # an absolute one replaces root
             if posix.exists():
-                path = posix
-        job = ImageJob(key, shown(obj["image"]), where, path)
+                image_path = posix
+        job = ImageJob(key, shown(obj["image"]), where, image_path)
         if not is_utf8(obj["image"]):  # "\\udcc8": a Python tool's json.dumps of a GBK file name
             job.problems.append(f"{where}: image {not_utf8_reason(obj['image'])}")
         if key in seen:
