@@ -74,9 +74,11 @@ def check_compatible(
             f"roi_vision_unfreeze_top_blocks {unfrozen} trains them whole: no block gets LoRA; set "
             f"roi_vision_lora_top_blocks above {unfrozen} (phase 3: LoRA on the blocks below the unfrozen)"
         )
-    _check_adapter_resume(roi, model_args, finetuning_args, source)
     if roi.selects_parameters:
-        _check_model(roi, model_args, source)
+        config = _model_config(model_args)
+        _check_adapter_resume(roi, model_args, finetuning_args, config, source)
+        if config is not None:
+            _check_model(roi, model_args, config, source)
     if training_args is not None:
         _check_resumed_run(roi, training_args, source)
     if finetuning_args.loraplus_lr_ratio is not None:
@@ -115,49 +117,60 @@ def check_compatible(
             raise err(f"{source}: {key} is set but nothing uses it: it needs {needs}")
 
 
+def _model_config(model_args: Any) -> Any:
+    """The model's config (no weights), or None when it cannot be read here (LLaMA-Factory will say why)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            trust_remote_code=bool(getattr(model_args, "trust_remote_code", False)),
+            cache_dir=getattr(model_args, "cache_dir", None),
+        )
+    except (OSError, ValueError):
+        return None
+
+
 def _check_adapter_resume(
-    roi: settings.RoiSettings, model_args: Any, finetuning_args: Any, source: str
+    roi: settings.RoiSettings, model_args: Any, finetuning_args: Any, config: Any, source: str
 ) -> None:
     """The plugin chooses the modules of a NEW adapter; one LLaMA-Factory resumes keeps the modules it was
     trained with (its adapter_config.json), so vision LoRA and unfrozen blocks would silently not train."""
     from transformers.integrations import is_deepspeed_zero3_enabled
 
     adapters = model_args.adapter_name_or_path
-    if not adapters or not roi.selects_parameters:
+    if not adapters:
         return
-    # LLaMA-Factory resumes the last adapter unless create_new_adapter, and always on a quantized or ZeRO-3
-    # model (it cannot merge there): llamafactory/model/adapter.py _setup_lora_tuning
-    merges = finetuning_args.create_new_adapter and model_args.quantization_bit is None
-    if merges and not is_deepspeed_zero3_enabled():
+    # LLaMA-Factory resumes the last adapter unless create_new_adapter, and always where it cannot merge:
+    # a quantized model (quantization_bit, or a checkpoint quantized already: AWQ, GPTQ, ...), ZeRO-3,
+    # KTransformers, Unsloth (llamafactory/model/adapter.py _setup_lora_tuning, is_mergeable)
+    quantized = model_args.quantization_bit is not None or getattr(config, "quantization_config", None)
+    cannot_merge = (
+        quantized
+        or is_deepspeed_zero3_enabled()
+        or getattr(model_args, "use_kt", False)
+        or getattr(model_args, "use_unsloth", False)
+    )
+    if finetuning_args.create_new_adapter and not cannot_merge:
         return
     keys = [
         k
         for k in ("roi_train_projector", "roi_vision_lora_top_blocks", "roi_vision_unfreeze_top_blocks")
         if getattr(roi, k)
     ]
-    why = "" if not finetuning_args.create_new_adapter else " (a quantized or ZeRO-3 model cannot merge it)"
+    why = "" if not finetuning_args.create_new_adapter else " (LLaMA-Factory cannot merge it into this model)"
     raise settings.RoiSettingsError(
         f"{source}: {', '.join(keys)} choose the modules of a new adapter, but adapter_name_or_path "
         f"{adapters[-1]} is resumed with the modules it was trained with{why}, so they would not apply; "
         "train on the previous phase's merged export (llamafactory-cli export recipes/export_*.yaml, then "
         "model_name_or_path: that folder, as the recipes chain), or set create_new_adapter: true on a "
-        "bf16/fp32 base without ZeRO-3"
+        "bf16/fp32 base without ZeRO-3, Unsloth or KTransformers"
     )
 
 
-def _check_model(roi: settings.RoiSettings, model_args: Any, source: str) -> None:
+def _check_model(roi: settings.RoiSettings, model_args: Any, config: Any, source: str) -> None:
     """From the model's config, before its weights load: a vision-language model, with as many vision blocks
     as the recipe asks for (the same checks run again on the loaded model)."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
-            trust_remote_code=bool(getattr(model_args, "trust_remote_code", False)),
-            cache_dir=getattr(model_args, "cache_dir", None),
-        )
-    except (OSError, ValueError):  # LLaMA-Factory says what is wrong with the model path
-        return
     model_type = getattr(config, "model_type", "")
     try:
         selection.projector_keys(model_type)  # a family, or a model LLaMA-Factory knows as composite

@@ -163,6 +163,16 @@ def parse_coco(obj: Any, label: str) -> CocoFile:
         if wh is not None and min(wh) > 0:
             entry.read.size, entry.read.size_at = (wh[0], wh[1]), where
         if key in images:
+            same = [
+                e
+                for e in shared.get(key, [images[key]])
+                if e.file_name.casefold() == entry.file_name.casefold()
+            ]
+            if same:  # the same entry twice (a file joined with itself): not two pictures
+                entries.pop()
+                why = f"image id {key!r} and file_name already given by images[{same[0].index}]; ignored"
+                problems.append(Problem(label, where, "bad_entry", why))
+                continue
             shared.setdefault(key, [images[key]]).append(entry)
         else:
             images[key] = entry
@@ -350,6 +360,7 @@ class CocoSource(Source):
 
     def scan(self, problems: list[Problem], skip: Skip | None = None) -> Iterator[tuple[str, Read]]:
         coco = self._load()
-        problems += coco.problems + coco.dangling.problems
+        problems += coco.problems + coco.dangling.problems + coco.ambiguous.problems
         for im in coco.images.values():
-            yield im.file_name, im.read
+            if not im.shared:  # a shared id's boxes belong to no known picture: convert drops them too
+                yield im.file_name, im.read

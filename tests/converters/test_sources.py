@@ -781,6 +781,27 @@ def test_coco_id_given_to_two_images_attributes_nothing(tmp_path: Path) -> None:
     assert boxes["read"] == sum(len(t.boxes) for t in TRUTH)  # every box counted once
     assert boxes["dropped_by_reason"] == {"ambiguous_image_id": len(shared)}
     assert boxes["read"] == boxes["kept"] + boxes["clipped"] + boxes["dropped"]
+    # scan-labels counts what convert uses: not the boxes of the shared id
+    flags = {k: v for k, v in keys.items() if k != "abnormal_dir"}
+    scan = scan_labels(config=settings_from_flags(keys["abnormal_dir"], **flags))
+    want = Counter(lab for t in TRUTH if t.rel not in ("b1/p01.jpg", "b2/p06.png") for _, lab in t.boxes)
+    assert {r["label"]: r["boxes"] for r in scan["labels"]} == dict(want)
+    assert "ambiguous_image_id" in {p["kind"] for p in scan["problems"]}
+    # the same entry given twice (a file joined with itself) is one picture, not two: it keeps its boxes
+    doc = json.loads(path.read_text("utf-8"))
+    for im in doc["images"]:
+        if im["file_name"] == "b2/p06.png":
+            im["id"] = p06
+    for a in doc["annotations"]:
+        if a["bbox"][:2] in ([x1, y1] for (x1, y1, _, _), _ in TRUTH[5].boxes):
+            a["image_id"] = p06
+    doc["images"].append(dict(doc["images"][0]))  # images[0] again: same id, same file_name
+    path.write_text(json.dumps(doc, ensure_ascii=False), "utf-8")
+    twice = run(tmp_path / "twice", keys)
+    assert [(p["line"], p["kind"]) for p in twice.report["problems"]] == [
+        (f"images[{len(doc['images']) - 1}]", "bad_entry")
+    ]
+    assert_boxes_equal(kept(twice)[0]["b1/p01.jpg"], TRUTH[0].boxes, 0)
 
 
 def test_coco_unreadable_file_stops(tmp_path: Path) -> None:

@@ -185,6 +185,11 @@ def test_clear_errors_before_training(tiny_qwen2_5_vl: Path, lf, roi_dataset: Pa
     text_model = tmp_path / "qwen2-text"  # a config is all the checks read
     text_model.mkdir()
     (text_model / "config.json").write_text('{"model_type": "qwen2"}', encoding="utf-8")
+    gptq = tmp_path / "gptq-base"  # a checkpoint quantized already: LLaMA-Factory cannot merge into it
+    gptq.mkdir()
+    config = json.loads((tiny_qwen2_5_vl / "config.json").read_text(encoding="utf-8"))
+    config["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (gptq / "config.json").write_text(json.dumps(config), encoding="utf-8")
     resumed = tmp_path / "resumed"  # a run started with roi_lr_vision_lora 5e-5, stopped at step 2
     (resumed / "checkpoint-2").mkdir(parents=True)
     table = {"settings": {"roi_vision_lora_top_blocks": 2, "roi_lr_vision_lora": 5e-5}}
@@ -201,6 +206,15 @@ def test_clear_errors_before_training(tiny_qwen2_5_vl: Path, lf, roi_dataset: Pa
         ({**phase2, "roi_lr_vision_unfrozen": 1e-5}, "roi_lr_vision_unfrozen is set but nothing uses it"),
         ({**phase2, "loraplus_lr_ratio": 16.0}, "remove loraplus_lr_ratio"),
         ({**phase2, "adapter_name_or_path": str(tmp_path)}, "choose the modules of a new adapter"),
+        (
+            {
+                **phase2,
+                "adapter_name_or_path": str(tmp_path),
+                "create_new_adapter": True,
+                "model_name_or_path": str(gptq),
+            },
+            "LLaMA-Factory cannot merge it into this model",
+        ),
         ({**phase2, "template": "qwen3_vl_nothink"}, "is not qwen2_5_vl's template 'qwen2_vl'"),
         ({**phase2, "roi_lr_projector": True}, "a learning rate is a number, not true/false"),
         ({**phase2, "roi_vision_unfreeze_top_blocks": 2}, "no block gets LoRA"),
