@@ -152,19 +152,23 @@ def check_template(dataset_dir: str, datasets: list[str], data_args: Any, recipe
         )
 
 
-def _model_type(model_args: Any) -> str | None:
-    """The model's config model_type, or None when its config cannot be read here (LLaMA-Factory will say)."""
+def model_config(model_args: Any) -> Any:
+    """The model's config (no weights), or None when it cannot be read here (LLaMA-Factory will say why)."""
     from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(
+        return AutoConfig.from_pretrained(
             model_args.model_name_or_path,
             trust_remote_code=bool(getattr(model_args, "trust_remote_code", False)),
             cache_dir=getattr(model_args, "cache_dir", None),
         )
     except (OSError, ValueError):
         return None
-    return getattr(config, "model_type", None)
+
+
+def _model_type(model_args: Any) -> str | None:
+    """The model's config model_type, or None when its config cannot be read here (LLaMA-Factory will say)."""
+    return getattr(model_config(model_args), "model_type", None)
 
 
 def check_from_args(model_args: Any, data_args: Any, recipe: str = "the training arguments") -> None:

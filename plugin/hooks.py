@@ -8,10 +8,12 @@ replaced through compat.py, which lists them with the parameters these wrappers 
 from __future__ import annotations
 
 import functools
+import json
 import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -65,8 +67,6 @@ def check_compatible(
             f"{source}: roi_train_projector / roi_vision_lora_top_blocks / roi_vision_unfreeze_top_blocks "
             f"need finetuning_type: lora (got {ftype!r}); with full or freeze tuning use only roi_lr_* keys"
         )
-    if ftype != "lora" and roi.roi_lr_vision_lora is not None:
-        raise err(f"{source}: roi_lr_vision_lora is set but nothing uses it: it needs finetuning_type: lora")
     lora, unfrozen = roi.roi_vision_lora_top_blocks, roi.roi_vision_unfreeze_top_blocks
     if 0 < lora <= unfrozen:
         raise err(
@@ -75,7 +75,7 @@ def check_compatible(
             f"roi_vision_lora_top_blocks above {unfrozen} (phase 3: LoRA on the blocks below the unfrozen)"
         )
     if roi.selects_parameters:
-        config = _model_config(model_args)
+        config = dataset_match.model_config(model_args)
         _check_adapter_resume(roi, model_args, finetuning_args, config, source)
         if config is not None:
             _check_model(roi, model_args, config, source)
@@ -103,32 +103,18 @@ def check_compatible(
             (roi.roi_lr_vision_unfrozen, "roi_lr_vision_unfrozen", roi.roi_vision_unfreeze_top_blocks > 0,
              "roi_vision_unfreeze_top_blocks > 0"),
         ]  # fmt: skip
-    elif ftype == "full":  # the projector and the tower train whole when LLaMA-Factory does not freeze them
-        unused = [
+    else:
+        unused = [(roi.roi_lr_vision_lora, "roi_lr_vision_lora", False, "finetuning_type: lora")]
+    if ftype == "full":  # the projector and the tower train whole when LLaMA-Factory does not freeze them
+        unused += [
             (roi.roi_lr_projector, "roi_lr_projector", not finetuning_args.freeze_multi_modal_projector,
              "freeze_multi_modal_projector: false"),
             (roi.roi_lr_vision_unfrozen, "roi_lr_vision_unfrozen", not finetuning_args.freeze_vision_tower,
              "freeze_vision_tower: false"),
         ]  # fmt: skip
-    else:
-        unused = []
     for value, key, used, needs in unused:
         if value is not None and not used:
             raise err(f"{source}: {key} is set but nothing uses it: it needs {needs}")
-
-
-def _model_config(model_args: Any) -> Any:
-    """The model's config (no weights), or None when it cannot be read here (LLaMA-Factory will say why)."""
-    from transformers import AutoConfig
-
-    try:
-        return AutoConfig.from_pretrained(
-            model_args.model_name_or_path,
-            trust_remote_code=bool(getattr(model_args, "trust_remote_code", False)),
-            cache_dir=getattr(model_args, "cache_dir", None),
-        )
-    except (OSError, ValueError):
-        return None
 
 
 def _check_adapter_resume(
@@ -189,9 +175,6 @@ def _check_model(roi: settings.RoiSettings, model_args: Any, config: Any, source
 def _check_resumed_run(roi: settings.RoiSettings, training_args: Any, source: str) -> None:
     """A run that resumes a checkpoint keeps its optimizer's groups and learning rates: roi_ keys other than
     the ones it was started with would be shown but not used (or make the optimizer state not fit)."""
-    import json
-    from pathlib import Path
-
     from transformers.trainer_utils import get_last_checkpoint
 
     checkpoint = getattr(training_args, "resume_from_checkpoint", None)

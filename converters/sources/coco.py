@@ -145,9 +145,8 @@ def parse_coco(obj: Any, label: str) -> CocoFile:
         raise SourceError(f"coco_json {label}: 'annotations' is not a list")
     problems: list[Problem] = []
     categories = parse_categories(obj.get("categories"), label, problems)
-    images: dict[Hashable, CocoImage] = {}
+    by_id: dict[Hashable, list[CocoImage]] = {}  # the entries of each id, in file order
     entries: list[CocoImage] = []
-    shared: dict[Hashable, list[CocoImage]] = {}
     for i, im in enumerate(obj["images"]):
         where = f"images[{i}]"
         key = _key(im.get("id")) if isinstance(im, dict) else None
@@ -158,24 +157,19 @@ def parse_coco(obj: Any, label: str) -> CocoFile:
             )
             continue
         entry = CocoImage(i, key, norm_file_name(name))
+        given = by_id.setdefault(key, [])
+        same = next((e for e in given if e.file_name.casefold() == entry.file_name.casefold()), None)
+        if same is not None:  # the same entry twice (a file joined with itself): not two pictures
+            why = f"image id {key!r} and file_name already given by images[{same.index}]; ignored"
+            problems.append(Problem(label, where, "bad_entry", why))
+            continue
+        given.append(entry)
         entries.append(entry)
         wh = finite([im.get("width", 0) or 0, im.get("height", 0) or 0])
         if wh is not None and min(wh) > 0:
             entry.read.size, entry.read.size_at = (wh[0], wh[1]), where
-        if key in images:
-            same = [
-                e
-                for e in shared.get(key, [images[key]])
-                if e.file_name.casefold() == entry.file_name.casefold()
-            ]
-            if same:  # the same entry twice (a file joined with itself): not two pictures
-                entries.pop()
-                why = f"image id {key!r} and file_name already given by images[{same[0].index}]; ignored"
-                problems.append(Problem(label, where, "bad_entry", why))
-                continue
-            shared.setdefault(key, [images[key]]).append(entry)
-        else:
-            images[key] = entry
+    images = {key: group[0] for key, group in by_id.items()}  # annotations go to an id's first entry
+    shared = {key: group for key, group in by_id.items() if len(group) > 1}
     dangling = Read(ok=False)
     for k, ann in enumerate(anns):
         image_id, got = parse_annotation(ann, k, label, categories)

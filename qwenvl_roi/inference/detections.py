@@ -232,10 +232,9 @@ def _read_folder(
         rows.append(job)
     jobs: list[ImageJob] = []
     for rel in images:
-        rows = of_stem.pop(stem_key(rel), None) if stem_key(rel) in txt_by_stem else None
-        if rows is not None:
-            jobs += rows  # the stem's rows, at its first image
-        elif stem_key(rel) not in txt_by_stem:  # no file: no boxes, nothing to score
+        if stem_key(rel) in txt_by_stem:
+            jobs += of_stem.pop(stem_key(rel), [])  # the stem's rows, at its first image
+        else:  # no file: no boxes, nothing to score
             where = shown(str(folder / posixpath.splitext(rel)[0])) + ".txt"
             job = ImageJob(shown(rel), shown(rel), where, root / rel)
             if not is_utf8(rel):
