@@ -31,6 +31,7 @@ from PIL import ExifTags, Image, ImageOps
 
 from qwenvl_roi.fileio import atomic_open, write_json
 
+from .image_header import plain_header
 from .names import is_utf8, not_utf8_reason, safe_rel, shown
 from .paths import relative_to_folder
 
@@ -130,6 +131,11 @@ def _inspect(path: str | Path, caught: list[warnings.WarningMessage]) -> Inspect
     """inspect's work inside ``_recording``, whose list is ``caught``: emptied first, so that it holds this
     image's warnings only (a survey records once for every image)."""
     caught.clear()
+    plain = plain_header(path)
+    if plain is not None:  # a plain JPEG or PNG: Pillow's answer without Pillow's parsing
+        w, h, mode = plain
+        why = mode_reason(mode)
+        return Inspection(w, h, mode, 1, (why,) if why else ())
     try:
         with Image.open(path) as im:
             w, h = im.size
