@@ -58,18 +58,31 @@ def foreground(path: str) -> np.ndarray:
 
 def components(fg: np.ndarray) -> list[tuple[int, int, int, int]]:
     """The extent (x1, y1, x2, y2) of every 8-connected component, numbered in raster order of their first
-    pixel (scipy.ndimage.label's order)."""
+    pixel (scipy.ndimage.label's order).
+
+    Labelled on the mask with its empty rows and columns taken out but one between two runs of non-empty
+    ones: no component crosses an empty line, so the components, their order and (mapped back) their
+    extents are those of the whole mask, on the few percent of its pixels a defect mask has in those lines."""
     from scipy import ndimage
 
-    rows, cols = np.flatnonzero(fg.any(axis=1)), np.flatnonzero(fg.any(axis=0))
+    rows, cols = _kept(fg.any(axis=1)), _kept(fg.any(axis=0))
     if not len(rows):
         return []
-    y0, x0 = int(rows[0]), int(cols[0])  # labelled within the defects' extent: masks are mostly empty
-    labelled, _ = ndimage.label(fg[y0 : rows[-1] + 1, x0 : cols[-1] + 1], structure=EIGHT)
+    labelled, _ = ndimage.label(fg.take(rows, axis=0).take(cols, axis=1), structure=EIGHT)
+    ys, xs = rows.tolist(), cols.tolist()
     return [
-        (x0 + sx.start, y0 + sy.start, x0 + sx.stop, y0 + sy.stop)
+        (xs[sx.start], ys[sy.start], xs[sx.stop - 1] + 1, ys[sy.stop - 1] + 1)
         for sy, sx in ndimage.find_objects(labelled)
     ]
+
+
+def _kept(present: np.ndarray) -> np.ndarray:
+    """The indices of the lines that hold a pixel, and of the empty line after each run of them but the
+    last (which keeps two runs apart)."""
+    idx = np.flatnonzero(present)
+    keep = present.copy()
+    keep[idx[:-1] + 1] = True
+    return np.flatnonzero(keep)
 
 
 def read_mask(path: str, label: str, defect: str) -> Read:

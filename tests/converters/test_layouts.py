@@ -21,6 +21,7 @@ from PIL import Image
 from qwenvl_roi.converters.config import load_data_config
 from qwenvl_roi.converters.prepare import PrepareResult, prepare
 from qwenvl_roi.converters.scan_labels import scan_labels
+from qwenvl_roi.converters.sources.layout import components
 from qwenvl_roi.converters.split import assign_split, hash_unit
 
 from qwenvl_roi.errors import ConvertError
@@ -538,3 +539,18 @@ def test_forced_train_or_val_resolves_with_other_forced_splits() -> None:
     assert forced_split({"train", "val"}, SEED, key, 0.8, 0.1) == ("val", False)  # as before: the later
     vals = {assign_train_or_val(SEED, f"k{i}", 0.8, 0.1) for i in range(200)}
     assert vals == {"train", "val"} and assign_train_or_val(SEED, "k", 0.0, 0.0) == "train"
+
+
+def test_components_in_order_on_random_masks() -> None:
+    """layout.components (labelled with empty lines taken out) against the flood fill, order included, on
+    masks of noise, diagonal chains and blobs separated by one or more empty rows or columns."""
+    rng = np.random.default_rng(7)
+    for t in range(400):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        fg = rng.random((h, w)) < rng.choice([0.01, 0.05, 0.15, 0.4])
+        if t % 4 == 1:  # whole empty rows and columns between the pixels
+            fg[rng.random(h) < 0.4] = False
+            fg[:, rng.random(w) < 0.4] = False
+        if t % 4 == 2:  # diagonal chains: one component only through corners
+            fg |= np.eye(h, w, k=int(rng.integers(-3, 4)), dtype=bool)
+        assert components(fg) == flood_components(fg), f"mask {t}"
