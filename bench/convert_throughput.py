@@ -269,7 +269,7 @@ def check(report: dict[str, Any], n: int, boxes: int | None) -> list[str]:
 # is taken out of it
 STEPS = (
     ("prepare", "_Collector.walk", "listing the folders and the header survey"),
-    ("images", "ImageFixer.survey", "  of which the header survey (every image header, PIL)"),
+    ("images", "ImageFixer.survey", "  of which the header survey (every image header)"),
     ("prepare", "_Collector.abnormal", "annotations read, paired and checked against their images"),
     ("prepare", "_Collector.normal", "normal images checked"),
     ("prepare", "_resolve_labels", "labels resolved"),

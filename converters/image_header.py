@@ -95,7 +95,8 @@ def _jpeg(b: bytes) -> tuple[int, int, str] | None:
             return size
         if marker in _JPEG_SOF:
             s = b[start:end]
-            if size is not None or len(s) < 6 or s[0] != 8 or s[5] not in _JPEG_LAYERS:
+            # Pillow reads the component table in steps of 3 bytes (a shorter last step raises)
+            if size is not None or len(s) < 6 or (len(s) - 6) % 3 or s[0] != 8 or s[5] not in _JPEG_LAYERS:
                 return None
             size = ((s[3] << 8) | s[4], (s[1] << 8) | s[2], _JPEG_LAYERS[s[5]])
         elif marker == 0xDB:  # DQT: Pillow refuses a table shorter than its precision says
@@ -139,7 +140,7 @@ def _png(b: bytes) -> tuple[int, int, str] | None:
         elif cid == b"tRNS":
             if length < _TRNS_LEAST[mode]:
                 return None
-        elif cid not in _PNG_PLAIN or length < _PNG_PLAIN[cid]:
-            return None
+        elif cid not in _PNG_PLAIN or length < _PNG_PLAIN[cid] or (cid == b"cHRM" and length % 4):
+            return None  # cHRM: Pillow unpacks it as 4-byte integers (a length not a multiple of 4 raises)
         pos = end + 4
     return None

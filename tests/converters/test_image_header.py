@@ -144,6 +144,7 @@ def crafted_files() -> dict[str, bytes]:
     jpeg = segments(saved(rgb(), "JPEG"))
     sof = next(s for s in jpeg if s[1] == 0xC0)
     other_sof = sof[:5] + struct.pack(">HH", 11, 13) + sof[9:]
+    long_sof = sof[:2] + struct.pack(">H", len(sof) - 1) + sof[4:] + b"\x00"  # one byte past the table
     png = saved(rgb(), "PNG")
     ihdr = png[8:33]
     return {
@@ -153,6 +154,9 @@ def crafted_files() -> dict[str, bytes]:
         "png tRNS before IHDR": png[:8] + chunk(b"tRNS", b"\x00") + png[8:],
         "png PLTE before IHDR": png[:8] + chunk(b"PLTE", bytes(6)) + png[8:],
         "png two IHDR": png[:33] + chunk(b"IHDR", struct.pack(">II", 5, 7) + ihdr[16:21]) + png[33:],
+        # found by a review: Pillow refuses both (a component table not in steps of 3; cHRM not in 4s)
+        "jpeg SOF table 1 byte long": b"".join(jpeg[:-1]).replace(sof, long_sof) + jpeg[-1],
+        "png cHRM of 1 byte": with_chunks(png, chunk(b"cHRM", b"\x00")),
     }
 
 
