@@ -24,6 +24,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 
 import numpy as np
 
@@ -343,8 +344,10 @@ def _avoid_array(rows: list[Sequence[Box]], scale: float) -> np.ndarray:
     """(requests, most boxes, 5): x1, y1, x2, y2 and ``scale`` x area per box, padded with _PAD."""
     lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
     out = np.tile(np.array(_PAD), (len(rows), max(1, int(lens.max(initial=0))), 1))
-    if lens.sum():
-        flat = np.array([b for boxes in rows for b in boxes], dtype=np.float64)
+    total = int(lens.sum())
+    if total:  # every box is 4 numbers: read flat (np.array would find each box's shape, 10x slower)
+        flat = np.fromiter(chain.from_iterable(chain.from_iterable(rows)), np.float64, 4 * total)
+        flat = flat.reshape(total, 4)
         row = np.repeat(np.arange(len(rows)), lens)
         col = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
         out[row, col, :4] = flat
