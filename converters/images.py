@@ -8,7 +8,8 @@ background becomes white on white). Palette, CMYK and alpha images depend on wha
 
 Every image's header is read (no pixel decoding) for its size, mode and orientation: by PIL, or for a plain
 JPEG/PNG by image_header.py, which gives PIL's answer faster. Images that need nothing (8-bit RGB/L/1, no
-orientation) are used where they are. Every other image gets an upright 8-bit RGB PNG copy under ``out_dir/image_cache/`` that the datasets point to (``image_fixes: fix``), or is reported and left out
+orientation) are used where they are. Every other image gets an upright 8-bit RGB PNG copy under
+``out_dir/image_cache/`` that the datasets point to (``image_fixes: fix``), or is reported and left out
 (``image_fixes: flag``). High bit depths are scaled by the bit depth the dataset actually uses (the largest
 pixel value over all such images) or ``image_bit_depth``; anything clipped is reported.
 """
