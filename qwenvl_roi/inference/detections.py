@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -94,6 +95,7 @@ def read_jsonl(path: Path, root: Path) -> list[ImageJob]:
     U+2028 inside a string does not shift the line numbers; a line that is not UTF-8 is its own error)."""
     jobs: list[ImageJob] = []
     seen: dict[str, str] = {}
+    files: dict[str, tuple[str, str]] = {}  # a line without "id": its file, normalised -> (image, where)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -129,12 +131,17 @@ def read_jsonl(path: Path, root: Path) -> list[ImageJob]:
         job = ImageJob(key, shown(obj["image"]), where, image_path)
         if not is_utf8(obj["image"]):  # "\\udcc8": a Python tool's json.dumps of a GBK file name
             job.problems.append(f"{where}: image {not_utf8_reason(obj['image'])}")
+        same = files.get(os.path.normpath(image_path)) if obj.get("id") is None else None
         if key in seen:
             job.error = f"{where}: {key!r} was already given at {seen[key]}"
+        elif same is not None:  # "./a.png" after "a.png": one picture, scored once (give an "id" for more)
+            job.error = f"{where}: {job.image!r} is the file {same[0]!r} given at {same[1]}"
         elif not isinstance(obj.get("boxes"), list):
             job.error = f'{where}: needs "boxes": a list of [x1, y1, x2, y2]'
         else:
             seen[key] = where
+            if obj.get("id") is None:
+                files[os.path.normpath(image_path)] = (job.image, where)
             for k, value in enumerate(obj["boxes"]):
                 box = _box(value)
                 if box is None:

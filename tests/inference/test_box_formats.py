@@ -205,3 +205,30 @@ def test_coco_stated_size_is_checked_as_the_converters_check_it(tmp_path: Path) 
     assert [box for _, box in turned2.usable] == [list(bbox)]
     assert any(p.startswith(f"{listed}:images[0]") for p in turned2.job.problems)
     assert (small2.job.error or "").startswith(f"{listed}:images[1]")
+
+
+def test_jsonl_one_file_spelled_two_ways_is_scored_once(tmp_path: Path) -> None:
+    """``./a.png`` or ``sub/../a.png`` after ``a.png`` names the same picture: without an ``id`` it would be
+    scored twice under two names, so the later line is an error row naming the first; lines with their own
+    ``id`` are scored (no model needed)."""
+    from PIL import Image
+
+    from qwenvl_roi.inference.detections import read_jobs
+
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    Image.new("RGB", (20, 10)).save(root / "a.png")
+    lines = [
+        {"image": "a.png", "boxes": [[1, 1, 5, 5]]},
+        {"image": "./a.png", "boxes": [[1, 1, 5, 5]]},
+        {"image": "sub/../a.png", "boxes": []},
+        {"image": str(root / "a.png"), "boxes": []},
+        {"image": "./a.png", "boxes": [], "id": "second run"},
+    ]
+    boxes = tmp_path / "boxes.jsonl"
+    boxes.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    jobs = read_jobs(boxes, root)
+    assert jobs[0].error is None and jobs[4].error is None
+    for k in (1, 2, 3):
+        first = f"'a.png' given at {boxes}:1"
+        assert jobs[k].error == f"{boxes}:{k + 1}: {lines[k]['image']!r} is the file {first}"
