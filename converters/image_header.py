@@ -5,8 +5,8 @@ of its time on Python-level parsing of markers and chunks that the survey does n
 tables unpacked into lists, palettes, JFIF density). This module walks the same markers and chunks with the
 same checks and answers only for the plainest files: a JPEG whose segments before the scan are APP0, COM,
 DQT, DHT, DRI and one 8-bit SOF0/1/2; a PNG whose chunks before the first IDAT are IHDR, PLTE, tRNS, gAMA,
-cHRM, sRGB and pHYs, each checksum right. Anything else (EXIF or ICC segments, text chunks, APNG, CMYK
-markers, odd lengths, damage, a header longer than the bytes read) gets None, and the caller asks Pillow:
+cHRM, sRGB and pHYs, each checksum right. Anything else (EXIF or ICC segments, Adobe markers, text chunks,
+APNG, odd lengths, damage, a header longer than the bytes read) gets None, and the caller asks Pillow:
 the answer for every file is Pillow's, and tests compare the two on every mode Pillow writes and on
 mutated headers.
 """

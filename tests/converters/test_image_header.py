@@ -117,6 +117,15 @@ def declined_files() -> dict[str, bytes]:
     }
 
 
+def test_png_mode_table_is_pillows() -> None:
+    """The reader's PNG mode table is Pillow's own (PngImagePlugin._MODES, a private name): a Pillow that maps
+    a pair another way, e.g. 16-bit grey+alpha to LA once it can, fails here rather than answering
+    differently for a pair Pillow cannot write for the tests above."""
+    from qwenvl_roi.converters.image_header import _PNG_MODES
+
+    assert {pair: mode for pair, (mode, _) in PngImagePlugin._MODES.items()} == _PNG_MODES
+
+
 @pytest.mark.parametrize("name", sorted(plain_files()))
 def test_plain_files_answered_as_pillow(name: str) -> None:
     data = plain_files()[name]
