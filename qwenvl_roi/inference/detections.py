@@ -131,7 +131,8 @@ def read_jsonl(path: Path, root: Path) -> list[ImageJob]:
         job = ImageJob(key, shown(obj["image"]), where, image_path)
         if not is_utf8(obj["image"]):  # "\\udcc8": a Python tool's json.dumps of a GBK file name
             job.problems.append(f"{where}: image {not_utf8_reason(obj['image'])}")
-        same = files.get(os.path.normpath(image_path)) if obj.get("id") is None else None
+        file = os.path.normpath(image_path) if obj.get("id") is None else None  # a line with an id: its own
+        same = files.get(file) if file is not None else None
         if key in seen:
             job.error = f"{where}: {key!r} was already given at {seen[key]}"
         elif same is not None:  # "./a.png" after "a.png": one picture, scored once (give an "id" for more)
@@ -140,8 +141,8 @@ def read_jsonl(path: Path, root: Path) -> list[ImageJob]:
             job.error = f'{where}: needs "boxes": a list of [x1, y1, x2, y2]'
         else:
             seen[key] = where
-            if obj.get("id") is None:
-                files[os.path.normpath(image_path)] = (job.image, where)
+            if file is not None:
+                files[file] = (job.image, where)
             for k, value in enumerate(obj["boxes"]):
                 box = _box(value)
                 if box is None:
