@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -166,19 +167,20 @@ def model_config(model_args: Any) -> Any:
         return None
 
 
-def _model_type(model_args: Any) -> str | None:
-    """The model's config model_type, or None when its config cannot be read here (LLaMA-Factory will say)."""
-    return getattr(model_config(model_args), "model_type", None)
-
-
-def check_from_args(model_args: Any, data_args: Any, recipe: str = "the training arguments") -> None:
-    """Every check for LLaMA-Factory's parsed arguments (train and eval datasets)."""
+def check_from_args(
+    model_args: Any,
+    data_args: Any,
+    recipe: str = "the training arguments",
+    config: Callable[[], Any] | None = None,
+) -> None:
+    """Every check for LLaMA-Factory's parsed arguments (train and eval datasets). ``config``: gives the
+    model's config as model_config does (the parse hook passes one that reads it once for all its checks)."""
     names = _names(getattr(data_args, "dataset", None)) + _names(getattr(data_args, "eval_dataset", None))
     dataset_dir = str(getattr(data_args, "dataset_dir", "data"))
     check_pixel_limits(dataset_dir, names, int(model_args.image_max_pixels), int(model_args.image_min_pixels))
     if roi_entries(dataset_dir, names)[1]:
         check_template(dataset_dir, names, data_args, recipe)
-        model_type = _model_type(model_args)
+        model_type = getattr(config() if config else model_config(model_args), "model_type", None)
         if model_type is not None:
             check_model_family(dataset_dir, names, str(model_args.model_name_or_path), model_type)
             check_family_template(model_type, data_args, recipe)

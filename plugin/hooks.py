@@ -11,7 +11,7 @@ import functools
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -55,10 +55,15 @@ _OWN_OPTIMIZERS = ("use_galore", "use_apollo", "use_badam", "use_adam_mini", "us
 
 
 def check_compatible(
-    roi: settings.RoiSettings, model_args: Any, finetuning_args: Any, training_args: Any = None
+    roi: settings.RoiSettings,
+    model_args: Any,
+    finetuning_args: Any,
+    training_args: Any = None,
+    config: Callable[[], Any] | None = None,
 ) -> None:
     """Cross-checks of roi_ keys against the parsed recipe and the model's config, before anything loads;
-    RoiSettingsError names the keys."""
+    RoiSettingsError names the keys. ``config``: gives the model's config as dataset_match.model_config does
+    (the parse hook passes one that reads it once for all its checks)."""
     err = settings.RoiSettingsError
     source = settings._recipe_name()
     ftype = finetuning_args.finetuning_type
@@ -75,10 +80,10 @@ def check_compatible(
             f"roi_vision_lora_top_blocks above {unfrozen} (phase 3: LoRA on the blocks below the unfrozen)"
         )
     if roi.selects_parameters:
-        config = dataset_match.model_config(model_args)
-        _check_adapter_resume(roi, model_args, finetuning_args, config, source)
-        if config is not None:
-            _check_model(roi, model_args, config, source)
+        model_config = config() if config else dataset_match.model_config(model_args)
+        _check_adapter_resume(roi, model_args, finetuning_args, model_config, source)
+        if model_config is not None:
+            _check_model(roi, model_args, model_config, source)
     if training_args is not None:
         _check_resumed_run(roi, training_args, source)
     if finetuning_args.loraplus_lr_ratio is not None:
@@ -223,10 +228,12 @@ def patch_parser(module: ModuleType) -> None:
         model_args, data_args, training_args, finetuning_args = parsed[:4]
         roi = settings.get_active()
         verdicts.set_plan(None)  # a failing check below leaves no earlier parse's plan behind
+        # the model's config, read at most once for both checks (only when one needs it)
+        config = functools.cache(functools.partial(dataset_match.model_config, model_args))
         with refusals_in_one_line():
             if roi is not None:
-                check_compatible(roi, model_args, finetuning_args, training_args)
-            dataset_match.check_from_args(model_args, data_args, settings._recipe_name())
+                check_compatible(roi, model_args, finetuning_args, training_args, config)
+            dataset_match.check_from_args(model_args, data_args, settings._recipe_name(), config)
             verdicts.set_plan(verdicts.build_plan(roi, model_args, data_args, training_args, finetuning_args))
         return parsed
 
